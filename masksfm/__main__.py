@@ -1,0 +1,3 @@
+from masksfm.cli import main
+
+main()

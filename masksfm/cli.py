@@ -1,0 +1,270 @@
+"""The command line: parse, then call one library function per command. Nothing else lives here.
+
+argparse rather than typer/click: it is in the standard library, its exit code 2 for a bad flag is
+the convention we want, and overriding `error()` gives the one-line message of our other errors
+without depending on a CLI framework's private internals. Heavy imports (torch, evo, onnx) happen
+inside the commands so that `--help` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from masksfm.errors import MasksfmError
+
+EPILOG = """\
+examples:
+  masksfm synth data/synth --scenes 6 --frames 40
+  masksfm train data/synth --out runs/demo --set loss.repeats=3
+  masksfm eval depth runs/demo data/synth --split test
+  torchrun --nproc-per-node 2 -m masksfm train data/synth --out runs/ddp
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error message on stderr and exit code 2."""
+
+    def error(self, message: str):
+        raise MasksfmError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def _formatter(prog):
+    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _not_yet(name: str):
+    raise MasksfmError(f"'{name}' is not implemented yet")
+
+
+# --- commands ------------------------------------------------------------------------------------
+
+
+def cmd_synth(args) -> None:
+    _not_yet("synth")
+
+
+def cmd_prepare_kitti_raw(args) -> None:
+    _not_yet("prepare kitti-raw")
+
+
+def cmd_prepare_kitti_odometry(args) -> None:
+    _not_yet("prepare kitti-odometry")
+
+
+def cmd_prepare_video(args) -> None:
+    _not_yet("prepare video")
+
+
+def cmd_train(args) -> None:
+    _not_yet("train")
+
+
+def cmd_eval_depth(args) -> None:
+    _not_yet("eval depth")
+
+
+def cmd_eval_pose(args) -> None:
+    _not_yet("eval pose")
+
+
+def cmd_predict(args) -> None:
+    _not_yet("predict")
+
+
+def cmd_export(args) -> None:
+    _not_yet("export")
+
+
+def cmd_demo(args) -> None:
+    _not_yet("demo")
+
+
+# --- parser --------------------------------------------------------------------------------------
+
+
+def _add_device(p) -> None:
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="masksfm",
+        description="Self-supervised monocular depth and ego-motion from video with geometric multi-masks "
+        "(Wang et al., ICRA 2019).",
+        epilog=EPILOG,
+        formatter_class=_formatter,
+    )
+    from masksfm import __version__
+
+    parser.add_argument("--version", action="version", version=f"masksfm {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = commands.add_parser("synth", help="render a synthetic street dataset with exact ground truth",
+                            description="Render a seeded, KITTI-like synthetic street drive by analytic ray casting: "
+                            "frames, cam.txt, poses.txt, exact depth, visibility between neighbouring frames "
+                            "and (with --moving-cars) moving-object masks, in the sequence-folder layout.",
+                            formatter_class=_formatter)
+    p.add_argument("out", type=Path, help="output dataset folder")
+    p.add_argument("--scenes", type=_positive_int, default=6, help="number of scenes (default 6)")
+    p.add_argument("--frames", type=_positive_int, default=40, help="frames per scene (default 40)")
+    p.add_argument("--height", type=_positive_int, default=128, help="frame height, pixels (default 128)")
+    p.add_argument("--width", type=_positive_int, default=416, help="frame width, pixels (default 416)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")
+    p.add_argument("--moving-cars", type=int, default=0, help="independently moving cars per scene (default 0)")
+    p.set_defaults(func=cmd_synth)
+
+    prepare = commands.add_parser("prepare", help="turn KITTI or your own video into training folders",
+                                  formatter_class=_formatter)
+    kinds = prepare.add_subparsers(dest="kind", metavar="KIND", parser_class=_Parser, required=True)
+
+    p = kinds.add_parser("kitti-raw", help="KITTI raw -> training folders + Eigen test ground truth",
+                         formatter_class=_formatter)
+    p.add_argument("raw", type=Path, help="KITTI raw root (holds 2011_09_26/ ...)")
+    p.add_argument("out", type=Path, help="output dataset folder")
+    p.add_argument("--height", type=_positive_int, default=128)
+    p.add_argument("--width", type=_positive_int, default=416)
+    p.add_argument("--annotated", type=Path, default=None,
+                   help="KITTI annotated depth maps (Uhrig et al.) -> also the eigen_benchmark split")
+    p.add_argument("--seed", type=int, default=0, help="seed of the train / val split by drive")
+    p.set_defaults(func=cmd_prepare_kitti_raw)
+
+    p = kinds.add_parser("kitti-odometry", help="KITTI odometry sequences -> folders with poses",
+                         formatter_class=_formatter)
+    p.add_argument("odometry", type=Path, help="KITTI odometry root (holds sequences/ and poses/)")
+    p.add_argument("out", type=Path, help="output dataset folder")
+    p.add_argument("--height", type=_positive_int, default=128)
+    p.add_argument("--width", type=_positive_int, default=416)
+    p.set_defaults(func=cmd_prepare_kitti_odometry)
+
+    p = kinds.add_parser("video", help="a video file or image folder -> training folders",
+                         formatter_class=_formatter)
+    p.add_argument("input", type=Path, help="video file (mp4, mov, ...) or folder of images")
+    p.add_argument("out", type=Path, help="output dataset folder")
+    rate = p.add_mutually_exclusive_group()
+    rate.add_argument("--stride", type=_positive_int, default=None, help="keep every N-th frame")
+    rate.add_argument("--fps", type=_positive_float, default=None, help="resample to F frames per second")
+    p.add_argument("--height", type=_positive_int, default=128)
+    p.add_argument("--width", type=_positive_int, default=416)
+    calib = p.add_mutually_exclusive_group()
+    calib.add_argument("--fov", type=_positive_float, default=None, help="horizontal field of view, degrees")
+    calib.add_argument("--intrinsics", default=None, help="fx,fy,cx,cy in the input's pixels")
+    calib.add_argument("--calib", type=Path, default=None, help="OpenCV-style YAML/JSON with K and distortion")
+    p.set_defaults(func=cmd_prepare_video)
+
+    p = commands.add_parser("train", help="learn depth and ego-motion from unlabelled video",
+                            formatter_class=_formatter)
+    p.add_argument("data", type=Path, help="dataset folder (sequence-folder layout)")
+    p.add_argument("--out", type=Path, required=True, help="run folder (config, checkpoints, TensorBoard)")
+    p.add_argument("--config", default=None, help="YAML file, or a shipped name: default, paper, paper_dn")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config value, e.g. --set loss.repeats=3 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.safetensors")
+    p.add_argument("--steps", type=_positive_int, default=None, help="total optimisation steps")
+    p.add_argument("--batch-size", type=_positive_int, default=None, help="global batch size")
+    p.add_argument("--height", type=_positive_int, default=None, help="training image height")
+    p.add_argument("--width", type=_positive_int, default=None, help="training image width")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--checkpoint-every", type=_positive_int, default=None, help="write last every N steps")
+    _add_device(p)
+    p.set_defaults(func=cmd_train)
+
+    evaluate = commands.add_parser("eval", help="evaluate depth or pose with the field's protocols",
+                                   formatter_class=_formatter)
+    what = evaluate.add_subparsers(dest="what", metavar="WHAT", parser_class=_Parser, required=True)
+    p = what.add_parser("depth", help="depth metrics (abs_rel, sq_rel, rmse, rmse_log, a1-a3)",
+                        formatter_class=_formatter)
+    p.add_argument("run", type=Path, help="run folder, checkpoint file, or folder of .npy predictions")
+    p.add_argument("data", type=Path, help="dataset folder")
+    p.add_argument("--split", default="test", help="split file name, or eigen / eigen_benchmark (default test)")
+    p.add_argument("--crop", choices=["garg", "none"], default=None,
+                   help="evaluation crop (default: garg for kitti-raw data, none otherwise)")
+    p.add_argument("--pred-kind", choices=["disp", "depth"], default="disp",
+                   help="what a folder of .npy predictions holds (default disp)")
+    p.add_argument("--json", type=Path, default=None, help="write the metrics to this JSON file")
+    _add_device(p)
+    p.set_defaults(func=cmd_eval_depth)
+
+    p = what.add_parser("pose", help="5-frame snippet ATE and full-trajectory ATE / RPE / KITTI t_rel, r_rel",
+                        formatter_class=_formatter)
+    p.add_argument("run", type=Path, help="run folder or checkpoint file")
+    p.add_argument("data", type=Path, help="dataset folder with poses.txt per scene")
+    p.add_argument("--split", default="test")
+    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--out", type=Path, default=None, help="folder for trajectories and plots")
+    _add_device(p)
+    p.set_defaults(func=cmd_eval_pose)
+
+    p = commands.add_parser("predict", help="depth maps, point clouds and trajectories from a model",
+                            formatter_class=_formatter)
+    p.add_argument("run", type=Path, help="run folder or checkpoint file")
+    p.add_argument("input", type=Path, help="image, folder of images, video, prepared scene or dataset")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--save", default="png16,npy,color", help="comma list of png16, npy, color")
+    p.add_argument("--ply", action="store_true", help="coloured point cloud per frame")
+    p.add_argument("--trajectory", action="store_true", help="chain poses into a trajectory (KITTI + TUM + plot)")
+    p.add_argument("--camera-height", type=_positive_float, default=None,
+                   help="metres above the road: fit the road plane and write metric depth")
+    p.add_argument("--batch-size", type=_positive_int, default=8)
+    _add_device(p)
+    p.set_defaults(func=cmd_predict)
+
+    p = commands.add_parser("export", help="export the depth (and pose) net to ONNX or torch.export",
+                            formatter_class=_formatter)
+    p.add_argument("run", type=Path, help="run folder or checkpoint file")
+    p.add_argument("--format", choices=["onnx", "pt2"], required=True)
+    p.add_argument("--out", type=Path, required=True, help="output file")
+    p.add_argument("--height", type=_positive_int, default=None, help="input height (default: training size)")
+    p.add_argument("--width", type=_positive_int, default=None, help="input width (default: training size)")
+    p.add_argument("--pose", action="store_true", help="export the pose net too (beside FILE)")
+    p.set_defaults(func=cmd_export)
+
+    p = commands.add_parser("demo", help="synth + train + eval + report.html on synthetic data",
+                            formatter_class=_formatter)
+    p.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder (default demo-output)")
+    p.add_argument("--minutes", type=_positive_float, default=8.0, help="training budget in minutes")
+    _add_device(p)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of `masksfm` and `python -m masksfm`: exit 2 with one line on a user error."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if getattr(args, "func", None) is None:
+            parser.print_help()
+            sys.exit(2)
+        args.func(args)
+    except MasksfmError as error:
+        print(f"masksfm: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("masksfm: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

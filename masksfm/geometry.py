@@ -1,0 +1,217 @@
+"""Camera model and SE(3): intrinsics updates, backproject, transform, project, pose vectors, warping.
+
+Conventions (DESIGN §2): camera x right, y down, z forward; depth is z-depth in metres; pixel
+(u, v) has its centre at integer coordinates, u in [0, W-1]; `K` is 3x3 in those units;
+`T_t2s` (4x4) maps points from the target camera frame to the source camera frame.
+
+Every function here is pure, batched, differentiable and device-agnostic.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from kornia.geometry.conversions import axis_angle_to_rotation_matrix, rotation_matrix_to_axis_angle
+
+# Points closer than this (metres, along z) are treated as on or behind the camera when projecting;
+# SfMLearner clamps the same way so that the division never blows up.
+MIN_PROJECTION_Z = 1e-3
+
+
+def _check(name: str, tensor: torch.Tensor, shape: tuple) -> None:
+    """Raise a ValueError if `tensor` does not match `shape` (None = any size)."""
+    if tensor.dim() != len(shape) or any(s is not None and s != t for s, t in zip(shape, tensor.shape)):
+        want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+        raise ValueError(f"{name} must have shape {want}, got {tuple(tensor.shape)}")
+
+
+def _copy(K):
+    return K.clone() if isinstance(K, torch.Tensor) else np.array(K, dtype=np.float64, copy=True)
+
+
+# --- intrinsics updates (exact; DESIGN §2) -------------------------------------------------------
+
+
+def scale_intrinsics(K, sx: float, sy: float):
+    """Intrinsics of an image resized by factors (sx, sy) = (W'/W, H'/H).
+
+    A half-pixel-centre resampler (PIL, cv2, area averaging) maps x to sx·(x + 0.5) − 0.5, so
+    `fx' = sx·fx`, `cx' = sx·(cx + 0.5) − 0.5` (and likewise in y).
+
+    Args:
+        K: (..., 3, 3) tensor or array, pixels.
+        sx, sy: scale factors.
+    Returns:
+        The updated (..., 3, 3) intrinsics, same type as `K`.
+    """
+    out = _copy(K)
+    out[..., 0, :] = sx * K[..., 0, :]
+    out[..., 1, :] = sy * K[..., 1, :]
+    out[..., 0, 2] += 0.5 * sx - 0.5
+    out[..., 1, 2] += 0.5 * sy - 0.5
+    return out
+
+
+def flip_intrinsics(K, width: int):
+    """Intrinsics after a horizontal flip of an image `width` pixels wide: `cx' = W − 1 − cx`."""
+    out = _copy(K)
+    out[..., 0, 2] = width - 1 - K[..., 0, 2]
+    return out
+
+
+def crop_intrinsics(K, x0: float, y0: float):
+    """Intrinsics after cropping the image at top-left corner (x0, y0): `cx' = cx − x0`, `cy' = cy − y0`."""
+    out = _copy(K)
+    out[..., 0, 2] = K[..., 0, 2] - x0
+    out[..., 1, 2] = K[..., 1, 2] - y0
+    return out
+
+
+# --- points and pixels ---------------------------------------------------------------------------
+
+
+def pixel_grid(height: int, width: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Homogeneous pixel coordinates [u, v, 1] of every pixel centre, shape (1, 3, H, W)."""
+    v, u = torch.meshgrid(
+        torch.arange(height, device=device, dtype=dtype),
+        torch.arange(width, device=device, dtype=dtype),
+        indexing="ij",
+    )
+    return torch.stack([u, v, torch.ones_like(u)])[None]
+
+
+def backproject(depth: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+    """Lift every pixel to a 3-D point in its camera frame: X = D(p) · K⁻¹ [u, v, 1].
+
+    Args:
+        depth: (B, 1, H, W) z-depth, metres.
+        K: (B, 3, 3) intrinsics, pixels.
+    Returns:
+        (B, 3, H, W) camera-frame points, metres.
+    """
+    _check("depth", depth, (None, 1, None, None))
+    _check("K", K, (depth.shape[0], 3, 3))
+    b, _, h, w = depth.shape
+    rays = torch.linalg.inv(K) @ pixel_grid(h, w, depth.device, depth.dtype).reshape(1, 3, h * w)
+    return rays.reshape(b, 3, h, w) * depth
+
+
+def transform_points(T: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Apply rigid transforms: X' = R X + t.
+
+    Args:
+        T: (B, 4, 4) transforms.
+        points: (B, 3, H, W) points, metres.
+    Returns:
+        (B, 3, H, W) transformed points.
+    """
+    _check("T", T, (points.shape[0], 4, 4))
+    b, _, h, w = points.shape
+    flat = T[:, :3, :3] @ points.reshape(b, 3, h * w) + T[:, :3, 3:]
+    return flat.reshape(b, 3, h, w)
+
+
+def project(points: torch.Tensor, K: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Project camera-frame points to pixels: p = π(K X).
+
+    Args:
+        points: (B, 3, H, W) camera-frame points, metres.
+        K: (B, 3, 3) intrinsics.
+    Returns:
+        pixels: (B, 2, H, W) (u, v), computed with z clamped to at least 1e-3 m so that points on
+            or behind the camera land far away instead of dividing by zero;
+        z: (B, 1, H, W) the unclamped depth of each point in this camera.
+    """
+    _check("points", points, (None, 3, None, None))
+    _check("K", K, (points.shape[0], 3, 3))
+    b, _, h, w = points.shape
+    cam = (K @ points.reshape(b, 3, h * w)).reshape(b, 3, h, w)
+    z = points[:, 2:3]
+    pixels = cam[:, :2] / cam[:, 2:3].clamp(min=MIN_PROJECTION_Z)
+    return pixels, z
+
+
+def pixels_to_grid(pixels: torch.Tensor) -> torch.Tensor:
+    """Pixel coordinates (B, 2, H, W) to a `grid_sample` grid (B, H, W, 2) for align_corners=True.
+
+    x_norm = 2u/(W−1) − 1, y_norm = 2v/(H−1) − 1 (DESIGN §2).
+    """
+    h, w = pixels.shape[-2:]
+    scale = pixels.new_tensor([2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)]).view(1, 2, 1, 1)
+    return (pixels * scale - 1.0).permute(0, 2, 3, 1)
+
+
+def inverse_warp(
+    img_s: torch.Tensor,
+    depth_t: torch.Tensor,
+    T_t2s: torch.Tensor,
+    K: torch.Tensor,
+    padding_mode: str = "zeros",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reconstruct the target view by sampling the source image where each target pixel lands.
+
+    Args:
+        img_s: (B, C, H, W) source image.
+        depth_t: (B, 1, H, W) target depth, metres.
+        T_t2s: (B, 4, 4) target-to-source transform.
+        K: (B, 3, 3) intrinsics shared by both frames.
+        padding_mode: `grid_sample` padding ("zeros", "border").
+    Returns:
+        warped: (B, C, H, W) the source resampled into the target view (bilinear);
+        pixels: (B, 2, H, W) where each target pixel projects in the source, pixels.
+    """
+    _check("img_s", img_s, (depth_t.shape[0], None, depth_t.shape[2], depth_t.shape[3]))
+    points_s = transform_points(T_t2s, backproject(depth_t, K))
+    pixels, _ = project(points_s, K)
+    warped = F.grid_sample(img_s, pixels_to_grid(pixels), mode="bilinear", padding_mode=padding_mode, align_corners=True)
+    return warped, pixels
+
+
+# --- poses -------------------------------------------------------------------------------------
+
+
+def pose_vec_to_mat(vec: torch.Tensor) -> torch.Tensor:
+    """6-vectors [tx, ty, tz, rx, ry, rz] to 4x4 transforms.
+
+    The rotation is an axis-angle vector (direction = axis, norm = angle in radians), which has no
+    gimbal lock and no order convention to get wrong; kornia's Rodrigues formula handles the
+    small-angle limit.
+
+    Args:
+        vec: (B, 6), translation in metres then axis-angle in radians.
+    Returns:
+        (B, 4, 4) transforms.
+    """
+    _check("vec", vec, (None, 6))
+    T = torch.zeros(vec.shape[0], 4, 4, device=vec.device, dtype=vec.dtype)
+    T[:, :3, :3] = axis_angle_to_rotation_matrix(vec[:, 3:])
+    T[:, :3, 3] = vec[:, :3]
+    T[:, 3, 3] = 1.0
+    return T
+
+
+def mat_to_pose_vec(T: torch.Tensor) -> torch.Tensor:
+    """4x4 transforms (B, 4, 4) to 6-vectors [tx, ty, tz, rx, ry, rz] (axis-angle), (B, 6)."""
+    _check("T", T, (None, 4, 4))
+    return torch.cat([T[:, :3, 3], rotation_matrix_to_axis_angle(T[:, :3, :3].contiguous())], dim=1)
+
+
+def invert_pose(T: torch.Tensor) -> torch.Tensor:
+    """Inverse of rigid transforms (..., 4, 4), using Rᵀ instead of a general matrix inverse."""
+    R_inv = T[..., :3, :3].transpose(-1, -2)
+    out = torch.zeros_like(T)
+    out[..., :3, :3] = R_inv
+    out[..., :3, 3:] = -R_inv @ T[..., :3, 3:]
+    out[..., 3, 3] = 1.0
+    return out
+
+
+def relative_pose(cam_to_world_t, cam_to_world_s):
+    """T_t2s from two camera-to-world poses (KITTI trajectory style): inv(P_s) @ P_t.
+
+    Works on (..., 4, 4) tensors or numpy arrays.
+    """
+    if isinstance(cam_to_world_t, torch.Tensor):
+        return invert_pose(cam_to_world_s) @ cam_to_world_t
+    return np.linalg.inv(cam_to_world_s) @ cam_to_world_t

@@ -1,0 +1,129 @@
+"""Geometry against cases whose answer is known exactly."""
+
+import numpy as np
+import pytest
+import torch
+
+from masksfm import geometry as G
+
+
+def kitti_like_K(batch=1, dtype=torch.float64, device="cpu", width=416, height=128):
+    K = torch.tensor([[0.58 * width, 0, 0.5 * width - 0.5], [0, 1.92 * height, 0.5 * height - 0.5], [0, 0, 1]],
+                     dtype=dtype, device=device)
+    return K.expand(batch, 3, 3).clone()
+
+
+class TestIntrinsicsUpdates:
+    def test_scale_exact(self):
+        K = np.array([[700.0, 0, 600.0], [0, 710.0, 180.0], [0, 0, 1]])
+        K2 = G.scale_intrinsics(K, 0.5, 0.25)
+        assert K2[0, 0] == 350.0 and K2[1, 1] == 177.5
+        assert K2[0, 2] == 0.5 * (600.0 + 0.5) - 0.5
+        assert K2[1, 2] == 0.25 * (180.0 + 0.5) - 0.5
+        assert K[0, 0] == 700.0  # input untouched
+
+    def test_scale_maps_pixel_edges(self):
+        # The left edge of the image (x = -0.5) stays the left edge; the right edge (W - 0.5) maps to W' - 0.5.
+        K = np.array([[100.0, 0, 7.3], [0, 100.0, 4.1], [0, 0, 1]])
+        W, Wn = 20, 7
+        K2 = G.scale_intrinsics(K, Wn / W, 1.0)
+        for x in (-0.5, W - 0.5, 3.0):
+            X = (x - K[0, 2]) / K[0, 0]  # ray through x
+            assert np.isclose(K2[0, 0] * X + K2[0, 2], Wn / W * (x + 0.5) - 0.5)
+
+    def test_flip_and_crop_exact(self):
+        K = torch.tensor([[[500.0, 0, 200.0], [0, 500.0, 60.0], [0, 0, 1]]])
+        assert G.flip_intrinsics(K, 416)[0, 0, 2] == 415 - 200.0
+        Kc = G.crop_intrinsics(K, 10, 4)
+        assert Kc[0, 0, 2] == 190.0 and Kc[0, 1, 2] == 56.0 and Kc[0, 0, 0] == 500.0
+
+    def test_flip_is_mirror(self):
+        # A point at x projects to u; its mirror (-x) projects to W-1-u with the flipped intrinsics.
+        K = np.array([[300.0, 0, 190.0], [0, 300.0, 60.0], [0, 0, 1]])
+        Kf = G.flip_intrinsics(K, 416)
+        X = np.array([1.3, 0.2, 5.0])
+        u = (K @ X)[0] / X[2]
+        uf = (Kf @ (X * [-1, 1, 1]))[0] / X[2]
+        assert np.isclose(uf, 415 - u)
+
+
+class TestBackprojectProject:
+    @pytest.mark.parametrize("batch", [1, 3])
+    def test_round_trip_identity(self, batch, device):
+        K = kitti_like_K(batch, device=device, width=40, height=12)
+        depth = torch.rand(batch, 1, 12, 40, dtype=torch.float64, device=device) * 50 + 1
+        pixels, z = G.project(G.backproject(depth, K), K)
+        grid = G.pixel_grid(12, 40, device, torch.float64)[:, :2]
+        assert torch.allclose(pixels, grid.expand_as(pixels), atol=1e-9)
+        assert torch.allclose(z, depth)
+
+    def test_shape_check(self):
+        with pytest.raises(ValueError, match="depth must have shape"):
+            G.backproject(torch.ones(2, 12, 40), kitti_like_K(2))
+
+    def test_float32(self, device):
+        K = kitti_like_K(2, torch.float32, device)
+        depth = torch.full((2, 1, 128, 416), 10.0, device=device)
+        pts = G.backproject(depth, K)
+        assert pts.dtype == torch.float32 and pts.device.type == device.type
+        assert torch.allclose(pts[:, 2], depth[:, 0])
+
+
+class TestPoses:
+    def test_round_trip(self):
+        vec = torch.tensor([[0.1, -0.2, 1.5, 0.01, -0.2, 0.05], [0, 0, 0, 0, 0, 0], [3, 2, 1, 1.0, 0.5, -0.7]],
+                           dtype=torch.float64)
+        T = G.pose_vec_to_mat(vec)
+        assert torch.allclose(T[:, :3, :3] @ T[:, :3, :3].transpose(1, 2), torch.eye(3, dtype=torch.float64).expand(3, 3, 3))
+        assert torch.allclose(G.mat_to_pose_vec(T), vec, atol=1e-10)
+
+    def test_known_rotation(self):
+        # 90 degrees about +y (axis-angle [0, pi/2, 0]) maps +z to +x.
+        T = G.pose_vec_to_mat(torch.tensor([[0, 0, 0, 0, np.pi / 2, 0]], dtype=torch.float64))
+        assert torch.allclose(T[0, :3, :3] @ torch.tensor([0, 0, 1.0], dtype=torch.float64),
+                              torch.tensor([1.0, 0, 0], dtype=torch.float64), atol=1e-12)
+
+    def test_invert_and_relative(self):
+        T = G.pose_vec_to_mat(torch.tensor([[0.3, -0.1, 2.0, 0.1, 0.2, -0.3]], dtype=torch.float64))
+        assert torch.allclose(G.invert_pose(T) @ T, torch.eye(4, dtype=torch.float64)[None], atol=1e-12)
+        P_t, P_s = T, G.pose_vec_to_mat(torch.tensor([[1.0, 0, 0.5, 0, 0.1, 0]], dtype=torch.float64))
+        T_t2s = G.relative_pose(P_t, P_s)
+        X_t = torch.tensor([0.5, -0.2, 7.0, 1.0], dtype=torch.float64)
+        assert torch.allclose(P_s @ (T_t2s[0] @ X_t), P_t @ X_t)  # same world point
+        assert np.allclose(G.relative_pose(P_t[0].numpy(), P_s[0].numpy()), T_t2s[0].numpy())
+
+
+class TestInverseWarp:
+    def test_identity_pose_reproduces_image(self, device):
+        img = torch.rand(2, 3, 16, 24, dtype=torch.float64, device=device)
+        depth = torch.rand(2, 1, 16, 24, dtype=torch.float64, device=device) * 10 + 1
+        warped, pixels = G.inverse_warp(img, depth, torch.eye(4, dtype=torch.float64, device=device).expand(2, 4, 4),
+                                        kitti_like_K(2, device=device, width=24, height=16))
+        assert torch.allclose(warped, img, atol=1e-10)
+
+    def test_fronto_parallel_translation_shifts_by_disparity(self):
+        # Plane at depth Z, camera moves by tx: every pixel shifts by -fx*tx/Z in the source image.
+        H, W, Z, tx = 10, 40, 8.0, 0.4
+        K = kitti_like_K(1, width=W, height=H)
+        fx = K[0, 0, 0].item()
+        shift = fx * tx / Z
+        T_t2s = torch.eye(4, dtype=torch.float64)[None].clone()
+        T_t2s[0, 0, 3] = -tx  # source camera sits at +tx: points move left in its frame
+        ramp = torch.arange(W, dtype=torch.float64).view(1, 1, 1, W).expand(1, 3, H, W)
+        warped, pixels = G.inverse_warp(ramp, torch.full((1, 1, H, W), Z, dtype=torch.float64), T_t2s, K)
+        grid_u = torch.arange(W, dtype=torch.float64)
+        assert torch.allclose(pixels[0, 0, 0], grid_u - shift)
+        inside = (grid_u - shift) >= 0
+        assert torch.allclose(warped[0, 0, 0][inside], (grid_u - shift)[inside], atol=1e-9)  # bilinear on a ramp is exact
+
+    def test_gradcheck(self):
+        torch.manual_seed(0)
+        img = torch.rand(1, 1, 5, 6, dtype=torch.float64)
+        depth = (torch.rand(1, 1, 5, 6, dtype=torch.float64) * 2 + 3).requires_grad_()
+        vec = (torch.randn(1, 6, dtype=torch.float64) * 0.01).requires_grad_()
+        K = kitti_like_K(1, width=6, height=5)
+
+        def f(depth, vec):
+            return G.inverse_warp(img, depth, G.pose_vec_to_mat(vec), K, padding_mode="border")[0]
+
+        assert torch.autograd.gradcheck(f, (depth, vec))
