@@ -1,0 +1,223 @@
+"""Loss terms (DESIGN §3): photometric error, SSIM, the masked mean, smoothness, depth normalisation,
+and the baselines' pieces (SfMLearner's explainability regulariser, monodepth2's auto-mask).
+
+Each function is pure, batched and device-agnostic; the trainer composes them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+# SSIM stabilisers for images in [0, 1] (Wang et al. 2004; monodepth2 and the authors alike).
+SSIM_C1 = 0.01**2
+SSIM_C2 = 0.03**2
+SSIM_WEIGHT = 0.85  # a in e = (1 - a)·rho + a·s
+GAUSS_WINDOW, GAUSS_SIGMA = 13, 1.5  # the authors' SSIM window (their ssim.py)
+ROBUST_EPS, ROBUST_POWER = 0.01, 0.4  # the authors' robust penalty (|x| + 0.01)^0.4
+
+
+def _ssim_from_moments(mu_x, mu_y, sigma_x, sigma_y, sigma_xy):
+    return ((2 * mu_x * mu_y + SSIM_C1) * (2 * sigma_xy + SSIM_C2)) / (
+        (mu_x**2 + mu_y**2 + SSIM_C1) * (sigma_x + sigma_y + SSIM_C2)
+    )
+
+
+def ssim_box3(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """SSIM map over 3x3 box windows with reflection padding (monodepth2's form).
+
+    Args:
+        x, y: (B, C, H, W) images in [0, 1].
+    Returns:
+        (B, C, H, W) SSIM, 1 where the images agree.
+    """
+    x, y = F.pad(x, (1, 1, 1, 1), mode="reflect"), F.pad(y, (1, 1, 1, 1), mode="reflect")
+    mu_x, mu_y = F.avg_pool2d(x, 3, 1), F.avg_pool2d(y, 3, 1)
+    sigma_x = F.avg_pool2d(x * x, 3, 1) - mu_x**2
+    sigma_y = F.avg_pool2d(y * y, 3, 1) - mu_y**2
+    sigma_xy = F.avg_pool2d(x * y, 3, 1) - mu_x * mu_y
+    return _ssim_from_moments(mu_x, mu_y, sigma_x, sigma_y, sigma_xy)
+
+
+def gaussian_window(size: int = GAUSS_WINDOW, sigma: float = GAUSS_SIGMA, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Normalised 2-D Gaussian window, (size, size)."""
+    coords = torch.arange(size, device=device, dtype=dtype) - size // 2
+    g = torch.exp(-(coords**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return g[:, None] * g[None, :]
+
+
+def ssim_gauss13(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """SSIM map over 13x13 Gaussian windows (σ = 1.5) with zero padding, as the authors' code.
+
+    Args:
+        x, y: (B, C, H, W) images in [0, 1].
+    Returns:
+        (B, C, H, W) SSIM.
+    """
+    channels = x.shape[1]
+    window = gaussian_window(device=x.device, dtype=x.dtype).expand(channels, 1, GAUSS_WINDOW, GAUSS_WINDOW)
+
+    def blur(img):
+        return F.conv2d(img, window, padding=GAUSS_WINDOW // 2, groups=channels)
+
+    mu_x, mu_y = blur(x), blur(y)
+    return _ssim_from_moments(mu_x, mu_y, blur(x * x) - mu_x**2, blur(y * y) - mu_y**2, blur(x * y) - mu_x * mu_y)
+
+
+def photometric_error(
+    target: torch.Tensor, reconstruction: torch.Tensor, ssim: str = "box3", rho: str = "l1", alpha: float = SSIM_WEIGHT
+) -> torch.Tensor:
+    """Per-pixel photometric error e = (1 − a)·rho(I − Î) + a·s(I, Î), averaged over channels.
+
+    `ssim="box3"`: s = clamp((1 − SSIM)/2, 0, 1) (monodepth2); `"gauss13"`: s = 1 − SSIM (the
+    authors). `rho="l1"`: |x|; `"robust"`: (|x| + 0.01)^0.4 (the authors).
+
+    Args:
+        target, reconstruction: (B, C, H, W) images in [0, 1].
+    Returns:
+        (B, 1, H, W) error.
+    """
+    diff = target - reconstruction
+    if rho == "l1":
+        penalty = diff.abs()
+    elif rho == "robust":
+        penalty = (diff.abs() + ROBUST_EPS) ** ROBUST_POWER
+    else:
+        raise ValueError(f"unknown rho {rho!r} (l1, robust)")
+    if ssim == "box3":
+        structure = ((1 - ssim_box3(target, reconstruction)) / 2).clamp(0, 1)
+    elif ssim == "gauss13":
+        structure = 1 - ssim_gauss13(target, reconstruction)
+    else:
+        raise ValueError(f"unknown ssim {ssim!r} (box3, gauss13)")
+    return ((1 - alpha) * penalty + alpha * structure).mean(dim=1, keepdim=True)
+
+
+def masked_mean(error: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The paper's masked term per image, `Σ M·e / (Σ M + 1)`; the plain mean without a mask.
+
+    The +1 keeps a fully masked-out image at 0 instead of 0/0.
+
+    Args:
+        error: (B, 1, H, W) per-pixel error.
+        mask: (B, 1, H, W) weights in [0, 1], or None.
+    Returns:
+        (B,) loss per image.
+    """
+    if mask is None:
+        return error.mean(dim=(1, 2, 3))
+    return (mask * error).sum(dim=(1, 2, 3)) / (mask.sum(dim=(1, 2, 3)) + 1)
+
+
+@torch.no_grad()
+def below_mean_mask(error: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Keep only pixels whose error is below the image's masked mean error (the authors' command).
+
+    Args:
+        error: (B, 1, H, W) per-pixel error; mask: (B, 1, H, W) current mask.
+    Returns:
+        (B, 1, H, W) mask · [e < masked_mean(e)], no gradient.
+    """
+    threshold = masked_mean(error, mask).view(-1, 1, 1, 1)
+    return mask * (error < threshold).to(mask.dtype)
+
+
+def smoothness_loss(disp: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """Edge-aware first-order smoothness of the mean-normalised disparity (monodepth2).
+
+    Normalising by the mean keeps the term from pushing the disparity towards 0 (a smaller scale
+    would otherwise always be smoother).
+
+    Args:
+        disp: (B, 1, H, W) disparity; image: (B, 3, H, W) the frame at the same size.
+    Returns:
+        scalar.
+    """
+    disp = disp / (disp.mean(dim=(2, 3), keepdim=True) + 1e-7)
+    grad_disp_x = (disp[..., :, :-1] - disp[..., :, 1:]).abs()
+    grad_disp_y = (disp[..., :-1, :] - disp[..., 1:, :]).abs()
+    grad_img_x = (image[..., :, :-1] - image[..., :, 1:]).abs().mean(dim=1, keepdim=True)
+    grad_img_y = (image[..., :-1, :] - image[..., 1:, :]).abs().mean(dim=1, keepdim=True)
+    return (grad_disp_x * torch.exp(-grad_img_x)).mean() + (grad_disp_y * torch.exp(-grad_img_y)).mean()
+
+
+def normalize_disparity(disparities: list[torch.Tensor], mode: str, snippet_length: int) -> list[torch.Tensor]:
+    """Depth normalisation (DN, Wang et al. CVPR 2018).
+
+    - "none": unchanged.
+    - "snippet": every disparity of a snippet (all frames, all scales) divided by one number, the
+      mean of the snippet's finest-scale disparities, so its frames stay consistent with each other
+      and with the pose.
+    - "image_mean" / "image_max": each frame at each scale divided by its own mean / max, as the
+      authors' code does (their README trains with max).
+
+    Args:
+        disparities: per scale, (B·L, 1, h, w) with the L frames of a snippet consecutive.
+        mode: none | snippet | image_mean | image_max.
+        snippet_length: L.
+    Returns:
+        the normalised disparities, same shapes.
+    """
+    if mode == "none":
+        return disparities
+    if mode == "snippet":
+        finest = disparities[0]
+        mean = finest.reshape(-1, snippet_length * finest[0].numel()).mean(dim=1)
+        scale = mean.repeat_interleave(snippet_length).view(-1, 1, 1, 1)
+        return [d / scale for d in disparities]
+    if mode == "image_mean":
+        return [d / d.mean(dim=(2, 3), keepdim=True) for d in disparities]
+    if mode == "image_max":
+        return [d / d.amax(dim=(2, 3), keepdim=True) for d in disparities]
+    raise ValueError(f"unknown depth normalisation {mode!r} (none, snippet, image_mean, image_max)")
+
+
+def explainability_regularizer(masks: list[torch.Tensor]) -> torch.Tensor:
+    """SfMLearner's regulariser: cross-entropy of each explainability mask against 1, summed over scales.
+
+    Without it the net would explain every pixel away (mask 0 everywhere).
+
+    Args:
+        masks: per scale, (B, S, h, w) in (0, 1).
+    Returns:
+        scalar.
+    """
+    return sum(F.binary_cross_entropy(m, torch.ones_like(m)) for m in masks)
+
+
+def min_reprojection(errors: torch.Tensor) -> torch.Tensor:
+    """monodepth2's per-pixel minimum over the sources.
+
+    Args:
+        errors: (B, S, H, W) target-direction photometric error for each source.
+    Returns:
+        (B, 1, H, W).
+    """
+    return errors.min(dim=1, keepdim=True).values
+
+
+@torch.no_grad()
+def identity_automask(reprojection: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
+    """monodepth2's auto-mask: keep pixels whose warped error beats the unwarped one.
+
+    Pixels that move with the camera (a car ahead at the same speed, a static camera) look the
+    same unwarped, so the warp cannot explain them; they are dropped.
+
+    Args:
+        reprojection: (B, S, H, W) error of each warped source; identity: (B, S, H, W) error of
+            each source compared unwarped.
+    Returns:
+        (B, 1, H, W) float 0/1: min over sources of reprojection < min over sources of identity.
+    """
+    # monodepth2 adds 1e-5 noise to the identity error to break exact ties (e.g. flat sky);
+    # a deterministic tiny offset does the same without consuming random numbers.
+    identity_min = identity.min(dim=1, keepdim=True).values + 1e-5
+    return (reprojection.min(dim=1, keepdim=True).values < identity_min).to(reprojection.dtype)
+
+
+def scale_weight(scale: int, base: float = 2.0) -> float:
+    """Weight divisor of a loss term at `scale` (0 = finest): base^scale (2 for monodepth2, 2.3 the authors)."""
+    return 1.0 / math.pow(base, scale)

@@ -1,0 +1,158 @@
+"""Loss terms against cases whose answer is known exactly."""
+
+import numpy as np
+import pytest
+import torch
+
+from masksfm import losses as L
+
+
+def textured(batch=2, channels=3, h=20, w=28, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, channels, h, w, generator=g, dtype=dtype)
+
+
+class TestSSIM:
+    @pytest.mark.parametrize("fn", [L.ssim_box3, L.ssim_gauss13])
+    def test_self_similarity_is_one(self, fn, device):
+        x = textured().to(device)
+        assert torch.allclose(fn(x, x), torch.ones_like(x), atol=1e-12)
+
+    def test_box3_matches_direct_computation(self):
+        x, y = textured(1, 1, 6, 7, seed=1), textured(1, 1, 6, 7, seed=2)
+        ours = L.ssim_box3(x, y)[0, 0]
+        xp = np.pad(x[0, 0].numpy(), 1, mode="reflect")
+        yp = np.pad(y[0, 0].numpy(), 1, mode="reflect")
+        for r, c in [(0, 0), (2, 3), (5, 6)]:
+            a, b = xp[r:r + 3, c:c + 3], yp[r:r + 3, c:c + 3]
+            mx, my = a.mean(), b.mean()
+            vx, vy, cxy = (a * a).mean() - mx**2, (b * b).mean() - my**2, (a * b).mean() - mx * my
+            ref = (2 * mx * my + 1e-4) * (2 * cxy + 9e-4) / ((mx**2 + my**2 + 1e-4) * (vx + vy + 9e-4))
+            assert np.isclose(ours[r, c].item(), ref, atol=1e-12)
+
+    def test_gauss13_matches_direct_computation(self):
+        # Direct double loop over a 13x13 Gaussian window (sigma 1.5) with zero padding.
+        x, y = textured(1, 1, 9, 11, seed=3), textured(1, 1, 9, 11, seed=4)
+        ours = L.ssim_gauss13(x, y)[0, 0]
+        k = np.arange(13) - 6
+        g = np.exp(-(k**2) / (2 * 1.5**2))
+        g = np.outer(g, g) / np.outer(g, g).sum()
+        xp, yp = np.pad(x[0, 0].numpy(), 6), np.pad(y[0, 0].numpy(), 6)
+        for r, c in [(0, 0), (4, 5), (8, 10)]:
+            a, b = xp[r:r + 13, c:c + 13], yp[r:r + 13, c:c + 13]
+            mx, my = (g * a).sum(), (g * b).sum()
+            vx, vy = (g * a * a).sum() - mx**2, (g * b * b).sum() - my**2
+            cxy = (g * a * b).sum() - mx * my
+            ref = (2 * mx * my + 1e-4) * (2 * cxy + 9e-4) / ((mx**2 + my**2 + 1e-4) * (vx + vy + 9e-4))
+            assert np.isclose(ours[r, c].item(), ref, atol=1e-12)
+
+    def test_gaussian_window(self):
+        w = L.gaussian_window(dtype=torch.float64)
+        assert w.shape == (13, 13) and torch.isclose(w.sum(), torch.tensor(1.0, dtype=torch.float64))
+        assert w[6, 6] == w.max() and torch.allclose(w, w.T)
+
+
+class TestPhotometricError:
+    @pytest.mark.parametrize("ssim,rho", [("box3", "l1"), ("gauss13", "robust")])
+    def test_identical_images(self, ssim, rho):
+        x = textured()
+        e = L.photometric_error(x, x, ssim=ssim, rho=rho)
+        assert e.shape == (2, 1, 20, 28)
+        # L1 of identical images is 0; the robust penalty bottoms out at 0.15 * 0.01^0.4.
+        floor = 0.0 if rho == "l1" else 0.15 * 0.01**0.4
+        assert torch.allclose(e, torch.full_like(e, floor), atol=1e-12)
+
+    @pytest.mark.parametrize("ssim,rho", [("box3", "l1"), ("gauss13", "robust")])
+    def test_grows_with_noise(self, ssim, rho):
+        x = textured()
+        g = torch.Generator().manual_seed(5)
+        noise = torch.randn(x.shape, generator=g, dtype=x.dtype)
+        errors = [L.photometric_error(x, (x + s * noise).clamp(0, 1), ssim, rho).mean().item() for s in (0.0, 0.02, 0.1, 0.3)]
+        assert all(a < b for a, b in zip(errors, errors[1:])), errors
+
+    def test_exact_value_l1_only(self):
+        x = torch.zeros(1, 3, 4, 4)
+        y = torch.full((1, 3, 4, 4), 0.2)
+        assert torch.allclose(L.photometric_error(x, y, alpha=0.0), torch.full((1, 1, 4, 4), 0.2))
+
+    def test_unknown_variant(self):
+        with pytest.raises(ValueError, match="rho"):
+            L.photometric_error(textured(), textured(), rho="l2")
+
+
+class TestMaskedMean:
+    def test_paper_normaliser(self):
+        e = torch.arange(8, dtype=torch.float64).view(2, 1, 2, 2)
+        m = torch.tensor([[1, 1, 0, 0], [0, 0, 0, 1]], dtype=torch.float64).view(2, 1, 2, 2)
+        assert torch.allclose(L.masked_mean(e, m), torch.tensor([(0 + 1) / 3, 7 / 2], dtype=torch.float64))
+
+    def test_fully_masked_out_is_zero_not_nan(self):
+        e = torch.rand(3, 1, 5, 5, requires_grad=True)
+        loss = L.masked_mean(e, torch.zeros(3, 1, 5, 5)).mean()
+        loss.backward()
+        assert loss.item() == 0.0 and torch.isfinite(e.grad).all()
+
+    def test_no_mask_is_plain_mean(self):
+        e = torch.rand(2, 1, 3, 3)
+        assert torch.allclose(L.masked_mean(e), e.mean(dim=(1, 2, 3)))
+
+    def test_below_mean_mask(self):
+        e = torch.tensor([1.0, 2.0, 3.0, 10.0]).view(1, 1, 2, 2)
+        m = torch.tensor([1.0, 1.0, 1.0, 0.0]).view(1, 1, 2, 2)
+        # masked mean = 6 / 4 = 1.5: keeps only the pixel with error 1
+        assert L.below_mean_mask(e, m).flatten().tolist() == [1.0, 0.0, 0.0, 0.0]
+
+
+class TestSmoothness:
+    def test_constant_disparity_is_smooth(self):
+        assert L.smoothness_loss(torch.full((2, 1, 8, 8), 0.3), textured(2, 3, 8, 8)).item() == 0.0
+
+    def test_scale_invariant_and_edge_aware(self):
+        disp = torch.linspace(0.1, 1.0, 16).view(1, 1, 1, 16).expand(1, 1, 8, 16).contiguous()
+        flat = torch.zeros(1, 3, 8, 16)
+        assert torch.isclose(L.smoothness_loss(disp, flat), L.smoothness_loss(3 * disp, flat))
+        edges = flat.clone()
+        edges[..., ::2] = 1.0  # strong image gradients everywhere along x
+        assert L.smoothness_loss(disp, edges) < L.smoothness_loss(disp, flat)
+
+    def test_exact_value(self):
+        disp = torch.tensor([[[[1.0, 3.0], [1.0, 3.0]]]])  # mean 2 -> rows [0.5, 1.5]: |grad x| = 1, grad y = 0
+        img = torch.zeros(1, 3, 2, 2)
+        assert torch.isclose(L.smoothness_loss(disp, img), torch.tensor(1.0))
+
+
+class TestDepthNormalization:
+    def test_snippet_mean_is_one_and_shared(self):
+        B, Lf = 2, 3
+        disps = [torch.rand(B * Lf, 1, 8, 8) + 0.1, torch.rand(B * Lf, 1, 4, 4) + 0.1]
+        out = L.normalize_disparity(disps, "snippet", Lf)
+        finest = out[0].view(B, -1).mean(dim=1)
+        assert torch.allclose(finest, torch.ones(B))
+        ratio = disps[1] / out[1]
+        assert torch.allclose(ratio[:Lf], ratio[0].expand_as(ratio[:Lf]))  # one factor per snippet
+        assert not torch.allclose(ratio[0], ratio[Lf])
+
+    def test_image_modes(self):
+        d = [torch.rand(4, 1, 6, 6) + 0.1]
+        assert torch.allclose(L.normalize_disparity(d, "image_mean", 2)[0].mean(dim=(2, 3)), torch.ones(4, 1))
+        assert torch.allclose(L.normalize_disparity(d, "image_max", 2)[0].amax(dim=(2, 3)), torch.ones(4, 1))
+        assert L.normalize_disparity(d, "none", 2)[0] is d[0]
+
+
+class TestBaselines:
+    def test_explainability_regularizer(self):
+        ones = [torch.full((2, 2, 4, 4), 1.0 - 1e-7)]
+        halves = [torch.full((2, 2, 4, 4), 0.5)]
+        assert L.explainability_regularizer(ones) < 1e-5
+        assert torch.isclose(L.explainability_regularizer(halves), torch.tensor(np.log(2), dtype=torch.float32))
+
+    def test_min_reprojection_and_automask(self):
+        reproj = torch.tensor([[[[0.2, 0.5]], [[0.4, 0.1]]]])  # (B=1, S=2, H=1, W=2)
+        identity = torch.tensor([[[[0.3, 0.05]], [[0.9, 0.9]]]])
+        assert L.min_reprojection(reproj).flatten().tolist() == pytest.approx([0.2, 0.1])
+        # pixel 0: 0.2 < 0.3 kept; pixel 1: 0.1 > 0.05 (looks the same unwarped) dropped
+        assert L.identity_automask(reproj, identity).flatten().tolist() == [1.0, 0.0]
+
+    def test_scale_weight(self):
+        assert L.scale_weight(0) == 1.0 and L.scale_weight(2) == 0.25
+        assert L.scale_weight(1, 2.3) == pytest.approx(1 / 2.3)
