@@ -36,7 +36,7 @@ class TestImages:
         rgb = random_frames(1)[0]
         L.write_image(tmp_path / "a.png", rgb)
         back = L.read_image(tmp_path / "a.png")
-        assert back.dtype == np.uint8 and back.shape == (24, 64, 3)
+        assert back.dtype == np.uint8 and back.shape == (24, 64, 3) and back.flags.writeable
         assert np.array_equal(back, rgb)
 
     def test_jpg_round_trip_close(self, tmp_path):

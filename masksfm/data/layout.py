@@ -92,7 +92,7 @@ def read_image(path: Path) -> np.ndarray:
     path = Path(path)
     try:
         with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
+            return np.array(image if image.mode == "RGB" else image.convert("RGB"))
     except FileNotFoundError:
         raise MasksfmError(f"{path}: missing image") from None
     except _IMAGE_ERRORS as error:
@@ -371,7 +371,8 @@ def write_moving(scene_dir: Path, stem: str | int, moving: np.ndarray) -> None:
     if moving.ndim != 2:
         raise ValueError(f"moving must be (H, W), got {moving.shape}")
     (Path(scene_dir) / "moving").mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.where(moving != 0, 255, 0).astype(np.uint8)).save(Path(scene_dir) / "moving" / f"{_stem(stem)}.png")
+    path = Path(scene_dir) / "moving" / f"{_stem(stem)}.png"
+    Image.fromarray(np.where(moving != 0, 255, 0).astype(np.uint8)).save(path)
 
 
 def write_scene(

@@ -1,0 +1,367 @@
+"""Training snippets from the sequence-folder layout (DESIGN §3, §5): resizing to the training size
+with exact intrinsics, augmentation applied identically to every frame of a snippet, and
+reproducible, resumable, DDP-sharded batches.
+
+Reproducibility: the augmentation of an item depends only on (seed, epoch, index), and the batches
+only on (seed, step, rank, world size), never on worker ids or process counts. So a 2-process run
+sees exactly the samples and augmentations of a 1-process run, and a resumed run (`start_step`)
+sees exactly the batches the uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageEnhance
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from masksfm.data.layout import Scene
+from masksfm.errors import MasksfmError
+from masksfm.geometry import crop_intrinsics, flip_intrinsics, scale_intrinsics
+
+# SfMLearner's scale-and-crop: enlarge by up to 15 %, then crop a window of the training size.
+SCALE_RANGE = (1.0, 1.15)
+FLIP_PROBABILITY = 0.5
+# monodepth2's colour jitter (torchvision ColorJitter(0.2, 0.2, 0.2, 0.1)), applied half the time.
+JITTER_PROBABILITY = 0.5
+BRIGHTNESS = CONTRAST = SATURATION = 0.2
+HUE = 0.1
+
+# numpy's SeedSequence pads its entropy with zeros, so [seed, epoch] and [seed, epoch, 0] would draw
+# the same numbers; a final non-zero tag keeps the sampler's and the augmentation's streams apart.
+_SAMPLER_STREAM = 1
+_AUGMENT_STREAM = 2
+
+
+@dataclass(frozen=True)
+class ColourJitter:
+    """One colour jitter draw, shared by every frame of a snippet (factors of 1 and hue 0 = identity).
+
+    Attributes:
+        brightness, contrast, saturation: multiplicative factors (monodepth2: in [0.8, 1.2]).
+        hue: hue shift, fraction of a full turn (monodepth2: in [-0.1, 0.1]).
+        order: the order in which the four adjustments apply (0 brightness, 1 contrast, 2 saturation,
+            3 hue), random as in torchvision.
+    """
+
+    brightness: float = 1.0
+    contrast: float = 1.0
+    saturation: float = 1.0
+    hue: float = 0.0
+    order: tuple[int, ...] = (0, 1, 2, 3)
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """The random choices for one snippet.
+
+    Attributes:
+        scale: scale-and-crop enlargement factor (1 = none).
+        crop: (x, y) position of the crop window within the enlarged image, each a fraction in
+            [0, 1] of the free range (0 = left/top, 1 = right/bottom).
+        flip: mirror horizontally.
+        jitter: colour jitter of the network input, or None.
+    """
+
+    scale: float = 1.0
+    crop: tuple[float, float] = (0.0, 0.0)
+    flip: bool = False
+    jitter: ColourJitter | None = None
+
+
+def draw_augmentation(rng: np.random.Generator) -> Augmentation:
+    """Draw one snippet's augmentation. Every number is drawn whether used or not, so the stream
+    consumed per item is fixed."""
+    scale = float(rng.uniform(*SCALE_RANGE))
+    crop = (float(rng.random()), float(rng.random()))
+    flip = bool(rng.random() < FLIP_PROBABILITY)
+    use_jitter = bool(rng.random() < JITTER_PROBABILITY)
+    brightness, contrast, saturation = rng.uniform(1 - BRIGHTNESS, 1 + BRIGHTNESS, 3)
+    jitter = ColourJitter(
+        brightness=float(brightness),
+        contrast=float(contrast),
+        saturation=float(saturation),
+        hue=float(rng.uniform(-HUE, HUE)),
+        order=tuple(int(i) for i in rng.permutation(4)),
+    )
+    return Augmentation(scale=scale, crop=crop, flip=flip, jitter=jitter if use_jitter else None)
+
+
+def resize_and_crop(
+    frames: np.ndarray,
+    K: np.ndarray,
+    height: int,
+    width: int,
+    scale: float = 1.0,
+    crop: tuple[float, float] = (0.0, 0.0),
+) -> tuple[np.ndarray, np.ndarray]:
+    """Resize frames to `scale` × the training size, then crop a (height, width) window.
+
+    One resampling from the stored frames (PIL bilinear: half-pixel centres, antialiased when
+    shrinking), so `scale_intrinsics` then `crop_intrinsics` give the exact intrinsics.
+
+    Args:
+        frames: (L, H0, W0, 3) uint8 RGB.
+        K: (3, 3) intrinsics of the stored frames, pixels.
+        height, width: training size.
+        scale: enlargement before the crop, ≥ 1.
+        crop: (x, y) crop position as fractions of the free range (see :class:`Augmentation`).
+    Returns:
+        (L, height, width, 3) uint8 frames and their (3, 3) float64 intrinsics.
+    """
+    h0, w0 = frames.shape[1:3]
+    scaled_h, scaled_w = max(height, round(height * scale)), max(width, round(width * scale))
+    x0 = min(int(crop[0] * (scaled_w - width + 1)), scaled_w - width)
+    y0 = min(int(crop[1] * (scaled_h - height + 1)), scaled_h - height)
+    resized = np.stack([
+        np.asarray(Image.fromarray(frame).resize((scaled_w, scaled_h), Image.Resampling.BILINEAR)) for frame in frames
+    ])
+    K = crop_intrinsics(scale_intrinsics(np.asarray(K, np.float64), scaled_w / w0, scaled_h / h0), x0, y0)
+    return resized[:, y0:y0 + height, x0:x0 + width], K
+
+
+def colour_jitter(frames: np.ndarray, jitter: ColourJitter) -> np.ndarray:
+    """Apply one colour jitter draw to every frame, as monodepth2 does (torchvision's PIL path).
+
+    brightness b: `b·I`; contrast c: `c·I + (1−c)·mean(luma(I))` (one mean per frame); saturation s:
+    `s·I + (1−s)·luma(I)` (per pixel); hue h: rotate the HSV hue by h turns. Each step rounds and
+    clips to uint8. PIL's C loops do this several times faster than the same steps as torch ops
+    on the CPU, which matters in loader workers.
+
+    Args:
+        frames: (L, H, W, 3) uint8 RGB.
+        jitter: the factors and their order.
+    Returns:
+        (L, H, W, 3) uint8 RGB.
+    """
+    if frames.ndim != 4 or frames.shape[3] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"frames must be an (L, H, W, 3) uint8 array, got {frames.dtype} {frames.shape}")
+    # PIL's HSV hue runs over 0..255 for a full turn (255 wraps to 0).
+    hue_shift = int(round(jitter.hue * 255)) % 255
+    out = []
+    for frame in frames:
+        image = Image.fromarray(frame)
+        for step in jitter.order:
+            if step == 0:
+                image = ImageEnhance.Brightness(image).enhance(jitter.brightness)
+            elif step == 1:
+                image = ImageEnhance.Contrast(image).enhance(jitter.contrast)
+            elif step == 2:
+                image = ImageEnhance.Color(image).enhance(jitter.saturation)
+            elif hue_shift:
+                h, s, v = image.convert("HSV").split()
+                h = Image.fromarray(((np.asarray(h, np.int32) + hue_shift) % 255).astype(np.uint8))
+                image = Image.merge("HSV", (h, s, v)).convert("RGB")
+        out.append(np.asarray(image))
+    return np.stack(out)
+
+
+def augment_snippet(
+    frames: np.ndarray, K: np.ndarray, height: int, width: int, augmentation: Augmentation | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Bring a snippet to the training size and apply one augmentation to all of its frames.
+
+    Order: scale-and-crop, flip, colour jitter; the geometric steps update K exactly.
+
+    Args:
+        frames: (L, H0, W0, 3) uint8 RGB as stored.
+        K: (3, 3) intrinsics of the stored frames, pixels.
+        height, width: training size.
+        augmentation: the draw, or None for a plain resize.
+    Returns:
+        images: (L, 3, height, width) float32 in [0, 1], fully augmented (the networks' input);
+        images_raw: the same geometry without colour jitter (what the photometric loss compares);
+        K: (3, 3) float32 intrinsics of the returned frames.
+    """
+    augmentation = augmentation or Augmentation()
+    frames, K = resize_and_crop(frames, K, height, width, augmentation.scale, augmentation.crop)
+    if augmentation.flip:
+        frames, K = frames[:, :, ::-1], flip_intrinsics(K, width)
+    images_raw = _to_tensor(frames)
+    images = images_raw if augmentation.jitter is None else _to_tensor(colour_jitter(frames, augmentation.jitter))
+    return images, images_raw, torch.from_numpy(K).float()
+
+
+def _to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """(L, H, W, 3) uint8 to (L, 3, H, W) float32 in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(frames.transpose(0, 3, 1, 2))).float().div_(255.0)
+
+
+class SnippetDataset(Dataset):
+    """Every window of `snippet_length` consecutive frames inside a scene; the target is the middle.
+
+    An item is addressed by `index`, or by `(epoch, index)` as :class:`SnippetBatchSampler` yields;
+    a bare index uses the epoch of :meth:`set_epoch`. The augmentation depends only on
+    (seed, epoch, index).
+
+    Args:
+        scenes: the scenes of a split (see `masksfm.data.layout.load_split`).
+        height, width: training size, pixels.
+        snippet_length: frames per snippet, odd, ≥ 3.
+        augment: scale-and-crop, flip and colour jitter; off = plain resize.
+        seed: augmentation seed, a non-negative integer.
+        source: what to name in error messages (the split file); by default the scenes' folder.
+    """
+
+    def __init__(
+        self,
+        scenes: Sequence[Scene],
+        height: int,
+        width: int,
+        snippet_length: int = 3,
+        augment: bool = True,
+        seed: int = 0,
+        source: str | None = None,
+    ) -> None:
+        if snippet_length < 3 or snippet_length % 2 == 0:
+            raise MasksfmError(f"snippet length must be odd and at least 3 (target in the middle), "
+                               f"got {snippet_length}")
+        self.scenes = list(scenes)
+        self.height, self.width = int(height), int(width)
+        self.snippet_length = snippet_length
+        self.augment = augment
+        self.seed = int(seed)
+        self.source = source or ", ".join(sorted({str(scene.path.parent) for scene in self.scenes})) or "data"
+        self.epoch = 0
+        counts = [max(0, len(scene) - snippet_length + 1) for scene in self.scenes]
+        # Flat (scene, first frame) tables rather than a list of tuples: cheap to copy into workers.
+        self._scene_of = np.repeat(np.arange(len(self.scenes)), counts)
+        self._start_of = np.concatenate([np.arange(n) for n in counts]) if counts else np.zeros(0, np.int64)
+        if len(self._scene_of) == 0:
+            longest = max((len(scene) for scene in self.scenes), default=0)
+            raise MasksfmError(f"{self.source}: too-short sequences: no scene has the {snippet_length} frames a "
+                               f"snippet needs ({len(self.scenes)} scenes, the longest has {longest} frames)")
+
+    def __len__(self) -> int:
+        return len(self._scene_of)
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch used for items addressed by a bare index."""
+        self.epoch = int(epoch)
+
+    def snippet(self, index: int) -> tuple[Scene, range]:
+        """The scene of item `index` and the indices of its frames."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"snippet index {index} out of range [0, {len(self)})")
+        start = int(self._start_of[index])
+        return self.scenes[self._scene_of[index]], range(start, start + self.snippet_length)
+
+    def augmentation(self, epoch: int, index: int) -> Augmentation | None:
+        """The augmentation of item `index` in `epoch` (None when augmentation is off)."""
+        if not self.augment:
+            return None
+        return draw_augmentation(np.random.default_rng([self.seed, epoch, index, _AUGMENT_STREAM]))
+
+    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, torch.Tensor | int]:
+        """One snippet.
+
+        Returns:
+            images: (L, 3, H, W) float32 in [0, 1], augmented; images_raw: (L, 3, H, W) without
+            colour jitter; K: (3, 3) float32 intrinsics of those frames; index, epoch: ints.
+        """
+        epoch, index = (int(item[0]), int(item[1])) if isinstance(item, tuple) else (self.epoch, int(item))
+        scene, frame_ids = self.snippet(index)
+        frames = np.stack([scene.read_frame(i) for i in frame_ids])
+        augmentation = self.augmentation(epoch, index)
+        images, images_raw, K = augment_snippet(frames, scene.K, self.height, self.width, augmentation)
+        return {"images": images, "images_raw": images_raw, "K": K, "index": index, "epoch": epoch}
+
+
+class SnippetBatchSampler(Sampler):
+    """Batches of `(epoch, index)` pairs for :class:`SnippetDataset`, sharded over processes.
+
+    Global batch k of epoch e is items `perm[k·B:(k+1)·B]` of a permutation drawn from (seed, e);
+    an incomplete final batch is dropped. Process `rank` gets the `rank`-th of `world_size` equal
+    slices of each global batch, so the union over ranks is the 1-process batch. Steps count global
+    batches across epochs; `start_step` starts there directly, loading nothing for skipped steps.
+
+    Args:
+        num_items: dataset length.
+        batch_size: global batch size, divisible by `world_size`.
+        seed: shuffling seed, a non-negative integer.
+        rank, world_size: this process and the process count.
+        start_step: first step to yield.
+        max_steps: stop before this step; None = never stop.
+    """
+
+    def __init__(
+        self,
+        num_items: int,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        start_step: int = 0,
+        max_steps: int | None = None,
+    ) -> None:
+        if batch_size < 1 or batch_size % world_size != 0:
+            raise MasksfmError(f"batch size {batch_size} must be a positive multiple of the process count {world_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} out of range for world size {world_size}")
+        if num_items < batch_size:
+            raise MasksfmError(f"{num_items} training snippets are fewer than the batch size {batch_size}")
+        self.num_items, self.batch_size, self.seed = num_items, batch_size, int(seed)
+        self.rank, self.world_size = rank, world_size
+        self.start_step, self.max_steps = start_step, max_steps
+        self.steps_per_epoch = num_items // batch_size
+        self._permutation_epoch, self._permutation = -1, np.zeros(0, np.int64)
+
+    def epoch_of(self, step: int) -> int:
+        """The epoch that global step `step` belongs to."""
+        return step // self.steps_per_epoch
+
+    def batch(self, step: int) -> list[tuple[int, int]]:
+        """This process's share of global batch `step`, as (epoch, index) pairs."""
+        epoch, k = divmod(step, self.steps_per_epoch)
+        if epoch != self._permutation_epoch:
+            rng = np.random.default_rng([self.seed, epoch, _SAMPLER_STREAM])
+            self._permutation_epoch, self._permutation = epoch, rng.permutation(self.num_items)
+        share = self.batch_size // self.world_size
+        first = k * self.batch_size + self.rank * share
+        return [(epoch, int(i)) for i in self._permutation[first:first + share]]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        step = self.start_step
+        while self.max_steps is None or step < self.max_steps:
+            yield self.batch(step)
+            step += 1
+
+    def __len__(self) -> int:
+        if self.max_steps is None:
+            raise TypeError("an endless SnippetBatchSampler has no length (give max_steps)")
+        return max(0, self.max_steps - self.start_step)
+
+
+def make_loader(
+    dataset: SnippetDataset,
+    batch_size: int,
+    seed: int,
+    workers: int = 2,
+    rank: int = 0,
+    world_size: int = 1,
+    start_step: int = 0,
+    max_steps: int | None = None,
+    pin_memory: bool | None = None,
+) -> DataLoader:
+    """A DataLoader of this process's share of each global batch (see :class:`SnippetBatchSampler`).
+
+    Batches are dicts: images, images_raw (B, L, 3, H, W); K (B, 3, 3); index, epoch (B,), where
+    B = batch_size / world_size.
+
+    Args:
+        pin_memory: default on when CUDA is available, off on a CPU-only machine.
+    """
+    if len(dataset) < batch_size:
+        raise MasksfmError(f"{dataset.source}: {len(dataset)} training snippets are fewer than "
+                           f"the batch size {batch_size}")
+    sampler = SnippetBatchSampler(len(dataset), batch_size, seed, rank, world_size, start_step, max_steps)
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+        persistent_workers=workers > 0,
+    )
