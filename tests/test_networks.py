@@ -1,0 +1,315 @@
+"""Depth and pose networks: shapes at any size, activation ranges, gradients, weight files, export."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+from skimage import data as skdata
+
+from masksfm.errors import MasksfmError
+from masksfm.geometry import pose_vec_to_mat
+from masksfm.networks import DispNet, PoseNet, ResNetDepthNet, build_depth_net
+from masksfm.networks.depth import disparity
+
+SIZES = [(64, 208), (128, 416), (37, 50)]
+
+
+@functools.cache
+def photos() -> tuple[np.ndarray, ...]:
+    return skdata.astronaut(), skdata.chelsea(), skdata.coffee()
+
+
+def real_images(batch: int, height: int, width: int, offset: int = 0) -> torch.Tensor:
+    """(B, 3, H, W) RGB in [0, 1]: crops of photographs that ship inside scikit-image."""
+    out = []
+    for b in range(batch):
+        photo = photos()[(b + offset) % 3]
+        y0 = 20 * ((b + offset) // 3)
+        crop = Image.fromarray(photo[y0 : y0 + 280, :]).resize((width, height), Image.BILINEAR)
+        out.append(torch.from_numpy(np.asarray(crop, dtype=np.float32) / 255.0).permute(2, 0, 1))
+    return torch.stack(out)
+
+
+def expected_sizes(height: int, width: int) -> list[tuple[int, int]]:
+    return [(-(-height // 2**k), -(-width // 2**k)) for k in range(4)]
+
+
+def torchvision_resnet18_keys() -> list[str]:
+    """torchvision's resnet18 state-dict keys, written out from its layer structure."""
+    bn = ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]
+    keys = ["conv1.weight"] + [f"bn1.{p}" for p in bn]
+    for layer in range(1, 5):
+        for block in range(2):
+            pre = f"layer{layer}.{block}."
+            keys += [pre + "conv1.weight"] + [pre + f"bn1.{p}" for p in bn]
+            keys += [pre + "conv2.weight"] + [pre + f"bn2.{p}" for p in bn]
+            if layer > 1 and block == 0:
+                keys += [pre + "downsample.0.weight"] + [pre + f"downsample.1.{p}" for p in bn]
+    return keys + ["fc.weight", "fc.bias"]
+
+
+@pytest.fixture(scope="module")
+def depth_nets() -> dict[str, torch.nn.Module]:
+    torch.manual_seed(0)
+    return {"dispnet": DispNet().eval(), "resnet18": ResNetDepthNet().eval()}
+
+
+def first_conv(net: torch.nn.Module) -> torch.nn.Conv2d:
+    return net.encoder.conv1 if isinstance(net, ResNetDepthNet) else net.down[0][0]
+
+
+class TestDisparityActivation:
+    def test_exact_values(self):
+        logits = torch.tensor([0.0, -float("inf"), float("inf"), -200.0, 200.0])
+        assert disparity(logits).tolist() == pytest.approx([5.01, 0.01, 10.01, 0.01, 10.01], abs=1e-6)
+
+
+@pytest.mark.parametrize("name", ["dispnet", "resnet18"])
+class TestDepthNets:
+    @pytest.mark.parametrize("size", SIZES)
+    @pytest.mark.parametrize("batch", [1, 3])
+    def test_shapes(self, depth_nets, name, size, batch):
+        with torch.no_grad():
+            disps = depth_nets[name](real_images(batch, *size))
+        assert [tuple(d.shape) for d in disps] == [(batch, 1, h, w) for h, w in expected_sizes(*size)]
+
+    def test_range(self, depth_nets, name):
+        with torch.no_grad():
+            disps = depth_nets[name](real_images(3, 64, 208))
+        for d in disps:
+            assert d.min() > 0.01 and d.max() < 10.01
+            assert torch.isfinite(1.0 / d).all()
+
+    def test_gradients_reach_every_parameter(self, name):
+        torch.manual_seed(0)
+        net = build_depth_net(name).train()
+        disps = net(real_images(2, 37, 50))
+        sum(d.mean() for d in disps).backward()
+        grad = first_conv(net).weight.grad
+        assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
+        # DDP needs every parameter to take part in the loss.
+        assert all(p.grad is not None for p in net.parameters())
+
+    def test_rejects_bad_input(self, depth_nets, name):
+        for shape in [(1, 3, 31, 64), (1, 3, 64, 31), (1, 1, 64, 64), (3, 64, 64)]:
+            with pytest.raises(ValueError, match="image must have shape"):
+                depth_nets[name](torch.rand(shape))
+
+    def test_device(self, depth_nets, name, device):
+        net = copy.deepcopy(depth_nets[name]).to(device)
+        with torch.no_grad():
+            disps = net(real_images(1, 32, 32).to(device))
+        assert all(d.device.type == device.type for d in disps)
+
+
+class TestDispNetWithoutBatchNorm:
+    """The DDP tests (DESIGN §1) rely on DispNet's training-mode output depending on its own image only."""
+
+    def test_no_normalisation_layers(self, depth_nets):
+        norms = (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm)
+        assert not [m for m in depth_nets["dispnet"].modules() if isinstance(m, norms)]
+        assert [m for m in depth_nets["resnet18"].modules() if isinstance(m, norms)]
+
+    def test_each_image_on_its_own_in_training(self, depth_nets):
+        net = copy.deepcopy(depth_nets["dispnet"]).train()
+        images = real_images(3, 37, 50)
+        with torch.no_grad():
+            together, alone = net(images), net(images[1:2])
+        for a, b in zip(together, alone):
+            assert torch.allclose(a[1:2], b, atol=1e-5)
+
+
+def test_build_depth_net(tmp_path):
+    assert isinstance(build_depth_net("dispnet"), DispNet)
+    assert isinstance(build_depth_net("resnet18"), ResNetDepthNet)
+    with pytest.raises(MasksfmError, match="model.depth: unknown depth network 'resnet50'"):
+        build_depth_net("resnet50")
+    with pytest.raises(MasksfmError, match="resnet18, not dispnet"):
+        build_depth_net("dispnet", pretrained_weights=tmp_path / "w.safetensors")
+
+
+@pytest.fixture(scope="module")
+def trained() -> ResNetDepthNet:
+    """A ResNet depth net whose BN statistics have moved, so a lost buffer would show."""
+    torch.manual_seed(1)
+    net = ResNetDepthNet().train()
+    with torch.no_grad():
+        net(real_images(3, 64, 96))
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def pose_nets() -> dict[bool, PoseNet]:
+    torch.manual_seed(0)
+    return {False: PoseNet().eval(), True: PoseNet(explainability=True).eval()}
+
+
+class TestResNetWeights:
+    @pytest.fixture
+    def weights(self, trained) -> dict[str, torch.Tensor]:
+        """The encoder's state dict as a user's torchvision conversion holds it, classifier included."""
+        state = {k: v.clone() for k, v in trained.encoder.state_dict().items()}
+        state["fc.weight"] = torch.zeros(1000, 512)
+        state["fc.bias"] = torch.zeros(1000)
+        return state
+
+    def test_torchvision_names(self):
+        state = ResNetDepthNet().encoder.state_dict()
+        assert list(state) == torchvision_resnet18_keys()[:-2]
+        assert state["conv1.weight"].shape == (64, 3, 7, 7)
+        assert state["layer2.0.downsample.0.weight"].shape == (128, 64, 1, 1)
+        assert state["layer4.1.bn2.running_var"].shape == (512,)
+
+    def test_round_trip(self, tmp_path, trained, weights):
+        path = tmp_path / "resnet18.safetensors"
+        save_file(weights, path)
+        torch.manual_seed(2)
+        fresh = ResNetDepthNet(pretrained_weights=path).eval()
+        decoder = {k: v for k, v in trained.state_dict().items() if not k.startswith("encoder.")}
+        fresh.load_state_dict(decoder, strict=False)
+        images = real_images(2, 37, 50)
+        with torch.no_grad():
+            for a, b in zip(fresh(images), trained(images)):
+                assert torch.equal(a, b)
+            assert not torch.equal(ResNetDepthNet().eval()(images)[0], trained(images)[0])
+
+    def test_without_batch_counters(self, tmp_path, weights):
+        path = tmp_path / "no_counters.safetensors"
+        save_file({k: v for k, v in weights.items() if not k.endswith("num_batches_tracked")}, path)
+        net = ResNetDepthNet(pretrained_weights=path)
+        assert torch.equal(net.encoder.layer3[1].conv2.weight, weights["layer3.1.conv2.weight"])
+
+    @pytest.mark.parametrize(
+        "edit, message",
+        [
+            (
+                lambda s: s.update({"layer3.1.conv3.weight": s.pop("layer3.1.conv2.weight")}),
+                "unexpected key 'layer3.1.conv3.weight'",
+            ),
+            (lambda s: s.pop("layer4.0.downsample.1.running_var"), "missing key 'layer4.0.downsample.1.running_var'"),
+            (lambda s: s.update({f"encoder.{k}": s.pop(k) for k in list(s)}), r"unexpected key 'encoder\."),
+            (lambda s: s.update({"conv1.weight": torch.zeros(64, 6, 7, 7)}), r"'conv1.weight' has shape \(64, 6, 7, 7\)"),
+            (lambda s: s["bn1.running_var"].fill_(float("nan")), "'bn1.running_var' holds values that are not finite"),
+        ],
+        ids=["renamed", "missing", "prefixed", "shape", "nan"],
+    )
+    def test_bad_keys(self, tmp_path, weights, edit, message):
+        edit(weights)
+        path = tmp_path / "bad.safetensors"
+        save_file(weights, path)
+        with pytest.raises(MasksfmError, match=message) as error:
+            ResNetDepthNet(pretrained_weights=path)
+        assert str(path) in str(error.value)
+
+    def test_not_safetensors(self, tmp_path):
+        garbage = tmp_path / "garbage.safetensors"
+        garbage.write_bytes(b"\x00\x01 not a weights file " * 10)
+        with pytest.raises(MasksfmError, match="not a safetensors file") as error:
+            ResNetDepthNet(pretrained_weights=garbage)
+        assert str(garbage) in str(error.value)
+        with pytest.raises(MasksfmError, match="missing ResNet-18 weights file"):
+            ResNetDepthNet(pretrained_weights=tmp_path / "absent.safetensors")
+
+    def test_pickle_is_never_unpickled(self, tmp_path):
+        # A pickle whose loading would create a file: loading it must fail without running it.
+        marker = tmp_path / "unpickled"
+
+        class Payload:
+            def __reduce__(self):
+                return (open, (str(marker), "w"))
+
+        path = tmp_path / "resnet18.pth"
+        path.write_bytes(pickle.dumps({"conv1.weight": Payload()}))
+        with pytest.raises(MasksfmError, match="not a safetensors file"):
+            ResNetDepthNet(pretrained_weights=path)
+        assert not marker.exists()
+
+
+class TestPoseNet:
+    @staticmethod
+    def snippet(batch: int, size: tuple[int, int], num_sources: int = 2):
+        frames = [real_images(batch, *size, offset=i) for i in range(num_sources + 1)]
+        return frames[0], torch.stack(frames[1:], dim=1)
+
+    @pytest.mark.parametrize("size", SIZES)
+    @pytest.mark.parametrize("batch", [1, 3])
+    def test_shapes(self, pose_nets, size, batch):
+        with torch.no_grad():
+            poses = pose_nets[False](*self.snippet(batch, size))
+            poses_exp, masks = pose_nets[True](*self.snippet(batch, size))
+        assert poses.shape == poses_exp.shape == (batch, 2, 6)
+        assert [tuple(m.shape) for m in masks] == [(batch, 2, h, w) for h, w in expected_sizes(*size)]
+        assert all(m.min() > 0 and m.max() < 1 for m in masks)
+
+    def test_four_sources(self):
+        with torch.no_grad():
+            assert PoseNet(num_sources=4)(*self.snippet(2, (37, 50), num_sources=4)).shape == (2, 4, 6)
+
+    def test_scaled_mean_of_the_last_conv(self, pose_nets):
+        # poses[b, s] = 0.01 x the spatial mean of channels 6s..6s+5 of the 1x1 conv.
+        seen = {}
+        hook = pose_nets[False].pose_pred.register_forward_hook(lambda m, i, o: seen.update(out=o))
+        try:
+            with torch.no_grad():
+                poses = pose_nets[False](*self.snippet(2, (64, 208)))
+        finally:
+            hook.remove()
+        raw = seen["out"].mean(dim=(2, 3))
+        assert torch.allclose(poses[:, 1, 2], 0.01 * raw[:, 8])
+        assert torch.allclose(poses.reshape(2, 12), 0.01 * raw)
+        # Hence an untrained net predicts near-identity motion.
+        assert poses.abs().max() < 0.01
+        T = pose_vec_to_mat(poses.reshape(-1, 6))
+        assert torch.allclose(T, torch.eye(4).expand_as(T), atol=0.01)
+
+    def test_gradients_reach_every_parameter(self):
+        torch.manual_seed(0)
+        net = PoseNet(explainability=True).train()
+        poses, masks = net(*self.snippet(2, (37, 50)))
+        (poses.sum() + sum(m.mean() for m in masks)).backward()
+        grad = net.conv[0][0].weight.grad
+        assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+        assert all(p.grad is not None for p in net.parameters())
+
+    def test_rejects_bad_sources(self, pose_nets):
+        target, sources = self.snippet(1, (37, 50), num_sources=3)
+        with pytest.raises(ValueError, match=r"sources must have shape \(B, 2, 3, 37, 50\)"):
+            pose_nets[False](target, sources)
+        with pytest.raises(ValueError, match="sources must have shape"):
+            pose_nets[False](target, sources[:, :2, :, :, :40])
+
+
+class TestExport:
+    """`torch.export` at one size with a dynamic batch gives the eager outputs (the ONNX exporter
+    starts from the same program; its tests live with the export command)."""
+
+    @pytest.mark.parametrize("name", ["dispnet", "resnet18"])
+    def test_depth(self, depth_nets, name):
+        net = depth_nets[name]
+        batch = torch.export.Dim("batch", min=1, max=16)
+        program = torch.export.export(net, (real_images(2, 37, 50),), dynamic_shapes={"image": {0: batch}})
+        for b in (1, 3):
+            images = real_images(b, 37, 50, offset=1)
+            with torch.no_grad():
+                for exported, eager in zip(program.module()(images), net(images)):
+                    assert exported.shape == eager.shape
+                    assert torch.allclose(exported, eager, atol=1e-5)
+
+    def test_pose_with_explainability(self, pose_nets):
+        net = pose_nets[True]
+        batch = torch.export.Dim("batch", min=1, max=16)
+        example = TestPoseNet.snippet(2, (37, 50))
+        program = torch.export.export(net, example, dynamic_shapes={"target": {0: batch}, "sources": {0: batch}})
+        target, sources = TestPoseNet.snippet(3, (37, 50))
+        with torch.no_grad():
+            (poses, masks), (poses_ref, masks_ref) = program.module()(target, sources), net(target, sources)
+        assert torch.allclose(poses, poses_ref, atol=1e-7)
+        for m, m_ref in zip(masks, masks_ref):
+            assert torch.allclose(m, m_ref, atol=1e-6)
