@@ -78,15 +78,73 @@ def cmd_prepare_video(args) -> None:
 
 
 def cmd_train(args) -> None:
-    _not_yet("train")
+    from masksfm.config import load_config
+    from masksfm.training import configure_from_args, resumed_config, run_training
+
+    config = None
+    if args.resume:
+        config = resumed_config(args.out)
+        if config is not None and args.config is not None:
+            raise MasksfmError(f"--resume continues {args.out} with its own config; drop --config (use --set to change a value)")
+    if config is None:
+        config = load_config(args.config, args.overrides)
+    else:
+        from masksfm.config import apply_overrides
+
+        config = apply_overrides(config, args.overrides)
+    run_training(args.data, args.out, configure_from_args(config, args), resume=args.resume, device=args.device)
+
+
+def _console():
+    from rich.console import Console
+
+    # Off a terminal rich assumes 80 columns and truncates; logs and pipes get room for the table.
+    return Console(width=None if sys.stdout.isatty() else 160)
+
+
+def print_metrics(title: str, metrics: dict, json_path: Path | None) -> None:
+    """A small table on stdout; the same numbers as JSON with --json."""
+    import json
+
+    from rich.table import Table
+
+    table = Table(title=title)
+    for key in metrics:
+        table.add_column(key, justify="right")
+    table.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in metrics.values()))
+    _console().print(table)
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(metrics, indent=2) + "\n")
 
 
 def cmd_eval_depth(args) -> None:
-    _not_yet("eval depth")
+    from masksfm.inference import run_eval_depth
+
+    metrics = run_eval_depth(args.run, args.data, args.split, args.crop, args.pred_kind, args.device)
+    print_metrics(f"depth, split {args.split}", metrics, args.json)
 
 
 def cmd_eval_pose(args) -> None:
-    _not_yet("eval pose")
+    import json
+
+    from rich.table import Table
+
+    from masksfm.inference import run_eval_pose
+
+    results = run_eval_pose(args.run, args.data, args.split, args.out, args.device)
+    keys = ["ate_mean", "ate_std", "ate_rmse", "rpe_trans", "rpe_rot", "t_rel", "r_rel"]
+    table = Table(title=f"pose, split {args.split} (snippet ATE: 5 frames, metres; trajectories in {results.pop('out')})")
+    table.add_column("scene")
+    for key in keys:
+        table.add_column(key, justify="right")
+    for name, seq in results["sequences"].items():
+        table.add_row(name, *(f"{seq[k]:.4f}" if k in seq else "-" for k in keys))
+    table.add_row("all", f"{results['ate_mean']:.4f}", f"{results['ate_std']:.4f}", *["" for _ in keys[2:]])
+    _console().print(table)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
 
 
 def cmd_predict(args) -> None:

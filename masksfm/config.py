@@ -1,0 +1,238 @@
+"""The configuration: one typed tree of dataclasses, from YAML and `--set a.b=value` overrides.
+
+`load_config(path_or_name, overrides)` starts from the defaults below, applies a YAML file (a path,
+or the name of a shipped file in `masksfm/configs/`: default, paper, paper_dn), then the overrides.
+An unknown key or a value of the wrong type is a MasksfmError naming it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from masksfm.errors import MasksfmError
+
+MASK_MODES = ("multimask", "none", "explainability", "automask", "multimask+automask")
+DN_MODES = ("none", "snippet", "image_mean", "image_max")
+GUARDS = ("none", "warmup", "floor")
+
+
+@dataclass
+class DataConfig:
+    height: int = 128  # training image size, pixels
+    width: int = 416
+    snippet_length: int = 3  # odd; the target is the middle frame
+    augment: bool = True  # flip, scale-and-crop, colour jitter
+    workers: int = 2  # DataLoader worker processes
+    train_split: str = "train"
+    val_split: str = "val"
+
+
+@dataclass
+class ModelConfig:
+    depth: str = "dispnet"  # dispnet | resnet18
+    pretrained: str | None = None  # safetensors weights for the ResNet-18 encoder (never downloaded)
+
+
+@dataclass
+class LossConfig:
+    mask: str = "multimask"  # multimask | none | explainability | automask | multimask+automask
+    repeats: int = 0  # extra rounds of repeated masking
+    overlap_tolerance: float = 0.0  # τ of the overlap mask (0 = the paper)
+    dn: str = "none"  # depth normalisation: none | snippet | image_mean | image_max
+    ssim: str = "box3"  # box3 (monodepth2) | gauss13 (the authors)
+    rho: str = "l1"  # l1 | robust (the authors' (|x| + 0.01)^0.4)
+    ssim_weight: float = 0.85
+    scales: str = "upsample"  # upsample (monodepth2) | downsample (SfMLearner, the authors)
+    num_scales: int = 4  # how many of the depth net's 4 scales enter the loss
+    bidirectional: bool = True  # reconstruct t from s and s from t
+    below_mean_mask: bool = False  # keep only pixels below the masked mean error (authors' command)
+    smoothness_weight: float = 1e-3
+    smoothness_scale_base: float = 2.0  # the smoothness weight is divided by base^scale
+    explainability_weight: float = 0.2  # SfMLearner's regulariser, loss.mask = explainability only
+    guard: str = "warmup"  # against the collapse of masked losses from scratch: none | warmup | floor
+    warmup_steps: int = 300  # guard=warmup: steps of unmasked (border-padded) loss before the masks
+    floor: float = 0.5  # guard=floor: masks count at least this weight
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-4
+    beta1: float = 0.9
+    beta2: float = 0.999
+    weight_decay: float = 0.0
+    lr_decay_steps: list[int] = field(default_factory=list)  # multiply lr by 0.1 at these steps
+    batch_size: int = 4  # global batch (split over DDP processes)
+    steps: int = 20000
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    checkpoint_every: int = 500  # write checkpoints/last every N steps
+    log_every: int = 25  # scalars to TensorBoard
+    image_every: int = 250  # images to TensorBoard
+    val_every: int = 500  # validation abs_rel (data with depth) -> checkpoints/best
+    val_images: int = 64  # validation frames, at most
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+CHOICES = {
+    "loss.mask": MASK_MODES,
+    "loss.dn": DN_MODES,
+    "loss.ssim": ("box3", "gauss13"),
+    "loss.rho": ("l1", "robust"),
+    "loss.scales": ("upsample", "downsample"),
+    "loss.guard": GUARDS,
+    "model.depth": ("dispnet", "resnet18"),
+}
+
+
+def _coerce(key: str, value, kind):
+    """Check (and gently convert) a value against a dataclass field's annotation."""
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(kind)
+        if value is None and type(None) in options:
+            return None
+        kind = next(o for o in options if o is not type(None))
+        origin = typing.get_origin(kind)
+    if origin is list:
+        if not isinstance(value, list):
+            raise MasksfmError(f"config key {key}: expected a list, got {value!r}")
+        (item,) = typing.get_args(kind)
+        return [_coerce(key, v, item) for v in value]
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif kind is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = str(value)
+            if key in CHOICES and value not in CHOICES[key]:
+                raise MasksfmError(f"config key {key}: {value!r} is not one of {', '.join(CHOICES[key])}")
+            return value
+    raise MasksfmError(f"config key {key}: expected {getattr(kind, '__name__', kind)}, got {value!r}")
+
+
+def _apply(node, values: dict, prefix: str = "") -> None:
+    if not isinstance(values, dict):
+        raise MasksfmError(f"config {prefix.rstrip('.') or 'file'}: expected a mapping, got {values!r}")
+    hints = typing.get_type_hints(type(node))
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if key not in hints:
+            raise MasksfmError(f"unknown config key {name!r}")
+        current = getattr(node, key)
+        if dataclasses.is_dataclass(current):
+            _apply(current, value, name + ".")
+        else:
+            setattr(node, key, _coerce(name, value, hints[key]))
+
+
+def from_dict(values: dict) -> Config:
+    """A Config from a (possibly partial) nested dict; unknown keys are errors."""
+    config = Config()
+    _apply(config, values or {})
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    """Cross-field checks a user can trip over."""
+    if config.data.snippet_length < 3 or config.data.snippet_length % 2 == 0:
+        raise MasksfmError(f"config key data.snippet_length: must be odd and >= 3, got {config.data.snippet_length}")
+    if min(config.data.height, config.data.width) < 32:
+        raise MasksfmError(f"config data.height x data.width: at least 32x32, got {config.data.height}x{config.data.width}")
+    if not 1 <= config.loss.num_scales <= 4:
+        raise MasksfmError(f"config key loss.num_scales: 1 to 4, got {config.loss.num_scales}")
+    for key in ("optim.batch_size", "optim.steps", "train.checkpoint_every", "train.log_every", "train.val_every"):
+        section, name = key.split(".")
+        if getattr(getattr(config, section), name) <= 0:
+            raise MasksfmError(f"config key {key}: must be positive")
+
+
+def shipped_config(name: str) -> Path:
+    """Path of a configuration shipped with the package (`default`, `paper`, `paper_dn`)."""
+    return Path(str(resources.files("masksfm") / "configs" / f"{name}.yaml"))
+
+
+def read_yaml(path: Path) -> dict:
+    try:
+        text = Path(path).read_text()
+    except OSError as error:
+        raise MasksfmError(f"{path}: cannot read config ({error.strerror})") from None
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise MasksfmError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    return values or {}
+
+
+def parse_override(text: str) -> tuple[list[str], object]:
+    """`a.b=value` -> (["a", "b"], value parsed as YAML: 3 -> int, 1e-4 -> float, [1, 2] -> list)."""
+    if "=" not in text:
+        raise MasksfmError(f"--set {text!r}: expected KEY=VALUE, e.g. loss.repeats=3")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    # YAML reads 1e-4 as a string (it wants 1.0e-4); numbers are what people mean.
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    return key.strip().split("."), value
+
+
+def apply_overrides(config: Config, overrides: list[str] = ()) -> Config:
+    """Apply `a.b=value` overrides to a config (in place) and validate it."""
+    for text in overrides:
+        keys, value = parse_override(text)
+        nested: dict = value  # type: ignore[assignment]
+        for key in reversed(keys):
+            nested = {key: nested}
+        _apply(config, nested)
+    validate(config)
+    return config
+
+
+def load_config(config: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """The defaults, then a YAML file (path or shipped name), then `a.b=value` overrides."""
+    values: dict = {}
+    if config is not None:
+        path = Path(config)
+        if not path.exists() and shipped_config(str(config)).exists():
+            path = shipped_config(str(config))
+        if not path.exists():
+            raise MasksfmError(f"{config}: no such config file (shipped names: default, paper, paper_dn)")
+        values = read_yaml(path)
+    return apply_overrides(from_dict(values), overrides)
+
+
+def dump_yaml(config: Config) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

@@ -1,0 +1,302 @@
+"""From a trained model to numbers and files: disparity of frames, relative poses of a sequence,
+and the depth / pose evaluations of `masksfm eval` (DESIGN §6)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from masksfm.data.dataset import resize_and_crop
+from masksfm.data.layout import Scene, load_split, read_image
+from masksfm.evaluation import (
+    MAX_DEPTH,
+    MIN_DEPTH,
+    EvaluationInputError,
+    depth_metrics,
+    mean_metrics,
+    prediction_to_depth_at,
+)
+from masksfm.errors import MasksfmError
+from masksfm.geometry import invert_pose, pose_vec_to_mat
+
+
+def frames_to_tensor(frames: np.ndarray, height: int, width: int) -> torch.Tensor:
+    """uint8 frames (N, H0, W0, 3) -> float (N, 3, height, width) in [0, 1], resized as in training."""
+    if frames.shape[1:3] != (height, width):
+        frames, _ = resize_and_crop(frames, np.eye(3), height, width)
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255.0
+
+
+@torch.no_grad()
+def predict_disparity(depth_net: torch.nn.Module, frames: torch.Tensor, device: torch.device, batch_size: int = 8) -> torch.Tensor:
+    """Finest-scale disparity of frames already at the net's size.
+
+    Args:
+        frames: (N, 3, h, w) in [0, 1].
+    Returns:
+        (N, 1, h, w) disparity on the CPU (depth = 1 / disparity, in the model's own scale).
+    """
+    depth_net.eval()
+    out = [depth_net(frames[i:i + batch_size].to(device))[0].cpu() for i in range(0, len(frames), batch_size)]
+    return torch.cat(out)
+
+
+def _spread(count: int, limit: int | None) -> list[int]:
+    if limit is None or count <= limit:
+        return list(range(count))
+    return sorted(set(np.linspace(0, count - 1, limit).round().astype(int).tolist()))
+
+
+@dataclass(frozen=True)
+class DepthItem:
+    """One test image of a depth evaluation: where it comes from, its pixels, its ground truth."""
+
+    label: str  # the file, for messages
+    read_image: Callable[[], np.ndarray]  # uint8 (H0, W0, 3)
+    read_gt: Callable[[], np.ndarray | None]  # float32 (H, W) depth in metres, 0 = none
+
+
+def scene_items(scenes: Sequence[Scene]) -> list[DepthItem]:
+    """Every frame of the scenes, in split order then frame order."""
+    return [DepthItem(str(scene.frames[i]), partial(scene.read_frame, i), partial(scene.read_depth, i))
+            for scene in scenes for i in range(len(scene))]
+
+
+def eigen_items(data: Path, split: str) -> list[DepthItem]:
+    """The prepared Eigen test images (`DATA/eigen_test/` or `DATA/eigen_benchmark/`, DESIGN §5)."""
+    folder = Path(data) / ("eigen_test" if split == "eigen" else "eigen_benchmark")
+    listing = folder / "files.txt"
+    if not listing.is_file():
+        raise MasksfmError(f"{listing}: missing (run `masksfm prepare kitti-raw` on KITTI raw data first)")
+    count = len([line for line in listing.read_text().splitlines() if line.strip()])
+    if count == 0:
+        raise MasksfmError(f"{listing}: lists no test image")
+    items = []
+    for k in range(count):
+        image, gt = folder / "images" / f"{k:06d}.png", folder / "depth" / f"{k:06d}.npy"
+        items.append(DepthItem(str(image), partial(read_image, image), partial(_read_gt, gt)))
+    return items
+
+
+def _read_gt(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False).astype(np.float32)
+    except (OSError, ValueError) as error:
+        raise MasksfmError(f"{path}: cannot read ground-truth depth ({error})") from None
+
+
+def depth_items(data: Path, split: str) -> list[DepthItem]:
+    """The test images of `--split`: a split file of the layout, or eigen / eigen_benchmark."""
+    if split in ("eigen", "eigen_benchmark"):
+        return eigen_items(data, split)
+    return scene_items(load_split(data, split))
+
+
+Predictor = Callable[[list[int], list[DepthItem]], list[np.ndarray]]
+
+
+def model_predictor(depth_net: torch.nn.Module, height: int, width: int, device: torch.device) -> Predictor:
+    """Disparities of a model for a batch of items (frames resized to the net's size as in training)."""
+
+    def predict(indices: list[int], items: list[DepthItem]) -> list[np.ndarray]:
+        # Frames are resized one by one: test images of one split may differ in size (KITTI drives).
+        frames = torch.cat([frames_to_tensor(item.read_image()[None], height, width) for item in items])
+        return [d[0].numpy() for d in predict_disparity(depth_net, frames, device)]
+
+    return predict
+
+
+def folder_predictor(folder: Path) -> Predictor:
+    """Someone else's predictions: `folder/000000.npy` ... one per test image, in the split's order."""
+
+    def predict(indices: list[int], items: list[DepthItem]) -> list[np.ndarray]:
+        out = []
+        for k in indices:
+            path = Path(folder) / f"{k:06d}.npy"
+            if not path.is_file():
+                raise MasksfmError(f"{path}: missing prediction for test image {k} ({items[indices.index(k)].label})")
+            out.append(_read_gt(path))
+        return out
+
+    return predict
+
+
+def evaluate_depth_items(
+    items: Sequence[DepthItem],
+    predict: Predictor,
+    kind: str = "disp",
+    garg_crop: bool = False,
+    median_scaling: bool = True,
+    max_images: int | None = None,
+    progress: bool = False,
+    batch_size: int = 8,
+) -> dict[str, float]:
+    """Depth metrics over test items (DESIGN §6): each prediction (disparity or depth, any size) is
+    resized to its ground truth's size and scored with `depth_metrics`; mean over images + `count`.
+
+    Images whose ground truth has no valid pixel are skipped; `max_images` spreads that many
+    evenly over the items.
+    """
+    chosen = _spread(len(items), max_images)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(chosen), desc="eval depth", unit="img", file=sys.stderr)
+    per_image = []
+    for start in range(0, len(chosen), batch_size):
+        indices = chosen[start:start + batch_size]
+        batch = [items[k] for k in indices]
+        for item, pred in zip(batch, predict(indices, batch)):
+            gt = item.read_gt()
+            if gt is None:
+                raise MasksfmError(f"{item.label}: no ground-truth depth for this frame")
+            if not ((gt > MIN_DEPTH) & (gt < MAX_DEPTH)).any():
+                continue  # e.g. a frame of sky only: no metric is defined
+            try:
+                depth = prediction_to_depth_at(pred, *gt.shape, kind=kind)
+                per_image.append(depth_metrics(gt, depth, garg_crop=garg_crop, median_scaling=median_scaling))
+            except EvaluationInputError as error:
+                raise MasksfmError(f"{item.label}: {error}") from None
+        if bar is not None:
+            bar.update(len(batch))
+    if bar is not None:
+        bar.close()
+    if not per_image:
+        raise MasksfmError("no test image with valid ground-truth depth")
+    return mean_metrics(per_image)
+
+
+def evaluate_depth(depth_net: torch.nn.Module, scenes: Sequence[Scene], height: int, width: int,
+                   device: torch.device, max_images: int | None = None, garg_crop: bool = False) -> dict[str, float]:
+    """Median-scaled depth metrics of a model on scenes with ground truth (the trainer's validation)."""
+    return evaluate_depth_items(scene_items(scenes), model_predictor(depth_net, height, width, device),
+                                garg_crop=garg_crop, max_images=max_images)
+
+
+@torch.no_grad()
+def predict_relative_poses(pose_net: torch.nn.Module, frames: torch.Tensor, snippet_length: int,
+                           device: torch.device, batch_size: int = 16) -> np.ndarray:
+    """Relative poses between consecutive frames of a sequence, from a snippet pose net.
+
+    Every frame c with a full snippet around it is a target; the net gives T_{c→s} for its sources.
+    The pair (i, i+1) is read from the snippet centred nearest to i+1 that contains both frames:
+    `inv(P_i) @ P_{i+1}` = T_{(i+1)→i} = T_{c→i} · inv(T_{c→(i+1)}) (T_{c→c} = identity).
+
+    Args:
+        frames: (N, 3, h, w) in [0, 1] at the net's size, N >= snippet_length.
+    Returns:
+        (N − 1, 4, 4) float64, element i = inv(P_i) @ P_{i+1} (camera-to-world convention of
+        `masksfm.trajectory.chain_relative_poses`).
+    """
+    n, half = len(frames), snippet_length // 2
+    if n < snippet_length:
+        raise MasksfmError(f"a sequence of {n} frames is shorter than the {snippet_length}-frame snippet")
+    pose_net.eval()
+    centers = list(range(half, n - half))
+    to_source: dict[int, torch.Tensor] = {}  # center -> (L, 4, 4) T_{c→frame c-half+k}
+    for start in range(0, len(centers), batch_size):
+        chunk = centers[start:start + batch_size]
+        snippets = torch.stack([frames[c - half:c + half + 1] for c in chunk]).to(device)
+        sources = torch.cat([snippets[:, :half], snippets[:, half + 1:]], dim=1)
+        out = pose_net(snippets[:, half], sources)
+        poses = out[0] if isinstance(out, tuple) else out
+        T = pose_vec_to_mat(poses.reshape(-1, 6).double()).view(len(chunk), snippet_length - 1, 4, 4).cpu()
+        eye = torch.eye(4, dtype=torch.float64).expand(len(chunk), 1, 4, 4)
+        T = torch.cat([T[:, :half], eye, T[:, half:]], dim=1)
+        for c, Tc in zip(chunk, T):
+            to_source[c] = Tc
+    rel = []
+    for i in range(n - 1):
+        c = min(max(i + 1, half), n - 1 - half)
+        Tc = to_source[c]
+        rel.append(Tc[i - c + half] @ invert_pose(Tc[i + 1 - c + half]))
+    return torch.stack(rel).numpy()
+
+
+def is_prediction_folder(run: Path) -> bool:
+    """`RUN` of `eval depth` is someone else's predictions when it is a folder of .npy files
+    without a checkpoints/ folder."""
+    run = Path(run)
+    return run.is_dir() and not (run / "checkpoints").is_dir() and any(run.glob("*.npy"))
+
+
+def run_eval_depth(run: Path, data: Path, split: str = "test", crop: str | None = None, pred_kind: str = "disp",
+                   device: str | None = None, progress: bool = True) -> dict[str, float]:
+    """`masksfm eval depth`: the seven metrics and `count` of a run (or a prediction folder) on a split.
+
+    The Garg crop is the default only for `kitti-raw` data (DESIGN §6).
+    """
+    from masksfm.data.layout import read_dataset_info
+    from masksfm.model import load_model, pick_device
+
+    if not Path(data).is_dir():
+        raise MasksfmError(f"{data}: no such dataset folder")
+    kind = read_dataset_info(data).get("kind")
+    garg = (crop or ("garg" if kind == "kitti-raw" else "none")) == "garg"
+    items = depth_items(data, split)
+    if is_prediction_folder(run):
+        predict, kind_of_prediction = folder_predictor(run), pred_kind
+    else:
+        dev = pick_device(device)
+        model, config, _ = load_model(run, dev)
+        predict, kind_of_prediction = model_predictor(model.depth_net, config.data.height, config.data.width, dev), "disp"
+    return evaluate_depth_items(items, predict, kind=kind_of_prediction, garg_crop=garg, progress=progress)
+
+
+def sequence_frames(scene: Scene, height: int, width: int) -> torch.Tensor:
+    """All frames of a scene at the net's size, (N, 3, height, width) in [0, 1]."""
+    return torch.cat([frames_to_tensor(scene.read_frame(i)[None], height, width) for i in range(len(scene))])
+
+
+def run_eval_pose(run: Path, data: Path, split: str = "test", out: Path | None = None, device: str | None = None,
+                  progress: bool = True) -> dict:
+    """`masksfm eval pose`: snippet ATE over all test scenes, and per scene the full trajectory
+    chained from pairwise predictions (ATE RMSE, RPE, KITTI t_rel / r_rel), its KITTI and TUM files
+    and a plot (DESIGN §1, §6)."""
+    from masksfm.data.layout import write_poses
+    from masksfm.evaluation import kitti_odometry_metrics, snippet_ates, trajectory_metrics
+    from masksfm.model import load_model, pick_device
+    from masksfm.trajectory import chain_relative_poses, plot_trajectories, write_tum
+
+    dev = pick_device(device)
+    model, config, _ = load_model(run, dev)
+    scenes = [s for s in load_split(data, split) if s.poses is not None]
+    if not scenes:
+        raise MasksfmError(f"{data}: no scene of split {split!r} has poses.txt (ground-truth poses)")
+    run = Path(run)
+    if out is None:
+        out = run / "eval" / f"pose-{split}" if run.is_dir() else run.parent / f"{run.stem}-pose-{split}"
+    all_ates, sequences = [], {}
+    iterator = scenes
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(scenes, desc="eval pose", unit="scene", file=sys.stderr)
+    for scene in iterator:
+        if len(scene) < max(config.data.snippet_length, 5):
+            continue
+        frames = sequence_frames(scene, config.data.height, config.data.width)
+        rel = predict_relative_poses(model.pose_net, frames, config.data.snippet_length, dev)
+        ates = snippet_ates(rel, scene.poses)
+        all_ates.append(ates)
+        trajectory = scene.poses[0] @ chain_relative_poses(rel)  # in the ground truth's world frame
+        result = {"ate_mean": float(ates.mean()), "ate_std": float(ates.std())}
+        result.update(trajectory_metrics(scene.poses, trajectory))
+        result.update(kitti_odometry_metrics(scene.poses, trajectory) or {})
+        sequences[scene.name] = result
+        folder = out / scene.name
+        folder.mkdir(parents=True, exist_ok=True)
+        write_poses(folder / "trajectory.kitti.txt", trajectory)
+        write_tum(folder / "trajectory.tum.txt", trajectory)
+        plot_trajectories(folder / "trajectory.png", scene.poses, trajectory, title=f"{scene.name}: predicted vs true")
+    if not all_ates:
+        raise MasksfmError(f"{data}: no scene of split {split!r} is long enough for 5-frame snippets")
+    ates = np.concatenate(all_ates)
+    return {"ate_mean": float(ates.mean()), "ate_std": float(ates.std()), "sequences": sequences, "out": str(out)}

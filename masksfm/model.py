@@ -1,0 +1,86 @@
+"""The depth net and the pose net as one module (one DDP wrapper, one checkpoint), built from a config.
+
+`SfMModel(images)` runs the depth net on every frame of a snippet in one batched forward (the
+masks and the reverse direction need the sources' depth too) and the pose net on the snippet.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from masksfm.checkpoints import load_checkpoint, resolve_checkpoint, unprefixed
+from masksfm.config import Config, from_dict
+from masksfm.errors import MasksfmError
+from masksfm.networks import PoseNet, build_depth_net
+
+
+class ModelOutput(NamedTuple):
+    """What the nets predict for a batch of snippets (B snippets of L frames, S = L − 1 sources).
+
+    disparities: per scale, finest first, (B·L, 1, h, w), frames of a snippet consecutive.
+    poses: (B, S, 6) [t, axis-angle] of T_t2s for each source in snippet order (target skipped).
+    explainability: per scale (B, S, h, w) in (0, 1), or None.
+    """
+
+    disparities: list[torch.Tensor]
+    poses: torch.Tensor
+    explainability: list[torch.Tensor] | None
+
+
+class SfMModel(nn.Module):
+    def __init__(self, depth_net: nn.Module, pose_net: nn.Module):
+        super().__init__()
+        self.depth_net = depth_net
+        self.pose_net = pose_net
+
+    def forward(self, images: torch.Tensor) -> ModelOutput:
+        """Args: images (B, L, 3, H, W) in [0, 1], target = frame L // 2."""
+        b, length = images.shape[:2]
+        center = length // 2
+        disparities = self.depth_net(images.flatten(0, 1))
+        sources = torch.cat([images[:, :center], images[:, center + 1:]], dim=1)
+        out = self.pose_net(images[:, center], sources)
+        poses, explainability = out if isinstance(out, tuple) else (out, None)
+        return ModelOutput(disparities, poses, explainability)
+
+
+def build_model(config: Config) -> SfMModel:
+    """A fresh model for `config` (the ResNet encoder starts from `model.pretrained` if given)."""
+    pretrained = Path(config.model.pretrained) if config.model.pretrained else None
+    depth_net = build_depth_net(config.model.depth, pretrained_weights=pretrained)
+    pose_net = PoseNet(num_sources=config.data.snippet_length - 1, explainability=config.loss.mask == "explainability")
+    return SfMModel(depth_net, pose_net)
+
+
+def load_model(run: Path, device: str | torch.device = "cpu") -> tuple[SfMModel, Config, dict]:
+    """The trained model of a run folder or checkpoint file, in eval mode, with its config and metadata."""
+    path = resolve_checkpoint(run)
+    tensors, metadata = load_checkpoint(path, device="cpu")
+    config = from_dict(metadata["config"])
+    config.model.pretrained = None  # the checkpoint holds the weights; do not re-read the encoder file
+    model = build_model(config)
+    state = unprefixed(tensors, "model")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        first = str(error).splitlines()[0]
+        raise MasksfmError(f"{path}: weights do not fit the model of its config ({first})") from None
+    metadata["path"] = str(path)
+    return model.to(device).eval(), config, metadata
+
+
+def pick_device(name: str | None) -> torch.device:
+    """`--device`: cpu, cuda, cuda:N, or None for cuda when available else cpu."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise MasksfmError(f"--device {name}: not a device (cpu, cuda, cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MasksfmError(f"--device {name}: CUDA is not available on this machine")
+    return device

@@ -1,0 +1,261 @@
+"""The trainer: data, model, objective, Adam; checkpoints, TensorBoard, validation; DDP via torchrun.
+
+Reads top to bottom as the method: for each step, a batch of snippets goes through the depth net
+(every frame) and the pose net, `compute_objective` builds the masked bidirectional loss, Adam
+steps. Rank 0 logs, validates and writes checkpoints; `--resume` restores weights, optimizer, RNG
+and the data position, so a resumed run continues bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from masksfm.checkpoints import (
+    BEST,
+    CHECKPOINT_DIR,
+    LAST,
+    load_checkpoint,
+    optimizer_from_tensors,
+    optimizer_to_tensors,
+    prefixed,
+    restore_rng,
+    resume_checkpoint,
+    rng_to_tensors,
+    save_checkpoint,
+    unprefixed,
+)
+from masksfm.config import Config, dump_yaml, from_dict
+from masksfm.data.dataset import SnippetDataset, make_loader
+from masksfm.data.layout import load_split, split_path
+from masksfm.errors import MasksfmError
+from masksfm.inference import evaluate_depth
+from masksfm.model import build_model, pick_device
+from masksfm.objective import compute_objective
+
+LR_DECAY = 0.1
+
+
+def distributed_context() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from torchrun's environment; (0, 1, 0) when not distributed."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def masks_active(config: Config, step: int) -> bool:
+    """The warm-up guard: multimask losses start after `loss.warmup_steps` unmasked steps.
+
+    From scratch, a loss restricted to the kept pixels and divided by their count can collapse:
+    nothing penalises a depth / pose drift that pushes the hard pixels out of the mask, and the
+    net never recovers (measured: 2x worse than a constant depth). A short warm-up on every pixel
+    with border padding sets a sensible scale and motion first; then the masks only remove what the
+    geometry says is not visible (README, "The collapse and its guard").
+    """
+    return not (config.loss.guard == "warmup" and step < config.loss.warmup_steps)
+
+
+def learning_rate(config: Config, step: int) -> float:
+    return config.optim.lr * LR_DECAY ** sum(step >= s for s in config.optim.lr_decay_steps)
+
+
+class Trainer:
+    """One training run in `run_dir` on the data in `data_root` (DESIGN §1, "Runs and checkpoints")."""
+
+    def __init__(self, data_root: Path, run_dir: Path, config: Config, resume: bool = False, device: str | None = None,
+                 progress: bool = True):
+        self.data_root, self.run_dir, self.config = Path(data_root), Path(run_dir), config
+        self.rank, self.world, local_rank = distributed_context()
+        self.progress = progress and self.rank == 0
+        if self.world > 1 and not dist.is_initialized():
+            backend = "nccl" if torch.cuda.is_available() and device != "cpu" else "gloo"
+            dist.init_process_group(backend)
+        if device is None and self.world > 1 and torch.cuda.is_available():
+            device = f"cuda:{local_rank}"
+        self.device = pick_device(device)
+        if config.optim.batch_size % self.world:
+            raise MasksfmError(f"batch size {config.optim.batch_size} is not divisible by {self.world} processes")
+
+        self.step, self.best_abs_rel = 0, math.inf
+        checkpoint = resume_checkpoint(self.run_dir) if resume else None
+        tensors = None
+        if checkpoint is not None:
+            tensors, meta = load_checkpoint(checkpoint)
+            self.step, self.best_abs_rel = meta["step"], meta.get("best_abs_rel") or math.inf
+
+        torch.manual_seed(config.train.seed)
+        self.model = build_model(config).to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.optim.lr,
+                                          betas=(config.optim.beta1, config.optim.beta2),
+                                          weight_decay=config.optim.weight_decay)
+        if tensors is not None:
+            self.model.load_state_dict(unprefixed(tensors, "model"))
+            self.optimizer.load_state_dict(optimizer_from_tensors(tensors, meta["optimizer"]))
+            restore_rng(tensors)
+        self.net = self.model
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = DistributedDataParallel(self.model, device_ids=ids)
+
+        scenes = load_split(self.data_root, config.data.train_split)
+        self.dataset = SnippetDataset(scenes, config.data.height, config.data.width, config.data.snippet_length,
+                                      augment=config.data.augment, seed=config.train.seed,
+                                      source=str(split_path(self.data_root, config.data.train_split)))
+        self.val_scenes = []
+        if split_path(self.data_root, config.data.val_split).exists():
+            self.val_scenes = [s for s in load_split(self.data_root, config.data.val_split, allow_empty=True) if s.has_depth]
+        self.writer = None
+        if self.rank == 0:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(dump_yaml(config))
+            self.writer = SummaryWriter(str(self.run_dir))
+
+    # --- checkpoints ---------------------------------------------------------------------------
+
+    def save(self, name: str = LAST) -> Path:
+        tensors = prefixed(self.model.state_dict(), "model")
+        optim_tensors, optim_meta = optimizer_to_tensors(self.optimizer)
+        tensors.update(optim_tensors)
+        tensors.update(rng_to_tensors())
+        best = None if math.isinf(self.best_abs_rel) else self.best_abs_rel
+        meta = {"step": self.step, "config": self.config.to_dict(), "optimizer": optim_meta, "best_abs_rel": best}
+        path = self.run_dir / CHECKPOINT_DIR / name
+        save_checkpoint(path, tensors, meta)
+        return path
+
+    # --- logging -------------------------------------------------------------------------------
+
+    def log_scalars(self, terms: dict[str, torch.Tensor]) -> None:
+        for key, value in terms.items():
+            group = "masks" if key.startswith("mask_") else "loss"
+            self.writer.add_scalar(f"{group}/{key.removeprefix('mask_')}", float(value), self.step)
+        self.writer.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], self.step)
+
+    def log_images(self, visuals: dict[str, torch.Tensor]) -> None:
+        from masksfm.visualize import colorize_disparity
+
+        for key, value in visuals.items():
+            if key == "disparity":
+                rgb = colorize_disparity(value[0].float().cpu().numpy())
+                self.writer.add_image("images/disparity", rgb, self.step, dataformats="HWC")
+            elif key.startswith("mask_"):
+                self.writer.add_image(f"masks/{key.removeprefix('mask_')}", value.float().cpu().clamp(0, 1), self.step)
+            else:
+                self.writer.add_image(f"images/{key}", value.float().cpu().clamp(0, 1), self.step)
+
+    def validate(self) -> None:
+        """abs_rel on the val split (data with depth); a better one becomes checkpoints/best."""
+        metrics = evaluate_depth(self.model.depth_net, self.val_scenes, self.config.data.height, self.config.data.width,
+                                 device=self.device, max_images=self.config.train.val_images)
+        for key, value in metrics.items():
+            self.writer.add_scalar(f"val/{key}", value, self.step)
+        if metrics["abs_rel"] < self.best_abs_rel:
+            self.best_abs_rel = metrics["abs_rel"]
+            self.save(BEST)
+        self.model.train()
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def train(self) -> dict[str, float]:
+        """Run until `optim.steps`; returns the last step's loss terms."""
+        cfg = self.config
+        steps = cfg.optim.steps
+        loader = make_loader(self.dataset, cfg.optim.batch_size, cfg.train.seed, workers=cfg.data.workers,
+                             rank=self.rank, world_size=self.world, start_step=self.step,
+                             max_steps=max(steps - self.step, 0))
+        self.model.train()
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True, file=sys.stderr)
+        last_terms: dict[str, float] = {}
+        for batch in loader:
+            if self.step >= steps:
+                break
+            for group in self.optimizer.param_groups:
+                group["lr"] = learning_rate(cfg, self.step)
+            images = batch["images"].to(self.device, non_blocking=True)
+            images_raw = batch["images_raw"].to(self.device, non_blocking=True)
+            K = batch["K"].to(self.device, non_blocking=True)
+            log_images = self.rank == 0 and self.step % cfg.train.image_every == 0
+            out = self.net(images)
+            objective = compute_objective(out, images_raw, K, cfg.loss, use_masks=masks_active(cfg, self.step),
+                                          with_visuals=log_images)
+            if not torch.isfinite(objective.loss):
+                raise RuntimeError(f"non-finite loss at step {self.step}: {objective.terms}")
+            self.optimizer.zero_grad(set_to_none=True)
+            objective.loss.backward()
+            self.optimizer.step()
+            self.step += 1
+
+            terms = {k: v.detach() for k, v in objective.terms.items()}
+            if self.world > 1:
+                keys = sorted(terms)
+                stacked = torch.stack([terms[k].float() for k in keys])
+                dist.all_reduce(stacked)
+                terms = dict(zip(keys, stacked / self.world))
+            last_terms = {k: float(v) for k, v in terms.items()}
+            if self.rank == 0:
+                if (self.step - 1) % cfg.train.log_every == 0 or self.step == steps:
+                    self.log_scalars(terms)
+                if log_images and objective.visuals is not None:
+                    self.log_images(objective.visuals)
+                if self.val_scenes and (self.step % cfg.train.val_every == 0 or self.step == steps):
+                    self.validate()
+                if self.step % cfg.train.checkpoint_every == 0 or self.step == steps:
+                    self.save(LAST)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{last_terms['total']:.4f}", refresh=False)
+        if bar is not None:
+            bar.close()
+        if self.writer is not None:
+            self.writer.flush()
+            self.writer.close()
+        return last_terms
+
+
+def configure_from_args(config: Config, args) -> Config:
+    """Apply the train command's flags (they win over the YAML and --set)."""
+    for flag, (section, key) in {"steps": ("optim", "steps"), "batch_size": ("optim", "batch_size"),
+                                 "height": ("data", "height"), "width": ("data", "width"),
+                                 "seed": ("train", "seed"), "checkpoint_every": ("train", "checkpoint_every")}.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            setattr(getattr(config, section), key, value)
+    return config
+
+
+def run_training(data: Path, out: Path, config: Config, resume: bool = False, device: str | None = None,
+                 progress: bool = True) -> dict[str, float]:
+    """Train (or resume) a run; the entry point of `masksfm train`."""
+    if not Path(data).is_dir():
+        raise MasksfmError(f"{data}: no such dataset folder")
+    trainer = Trainer(data, out, config, resume=resume, device=device, progress=progress)
+    start = time.time()
+    terms = trainer.train()
+    if trainer.rank == 0 and progress:
+        print(f"trained to step {trainer.step} in {time.time() - start:.0f} s; "
+              f"checkpoint {trainer.run_dir / CHECKPOINT_DIR / LAST}", file=sys.stderr)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return terms
+
+
+def resumed_config(run: Path) -> Config | None:
+    """The configuration stored in a run's last checkpoint (what `--resume` continues with)."""
+    last = Path(run) / CHECKPOINT_DIR / LAST
+    if not last.is_file():
+        return None
+    _, meta = load_checkpoint(last)
+    return from_dict(meta["config"])
+
