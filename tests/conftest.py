@@ -15,3 +15,31 @@ def device(request):
     if request.param == "cuda" and not torch.cuda.is_available():
         pytest.skip("no CUDA device")
     return torch.device(request.param)
+
+
+@pytest.fixture(scope="session")
+def synth_dataset(tmp_path_factory):
+    """A tiny rendered street dataset shared by the suite: 3 scenes x 10 frames, 64x208, one moving car."""
+    from masksfm.data.synthetic import render_dataset
+
+    root = tmp_path_factory.mktemp("synth") / "data"
+    render_dataset(root, scenes=3, frames=10, height=64, width=208, seed=0, moving_cars=1, progress=False)
+    return root
+
+
+TINY_TRAIN_SETTINGS = [
+    "optim.steps=6", "optim.batch_size=2", "data.height=64", "data.width=208", "data.workers=0",
+    "train.val_every=3", "train.checkpoint_every=3", "train.log_every=1", "train.image_every=3",
+    "loss.warmup_steps=2",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(synth_dataset, tmp_path_factory):
+    """One tiny real training run (6 steps) shared by the eval, predict and export tests: its folder."""
+    from masksfm.config import load_config
+    from masksfm.training import run_training
+
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    run_training(synth_dataset, run, load_config(None, TINY_TRAIN_SETTINGS), device="cpu", progress=False)
+    return run
