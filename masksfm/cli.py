@@ -66,15 +66,25 @@ def cmd_synth(args) -> None:
 
 
 def cmd_prepare_kitti_raw(args) -> None:
-    _not_yet("prepare kitti-raw")
+    from masksfm.data.kitti import prepare_kitti_raw
+
+    prepare_kitti_raw(args.raw, args.out, height=args.height, width=args.width, annotated=args.annotated,
+                      seed=args.seed, val_fraction=args.val_fraction, suffix=".jpg" if args.jpeg else ".png")
 
 
 def cmd_prepare_kitti_odometry(args) -> None:
-    _not_yet("prepare kitti-odometry")
+    from masksfm.data.kitti import prepare_kitti_odometry
+
+    prepare_kitti_odometry(args.odometry, args.out, height=args.height, width=args.width,
+                           suffix=".jpg" if args.jpeg else ".png")
 
 
 def cmd_prepare_video(args) -> None:
-    _not_yet("prepare video")
+    from masksfm.data.video import prepare_video
+
+    prepare_video(args.input, args.out, stride=args.stride, fps=args.fps, height=args.height, width=args.width,
+                  fov=args.fov, intrinsics=args.intrinsics, calib=args.calib, scene_length=args.scene_length,
+                  min_motion=args.min_motion, resize=args.resize, suffix=".jpg" if args.jpeg else ".png")
 
 
 def cmd_train(args) -> None:
@@ -198,37 +208,63 @@ def build_parser() -> argparse.ArgumentParser:
     kinds = prepare.add_subparsers(dest="kind", metavar="KIND", parser_class=_Parser, required=True)
 
     p = kinds.add_parser("kitti-raw", help="KITTI raw -> training folders + Eigen test ground truth",
+                         description="Each drive's image_02 and image_03 become scenes (resized frames keeping "
+                         "KITTI's numbers, cam.txt from P_rect_02 / P_rect_03 scaled); Eigen test drives are left "
+                         "out, SfMLearner's static frames removed, drives split train / val by drive (seeded). "
+                         "Eigen test ground truth from the velodyne scans (monodepth2's convention) goes to "
+                         "OUT/eigen_test/; missing test images are counted, not an error. Needs only image_02/03, "
+                         "the date folders' calibration files and the test images' velodyne scans.",
                          formatter_class=_formatter)
     p.add_argument("raw", type=Path, help="KITTI raw root (holds 2011_09_26/ ...)")
     p.add_argument("out", type=Path, help="output dataset folder")
-    p.add_argument("--height", type=_positive_int, default=128)
-    p.add_argument("--width", type=_positive_int, default=416)
+    p.add_argument("--height", type=_positive_int, default=128, help="frame height, pixels (default 128)")
+    p.add_argument("--width", type=_positive_int, default=416, help="frame width, pixels (default 416)")
     p.add_argument("--annotated", type=Path, default=None,
                    help="KITTI annotated depth maps (Uhrig et al.) -> also the eigen_benchmark split")
     p.add_argument("--seed", type=int, default=0, help="seed of the train / val split by drive")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="share of the drives that go to val (default 0.1)")
+    p.add_argument("--jpeg", action="store_true", help="write training frames as JPEG (quality 95), not PNG")
     p.set_defaults(func=cmd_prepare_kitti_raw)
 
     p = kinds.add_parser("kitti-odometry", help="KITTI odometry sequences -> folders with poses",
+                         description="Sequences 00-10: image_2 frames resized, cam.txt from calib.txt's P2 scaled, "
+                         "poses.txt from poses/NN.txt (camera 0's poses, used for camera 2 as SfMLearner does). "
+                         "00-08 train, 09-10 test.",
                          formatter_class=_formatter)
     p.add_argument("odometry", type=Path, help="KITTI odometry root (holds sequences/ and poses/)")
     p.add_argument("out", type=Path, help="output dataset folder")
-    p.add_argument("--height", type=_positive_int, default=128)
-    p.add_argument("--width", type=_positive_int, default=416)
+    p.add_argument("--height", type=_positive_int, default=128, help="frame height, pixels (default 128)")
+    p.add_argument("--width", type=_positive_int, default=416, help="frame width, pixels (default 416)")
+    p.add_argument("--jpeg", action="store_true", help="write frames as JPEG (quality 95), not PNG")
     p.set_defaults(func=cmd_prepare_kitti_odometry)
 
     p = kinds.add_parser("video", help="a video file or image folder -> training folders",
+                         description="Frames where the camera stands still are dropped: the median motion of "
+                         "corners tracked (Lucas-Kanade) since the last kept frame is under --min-motion output "
+                         "pixels. Scenes are cut every --scene-length frames and after more than 10 still frames "
+                         "in a row. Without --fov / --intrinsics / --calib a 70 degree horizontal field of view is "
+                         "assumed, with a warning; with a calibration that has distortion, frames are undistorted.",
                          formatter_class=_formatter)
     p.add_argument("input", type=Path, help="video file (mp4, mov, ...) or folder of images")
     p.add_argument("out", type=Path, help="output dataset folder")
     rate = p.add_mutually_exclusive_group()
     rate.add_argument("--stride", type=_positive_int, default=None, help="keep every N-th frame")
     rate.add_argument("--fps", type=_positive_float, default=None, help="resample to F frames per second")
-    p.add_argument("--height", type=_positive_int, default=128)
-    p.add_argument("--width", type=_positive_int, default=416)
+    p.add_argument("--height", type=_positive_int, default=128, help="frame height, pixels (default 128)")
+    p.add_argument("--width", type=_positive_int, default=416, help="frame width, pixels (default 416)")
+    p.add_argument("--resize", choices=["crop", "squash"], default="crop",
+                   help="crop: centre-crop to the output's aspect ratio, then resize (default); "
+                        "squash: resize the whole frame")
     calib = p.add_mutually_exclusive_group()
-    calib.add_argument("--fov", type=_positive_float, default=None, help="horizontal field of view, degrees")
+    calib.add_argument("--fov", type=_positive_float, default=None,
+                       help="horizontal field of view of the input, degrees (default 70, with a warning)")
     calib.add_argument("--intrinsics", default=None, help="fx,fy,cx,cy in the input's pixels")
     calib.add_argument("--calib", type=Path, default=None, help="OpenCV-style YAML/JSON with K and distortion")
+    p.add_argument("--min-motion", type=float, default=1.0,
+                   help="drop frames whose median tracked motion since the last kept frame is below this, "
+                        "output pixels (default 1; 0 keeps every frame)")
+    p.add_argument("--scene-length", type=_positive_int, default=300, help="cut scenes at N frames (default 300)")
+    p.add_argument("--jpeg", action="store_true", help="write frames as JPEG (quality 95), not PNG")
     p.set_defaults(func=cmd_prepare_video)
 
     p = commands.add_parser("train", help="learn depth and ego-motion from unlabelled video",
