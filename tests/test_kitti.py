@@ -29,7 +29,8 @@ VELO_R = np.array([7.533745e-03, -9.999714e-01, -6.166020e-04, 1.480249e-02, 7.2
 VELO_T = np.array([-4.069766e-03, -7.631618e-02, -2.717806e-01])
 SIZE = (38, 124)  # H, W of the fake raw images and of S_rect_02
 P_RECT = {
-    "2011_09_26": {"02": [[72.15377, 0, 60.95593, 4.485728], [0, 72.15377, 17.2854, 0.02163791], [0, 0, 1, 0.002745884]],
+    "2011_09_26": {"02": [[72.15377, 0, 60.95593, 4.485728], [0, 72.15377, 17.2854, 0.02163791],
+                          [0, 0, 1, 0.002745884]],
                    "03": [[71.0, 0, 62.5, -33.95242], [0, 71.5, 18.0, 0.2199936], [0, 0, 1, 0.002729905]]},
     "2011_09_28": {"02": [[70.0, 0, 61.0, 4.4], [0, 70.5, 18.5, 0.02], [0, 0, 1, 0.0027]],
                    "03": [[69.0, 0, 60.0, -33.0], [0, 69.5, 17.5, 0.2], [0, 0, 1, 0.0027]]},
@@ -175,8 +176,8 @@ class TestCalibrationAndProjection:
     def test_depth_map_matches_point_by_point_reference(self, raw):
         P = np.array(P_RECT["2011_09_26"]["02"])
         points = scan_points(3)
-        depth = kitti.generate_depth_map(raw / "2011_09_26",
-                                         raw / "2011_09_26/2011_09_26_drive_0002_sync/velodyne_points/data/0000000003.bin")
+        scan = raw / "2011_09_26/2011_09_26_drive_0002_sync/velodyne_points/data/0000000003.bin"
+        depth = kitti.generate_depth_map(raw / "2011_09_26", scan)
         assert depth.shape == SIZE and depth.dtype == np.float32
         assert np.array_equal(depth, reference_depth(points, P))
         # Analytic: every pixel holds the wall (11.5 m), the box (6 m) or a road point (4-40 m).
@@ -285,8 +286,8 @@ class TestPrepareKittiRaw:
             image = layout.read_image(root / "images" / f"{k:06d}.png")
             source = Image.fromarray(frame_pixels("2011_09_26/2011_09_26_drive_0002_sync", "02", frame))
             assert np.array_equal(image, np.asarray(source.resize((OUT_W, OUT_H), Image.Resampling.BILINEAR)))
-        assert "eigen_test: 5 of 697 test images found, 692 missing (691 images not in RAW, 1 without a velodyne scan)" \
-            in stdout
+        assert ("eigen_test: 5 of 697 test images found, 692 missing (691 images not in RAW, 1 without a velodyne "
+                "scan)") in stdout
 
     def test_eigen_benchmark(self, prepared):
         out, stdout = prepared
@@ -301,10 +302,12 @@ class TestPrepareKittiRaw:
     def test_rerun_replaces_same_kind_and_refuses_others(self, tmp_path, capsys):
         small = build_raw(tmp_path / "raw", {"2011_09_26/2011_09_26_drive_0001_sync": range(3)}, scans=())
         out = tmp_path / "out"
-        for _ in range(2):
-            kitti.prepare_kitti_raw(small, out, OUT_H, OUT_W, progress=False)
+        for suffix in (".png", ".jpg"):
+            kitti.prepare_kitti_raw(small, out, OUT_H, OUT_W, suffix=suffix, progress=False)
         assert layout.read_split(out, "train") + layout.read_split(out, "val") == [
             "2011_09_26_drive_0001_sync_02", "2011_09_26_drive_0001_sync_03"]
+        frames = layout.read_scene(out / "2011_09_26_drive_0001_sync_02").frames
+        assert [f.name for f in frames] == [f"{k:010d}.jpg" for k in range(3)]  # the rerun replaced the first
         assert "none of the 697 Eigen test images" in capsys.readouterr().err
         other = tmp_path / "mine"
         other.mkdir()
@@ -331,8 +334,8 @@ class TestKittiRawErrors:
     def test_missing_calibration_subprocess(self, tmp_path):
         raw = self.small_raw(tmp_path / "raw")
         (raw / "2011_09_26" / "calib_cam_to_cam.txt").unlink()
-        result = subprocess.run([sys.executable, "-m", "masksfm", "prepare", "kitti-raw", str(raw), str(tmp_path / "o")],
-                                capture_output=True, text=True, timeout=120)
+        command = [sys.executable, "-m", "masksfm", "prepare", "kitti-raw", str(raw), str(tmp_path / "o")]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
         assert result.returncode == 2
         assert result.stderr.strip() == (f"masksfm: error: {raw / '2011_09_26' / 'calib_cam_to_cam.txt'}: "
                                          "missing calibration file")
