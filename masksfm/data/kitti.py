@@ -212,7 +212,8 @@ def image_size_from_calib(cam_to_cam: dict, path: Path, cam: str = "02") -> tupl
     return int(height), int(width)
 
 
-def generate_depth_map(calib_dir: Path, velodyne_path: Path, cam: str = "02", velodyne_depth: bool = True) -> np.ndarray:
+def generate_depth_map(calib_dir: Path, velodyne_path: Path, cam: str = "02",
+                       velodyne_depth: bool = True) -> np.ndarray:
     """Eigen-style ground truth of one frame: its velodyne scan projected into camera `cam` at full
     resolution (`S_rect_02`), as :func:`project_velodyne`.
 
@@ -522,7 +523,8 @@ def prepare_eigen_test(raw: Path, out: Path, height: int, width: int, annotated:
         if scan.is_file():
             P, gt_size = calibrations.velodyne_projection(date)
             if size != gt_size:
-                raise MasksfmError(f"{image}: size {size[1]}x{size[0]} differs from S_rect_02 {gt_size[1]}x{gt_size[0]} "
+                raise MasksfmError(f"{image}: size {size[1]}x{size[0]} differs from S_rect_02 "
+                                   f"{gt_size[1]}x{gt_size[0]} "
                                    f"of {raw / date / 'calib_cam_to_cam.txt'}")
             test.add(relative, image, project_velodyne(load_velodyne_points(scan), P, gt_size))
         else:
