@@ -62,7 +62,11 @@ def _not_yet(name: str):
 
 
 def cmd_synth(args) -> None:
-    _not_yet("synth")
+    from masksfm.data.synthetic import render_dataset
+
+    out = render_dataset(args.out, scenes=args.scenes, frames=args.frames, height=args.height, width=args.width,
+                         seed=args.seed, moving_cars=args.moving_cars, progress=True)
+    print(f"wrote {args.scenes} scenes x {args.frames} frames ({args.width}x{args.height}) to {out}")
 
 
 def cmd_prepare_kitti_raw(args) -> None:
