@@ -100,7 +100,7 @@ class Scene:
 
     Attributes (P primitives):
         primitives: the primitives; frame: the instant they describe.
-        kind: (P,) int; centre: (3, P); size: (3, P); yaw: (P,); velocity: (3, P) metres per frame;
+        kind: (P,) int; centre: (3, P); size: (3, P); yaw, cos, sin: (P,); velocity: (3, P) metres per frame;
         lo, hi: (P, 3) world bounding boxes (±inf for planes); moving: (P,) bool;
         texture: (P,) int; tint: (3, P); scale: (P,); offset: (2, P) (see Material).
     """
@@ -111,6 +111,8 @@ class Scene:
     centre: np.ndarray = field(init=False, repr=False)
     size: np.ndarray = field(init=False, repr=False)
     yaw: np.ndarray = field(init=False, repr=False)
+    cos: np.ndarray = field(init=False, repr=False)
+    sin: np.ndarray = field(init=False, repr=False)
     velocity: np.ndarray = field(init=False, repr=False)
     lo: np.ndarray = field(init=False, repr=False)
     hi: np.ndarray = field(init=False, repr=False)
@@ -129,6 +131,8 @@ class Scene:
             "centre": np.array([p.centre for p in prims], dtype=np.float64).reshape(-1, 3).T.copy(),
             "size": np.array([p.size for p in prims], dtype=np.float64).reshape(-1, 3).T.copy(),
             "yaw": np.array([p.yaw for p in prims], dtype=np.float64),
+            "cos": np.cos(np.array([p.yaw for p in prims], dtype=np.float64)),
+            "sin": np.sin(np.array([p.yaw for p in prims], dtype=np.float64)),
             "velocity": np.array([p.velocity for p in prims], dtype=np.float64).reshape(-1, 3).T.copy(),
             "lo": np.array([b[0] for b in bounds]).reshape(-1, 3),
             "hi": np.array([b[1] for b in bounds]).reshape(-1, 3),
@@ -183,77 +187,86 @@ def _rotate(R: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 # --- intersections: t of the nearest hit with t > T_MIN, inf where the ray misses ---------------
+# Each takes the ray origin relative to the primitive's centre, oc (3, M), directions d (3, M) and
+# the primitive's parameters per ray, so that many rays against many primitives are one call.
 # A direction component of exactly 0 divides to ±inf (or nan on a slab's very boundary, which then
-# reads as a miss): the errstate below silences that on purpose.
+# reads as a miss): callers silence those warnings on purpose.
 
 
-def _to_box(p: Primitive, v: np.ndarray) -> np.ndarray:
-    """World vectors (3, N) into the box's frame (rotation only)."""
-    if p.yaw == 0.0:
-        return v
-    cos, sin = np.cos(p.yaw), np.sin(p.yaw)
-    return np.stack([cos * v[0] - sin * v[2], v[1], sin * v[0] + cos * v[2]])
-
-
-def _box_to_world(p: Primitive, v: np.ndarray) -> np.ndarray:
-    if p.yaw == 0.0:
-        return v
-    cos, sin = np.cos(p.yaw), np.sin(p.yaw)
-    return np.stack([cos * v[0] + sin * v[2], v[1], -sin * v[0] + cos * v[2]])
-
-
-def _hit_plane(p: Primitive, o: np.ndarray, d: np.ndarray) -> np.ndarray:
-    t = (p.centre[1] - o[1]) / d[1]
+def _hit_plane(oc: np.ndarray, d: np.ndarray, size: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    t = -oc[1] / d[1]
     return np.where(t > T_MIN, t, np.inf)
 
 
-def _hit_box(p: Primitive, o: np.ndarray, d: np.ndarray) -> np.ndarray:
-    # Slab method in the box's frame.
-    lo = _to_box(p, (o - np.asarray(p.centre))[:, None])[:, 0]
-    if p.yaw == 0.0:
-        ld = (d[0], d[1], d[2])
-    else:
-        cos, sin = np.cos(p.yaw), np.sin(p.yaw)
-        ld = (cos * d[0] - sin * d[2], d[1], sin * d[0] + cos * d[2])
+def _hit_box(oc: np.ndarray, d: np.ndarray, size: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    # Slab method in the box's frame (rotated by -yaw about the vertical).
+    local_o = (cos * oc[0] - sin * oc[2], oc[1], sin * oc[0] + cos * oc[2])
+    local_d = (cos * d[0] - sin * d[2], d[1], sin * d[0] + cos * d[2])
     t_near = t_far = None
     for axis in range(3):
-        inv = 1.0 / ld[axis]
-        t1 = (-p.size[axis] - lo[axis]) * inv
-        t2 = (p.size[axis] - lo[axis]) * inv
+        inv = 1.0 / local_d[axis]
+        t1 = (-size[axis] - local_o[axis]) * inv
+        t2 = (size[axis] - local_o[axis]) * inv
         near, far = np.minimum(t1, t2), np.maximum(t1, t2)
         t_near = near if t_near is None else np.maximum(t_near, near)
         t_far = far if t_far is None else np.minimum(t_far, far)
     return np.where((t_near <= t_far) & (t_near > T_MIN), t_near, np.inf)
 
 
-def _hit_cylinder(p: Primitive, o: np.ndarray, d: np.ndarray) -> np.ndarray:
-    radius, half = p.size[0], p.size[1]
-    ox, oy, oz = o - np.asarray(p.centre)
+def _hit_cylinder(oc: np.ndarray, d: np.ndarray, size: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    radius, half = size[0], size[1]
     a = d[0] ** 2 + d[2] ** 2
-    b = d[0] * ox + d[2] * oz
-    c = ox**2 + oz**2 - radius**2
+    b = d[0] * oc[0] + d[2] * oc[2]
+    c = oc[0] ** 2 + oc[2] ** 2 - radius**2
     disc = b**2 - a * c
     t_side = (-b - np.sqrt(np.maximum(disc, 0.0))) / a
-    side = (disc >= 0) & (a > 0) & (t_side > T_MIN) & (np.abs(oy + t_side * d[1]) <= half)
+    side = (disc >= 0) & (a > 0) & (t_side > T_MIN) & (np.abs(oc[1] + t_side * d[1]) <= half)
     best = np.where(side, t_side, np.inf)
     for y_cap in (-half, half):
-        t = (y_cap - oy) / d[1]
-        inside = (ox + t * d[0]) ** 2 + (oz + t * d[2]) ** 2 <= radius**2
+        t = (y_cap - oc[1]) / d[1]
+        inside = (oc[0] + t * d[0]) ** 2 + (oc[2] + t * d[2]) ** 2 <= radius**2
         best = np.where(inside & (t > T_MIN) & (t < best), t, best)
     return best
 
 
-def _hit_sphere(p: Primitive, o: np.ndarray, d: np.ndarray) -> np.ndarray:
-    oc = o - np.asarray(p.centre)
+def _hit_sphere(oc: np.ndarray, d: np.ndarray, size: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
     a = d[0] ** 2 + d[1] ** 2 + d[2] ** 2
     b = d[0] * oc[0] + d[1] * oc[1] + d[2] * oc[2]
-    c = oc[0] ** 2 + oc[1] ** 2 + oc[2] ** 2 - p.size[0] ** 2
+    c = oc[0] ** 2 + oc[1] ** 2 + oc[2] ** 2 - size[0] ** 2
     disc = b**2 - a * c
     t = (-b - np.sqrt(np.maximum(disc, 0.0))) / a
     return np.where((disc >= 0) & (t > T_MIN), t, np.inf)
 
 
 _HIT = {PLANE: _hit_plane, BOX: _hit_box, CYLINDER: _hit_cylinder, SPHERE: _hit_sphere}
+
+
+def _hits(scene: Scene, prims: np.ndarray, origin: np.ndarray, directions: np.ndarray) -> np.ndarray:
+    """t of ray i against primitive prims[i], for (3, M) directions from one origin; inf = miss."""
+    t = np.full(prims.size, np.inf)
+    kinds = scene.kind[prims]
+    for kind, hit in _HIT.items():
+        m = np.flatnonzero(kinds == kind)
+        if m.size:
+            k = prims[m]
+            oc = origin[:, None] - scene.centre[:, k]
+            t[m] = hit(oc, directions[:, m], scene.size[:, k], scene.cos[k], scene.sin[k])
+    return t
+
+
+def intersect(p: Primitive, origin: np.ndarray, directions: np.ndarray) -> np.ndarray:
+    """Nearest hit of rays with one primitive, no culling.
+
+    Args:
+        p: the primitive.
+        origin: (3,) the rays' common origin, world metres.
+        directions: (3, N) ray directions.
+    Returns:
+        (N,) t of the nearest hit with t > T_MIN, inf where the ray misses.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return _hits(Scene((p,)), np.zeros(directions.shape[1], dtype=np.int64),
+                     np.asarray(origin, dtype=np.float64), directions)
 
 
 # --- culling -----------------------------------------------------------------------------------
@@ -287,8 +300,7 @@ def _screen_boxes(scene: Scene, camera: Camera) -> tuple[np.ndarray, np.ndarray,
     a, b = cam[:, _EDGES[:, 0]], cam[:, _EDGES[:, 1]]  # (P, 12, 3)
     za, zb = a[..., 2], b[..., 2]
     crosses = (za - NEAR) * (zb - NEAR) < 0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        cut = a + ((NEAR - za) / (zb - za))[..., None] * (b - a)
+    cut = a + ((NEAR - za) / np.where(crosses, zb - za, 1.0))[..., None] * (b - a)
     hull = np.concatenate([cam, cut], axis=1)  # (P, 20, 3)
     keep = np.concatenate([z >= NEAR, crosses], axis=1)
     zc = np.maximum(hull[..., 2], NEAR)
@@ -321,20 +333,35 @@ def _bucket(pixels: np.ndarray, camera: Camera) -> tuple[np.ndarray, np.ndarray]
     return order, first
 
 
-def _rays_in_box(order: np.ndarray, first: np.ndarray, box: np.ndarray, camera: Camera) -> np.ndarray:
-    """Indices of the rays whose pixel cell lies in a pixel box (one pixel of margin for round-off)."""
-    c0, c1 = max(int(np.floor(box[0])) - 1, 0), min(int(np.floor(box[1])) + 1, camera.width - 1)
-    r0, r1 = max(int(np.floor(box[2])) - 1, 0), min(int(np.floor(box[3])) + 1, camera.height - 1)
-    if c0 > c1 or r0 > r1:
-        return order[:0]
-    rows = np.arange(r0 * camera.width, r1 * camera.width + 1, camera.width)
-    starts, ends = first[rows + c0], first[rows + c1 + 1]
-    if r0 == r1:
-        return order[starts[0]:ends[0]]
+def _pairs_in_boxes(order: np.ndarray, first: np.ndarray, prims: np.ndarray, box: np.ndarray,
+                    camera: Camera) -> tuple[np.ndarray, np.ndarray]:
+    """(ray, primitive) pairs: every ray whose pixel cell lies in a primitive's pixel box.
+
+    One cell of margin around each box absorbs round-off in the projected corners. The runs of
+    rays (one per box row) are expanded with repeat/arange, without a Python loop.
+
+    Returns:
+        rays, owners: (M,) ray indices and the primitive (from `prims`) each is paired with.
+    """
+    w = camera.width
+    c0 = np.clip(np.floor(box[prims, 0]) - 1, 0, w - 1).astype(np.int64)
+    c1 = np.clip(np.floor(box[prims, 1]) + 1, -1, w - 1).astype(np.int64)
+    r0 = np.clip(np.floor(box[prims, 2]) - 1, 0, camera.height - 1).astype(np.int64)
+    r1 = np.clip(np.floor(box[prims, 3]) + 1, -1, camera.height - 1).astype(np.int64)
+    rows = np.where((c0 <= c1) & (r0 <= r1), r1 - r0 + 1, 0)
+    run = np.repeat(np.arange(prims.size), rows)
+    row = r0[run] + np.arange(run.size) - np.repeat(np.cumsum(rows) - rows, rows)
+    starts, ends = first[row * w + c0[run]], first[row * w + c1[run] + 1]
     lengths = ends - starts
-    # Concatenate the runs [start, end) without a Python loop: one arange, shifted per run.
     shift = np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
-    return order[shift + np.arange(shift.size)]
+    return order[shift + np.arange(shift.size)], np.repeat(prims[run], lengths)
+
+
+# A primitive covering more pixel cells than this is cast on its own (the work on its rays dwarfs
+# the per-call overhead, and it culls the rays of everything behind it); smaller ones are cast
+# together, up to BATCH at a time, after the large ones.
+LARGE = 4096
+BATCH = 256
 
 
 def cast(scene: Scene, camera: Camera, directions: np.ndarray, pixels: np.ndarray,
@@ -350,7 +377,8 @@ def cast(scene: Scene, camera: Camera, directions: np.ndarray, pixels: np.ndarra
         t_max: only hits with t < t_max count (1 − ε for "anything in front of the point at t = 1").
     Returns:
         t: (N,) ray parameter of the nearest hit, `t_max` where nothing is hit before it;
-        index: (N,) int64 index of the primitive hit, −1 where nothing is.
+        index: (N,) int64 index of the primitive hit, −1 where nothing is (on an exact tie
+            between two surfaces, one of them, the same on every run).
     """
     n = directions.shape[1]
     t_best = np.full(n, float(t_max))
@@ -362,24 +390,40 @@ def cast(scene: Scene, camera: Camera, directions: np.ndarray, pixels: np.ndarra
     # Camera-frame z of each direction: a hit at t lies at depth t · z_dir.
     z_dir = _rotate(camera.pose[:3, :3].T, directions)[2]
     candidate, everywhere, box, z_near = _screen_boxes(scene, camera)
-    # Front to back: near surfaces fix most rays' depth early, and a primitive then only tests the
-    # rays whose current hit lies beyond its nearest point.
     ks = np.flatnonzero(candidate)
     ks = ks[np.argsort(z_near[ks], kind="stable")]
+    cells = (np.floor(box[ks, 1]) - np.floor(box[ks, 0]) + 3) * (np.floor(box[ks, 3]) - np.floor(box[ks, 2]) + 3)
+    large = everywhere[ks] | (cells > LARGE)
+    small = ks[~large]
+    batches = [ks[large][i:i + 1] for i in range(int(large.sum()))]
+    batches += [small[i:i + BATCH] for i in range(0, small.size, BATCH)]
+    none = len(scene.primitives)
     with np.errstate(divide="ignore", invalid="ignore"):
-        for k in ks:
-            if everywhere[k]:
-                rays = np.arange(n)
+        for batch in batches:
+            if everywhere[batch[0]]:
+                rays, owners = np.arange(n), np.full(n, batch[0])
             else:
-                rays = _rays_in_box(order, first, box[k], camera)
-                rays = rays[t_best[rays] * z_dir[rays] > z_near[k]]
-                if rays.size == 0:
-                    continue
-            p = scene.primitives[k]
-            t = _HIT[p.kind](p, origin, directions[:, rays])
+                rays, owners = _pairs_in_boxes(order, first, batch, box, camera)
+            keep = t_best[rays] * z_dir[rays] > z_near[owners]
+            rays, owners = rays[keep], owners[keep]
+            if batch.size == 1:
+                # One primitive: its parameters are scalars and each ray occurs once.
+                k = batch[0]
+                oc = (origin - scene.centre[:, k])[:, None]
+                t = _HIT[scene.kind[k]](oc, directions[:, rays], scene.size[:, k:k + 1], scene.cos[k], scene.sin[k])
+                nearer = t < t_best[rays]
+                t_best[rays[nearer]] = t[nearer]
+                index[rays[nearer]] = k
+                continue
+            t = _hits(scene, owners, origin, directions[:, rays])
             nearer = t < t_best[rays]
-            t_best[rays[nearer]] = t[nearer]
-            index[rays[nearer]] = k
+            rays, owners, t = rays[nearer], owners[nearer], t[nearer]
+            # Nearest per ray, then the lowest primitive index among exact ties: ufunc.at reduces
+            # in a fixed order, so the result does not depend on how pairs were generated.
+            np.minimum.at(t_best, rays, t)
+            win = t == t_best[rays]
+            index[rays] = none
+            np.minimum.at(index, rays[win], owners[win])
     return t_best, index
 
 
