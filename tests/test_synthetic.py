@@ -67,11 +67,13 @@ class TestRayCasting:
         assert view.rgb.dtype == np.uint8 and view.rgb.shape == (H, W, 3)
 
     def test_box_face_and_yaw(self):
-        # A box whose front face is the plane z = 10; turned by 90° with its x and z extents swapped it is the same solid.
+        # A box whose front face is the plane z = 10; turned by 90° with its x and z extents swapped it
+        # is the same solid.
         straight = render_view(Scene((box((0, 0, 12), (2.9, 1.9, 2)),)), camera_at())
         turned = render_view(Scene((box((0, 0, 12), (2, 1.9, 2.9), yaw=np.pi / 2),)), camera_at())
         inside = straight.depth > 0
-        # The face spans |x| ≤ 2.9, |y| ≤ 1.9 at z = 10: pixels within 60·0.29 = 17.4 columns and 11.4 rows of the axis.
+        # The face spans |x| ≤ 2.9, |y| ≤ 1.9 at z = 10: pixels within 60·0.29 = 17.4 columns and
+        # 11.4 rows of the axis.
         assert inside[23, 47] and inside[23 + 11, 47 + 17] and inside[23 - 11, 47 - 17]
         assert not inside[23, 47 + 18] and not inside[23 + 12, 47] and inside.sum() == 35 * 23
         np.testing.assert_allclose(straight.depth[inside], 10.0, rtol=1e-7)
@@ -140,7 +142,8 @@ class TestVisibility:
         vis = visibility(scene, cam_j, view.points, view.depth > 0)
         T = torch.tensor(G.relative_pose(cam_i.pose, cam_j.pose))[None]
         Kt = torch.tensor(K_SIMPLE)[None]
-        pix, z = G.project(G.transform_points(T, G.backproject(torch.tensor(view.depth, dtype=torch.float64)[None, None], Kt)), Kt)
+        depth = torch.tensor(view.depth, dtype=torch.float64)[None, None]
+        pix, z = G.project(G.transform_points(T, G.backproject(depth, Kt)), Kt)
         u, v = pix[0, 0].numpy(), pix[0, 1].numpy()
         inside = (u >= 0) & (u <= W - 1) & (v >= 0) & (v <= H - 1) & (z[0, 0].numpy() > 0)
         on_bound = np.minimum.reduce([np.abs(u), np.abs(u - (W - 1)), np.abs(v), np.abs(v - (H - 1))]) < 1e-6
@@ -198,9 +201,11 @@ class TestTextures:
         value = sample(np.full(3, STUCCO), (xs + 0.5) / 512, (ys + 0.5) / 512, np.zeros(3))
         np.testing.assert_allclose(value, level0[ys, xs], rtol=1e-6)
         # The coarsest level is the mean, about 1 by construction, and wraps seamlessly.
-        assert sample(np.array([STUCCO]), np.array([0.3]), np.array([0.7]), np.array([99.0]))[0] == pytest.approx(1.0, abs=0.05)
-        np.testing.assert_allclose(sample(np.full(2, STUCCO), np.array([0.1, 2.1]), np.array([0.2, -1.8]), np.full(2, 2.0)),
-                                   sample(np.full(2, STUCCO), np.array([0.1, 0.1]), np.array([0.2, 0.2]), np.full(2, 2.0)), rtol=1e-5)
+        one = np.array([STUCCO])
+        assert sample(one, np.array([0.3]), np.array([0.7]), np.array([99.0]))[0] == pytest.approx(1.0, abs=0.05)
+        two, lod = np.full(2, STUCCO), np.full(2, 2.0)
+        wrapped = sample(two, np.array([0.1, 2.1]), np.array([0.2, -1.8]), lod)  # the mirrored tile repeats every 2
+        np.testing.assert_allclose(wrapped, sample(two, np.array([0.1, 0.1]), np.array([0.2, 0.2]), lod), rtol=1e-5)
 
 
 class TestSplits:

@@ -476,6 +476,8 @@ def surfaces(scene: Scene, index: np.ndarray, points: np.ndarray) -> tuple[np.nd
     radial = np.sqrt(qm[0] ** 2 + qm[2] ** 2)
     cap = np.abs(np.abs(qm[1]) - half) < np.abs(radial - radius)
     safe = np.maximum(radial, 1e-12)
-    normal[:, m] = np.where(cap, 0.0, qm[0] / safe), np.where(cap, np.sign(qm[1]), 0.0), np.where(cap, 0.0, qm[2] / safe)
+    normal[0, m] = np.where(cap, 0.0, qm[0] / safe)
+    normal[1, m] = np.where(cap, np.sign(qm[1]), 0.0)
+    normal[2, m] = np.where(cap, 0.0, qm[2] / safe)
     uv[:, m] = np.where(cap, qm[0], radius * np.arctan2(qm[0], qm[2])), np.where(cap, qm[2], qm[1])
     return normal, uv

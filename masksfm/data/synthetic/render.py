@@ -1,10 +1,10 @@
 """Render a view of a street scene, and the exact visibility of its points in another view.
 
-Depth is the ray-cast z-depth of the pixel centre's ray (never filtered). Only colour is
-anti-aliased, by texture pre-filtering (mip levels matched to each pixel's footprint) and
-box-filtered paint stripes; geometric edges stay sharp in both colour and depth, so the two agree.
-Shading is Lambertian with a fixed sun and ambient light: it depends on the surface, not the
-viewpoint, as brightness constancy assumes.
+Depth, the points and the moving mask come from the ray through each pixel centre and are never
+filtered. Only colour is anti-aliased: textures are pre-filtered (mip levels matched to each
+pixel's footprint), paint stripes box-filtered, silhouettes supersampled, and the image goes
+through a slight lens blur. Shading is Lambertian with a fixed sun and ambient light: it depends
+on the surface, not the viewpoint, as brightness constancy assumes.
 """
 
 from __future__ import annotations
@@ -36,12 +36,14 @@ class View(NamedTuple):
         depth: (H, W) float32 z-depth, metres; 0 on sky (no hit).
         points: (3, H, W) float64 world point seen at each pixel; nan on sky.
         moving: (H, W) bool, True on independently moving objects.
+        primitive: (H, W) int64 index of the scene primitive seen at each pixel; −1 on sky.
     """
 
     rgb: np.ndarray
     depth: np.ndarray
     points: np.ndarray
     moving: np.ndarray
+    primitive: np.ndarray
 
 
 def rays_through(camera: Camera, pixels: np.ndarray) -> np.ndarray:
@@ -86,11 +88,14 @@ def _shade(scene: Scene, index: np.ndarray, points: np.ndarray, directions: np.n
         focal: the camera's focal length, pixels.
     """
     normal, uv = surfaces(scene, index, points)
-    texture, tint, scale, offset = scene.texture[index], scene.tint[:, index], scene.scale[index], scene.offset[:, index]
+    texture, tint = scene.texture[index], scene.tint[:, index]
+    scale, offset = scene.scale[index], scene.offset[:, index]
     cos = np.abs(np.sum(normal * directions, axis=0)) / np.sqrt(np.sum(directions**2, axis=0))
     cos = np.maximum(cos, 0.02)
     # Pixel footprint on the surface, metres: area-preserving (geometric mean of the across- and
-    # along-slope sizes), a compromise between aliasing and blurring grazing surfaces.
+    # along-slope sizes), a compromise between aliasing and blurring grazing surfaces. Half a
+    # level coarser than the footprint: warping resamples the image again, and detail right at
+    # the pixel's Nyquist limit does not survive that.
     across = t / focal
     lod = np.log2(np.maximum(across / np.sqrt(cos) * (RESOLUTION // 2) / scale, 1e-6)) + 0.5
     value = sample(texture, (uv[0] + offset[0]) / scale, (uv[1] + offset[1]) / scale, lod)
@@ -161,7 +166,7 @@ def render_view(scene: Scene, camera: Camera) -> View:
         scene: the scene at this frame's instant.
         camera: pose (camera-to-world), K, image size.
     Returns:
-        View(rgb, depth, points, moving).
+        View(rgb, depth, points, moving, primitive).
     """
     h, w = camera.height, camera.width
     pixels = pixel_grid(camera)
@@ -192,6 +197,7 @@ def render_view(scene: Scene, camera: Camera) -> View:
         depth=np.where(hit, t, 0.0).astype(np.float32).reshape(h, w),
         points=points.reshape(3, h, w),
         moving=(hit & scene.moving[np.maximum(index, 0)]).reshape(h, w),
+        primitive=index.reshape(h, w),
     )
 
 
@@ -223,7 +229,8 @@ def visibility(scene: Scene, camera: Camera, points: np.ndarray, valid: np.ndarr
     out = np.zeros(valid.shape, dtype=np.uint8)
     X = points[:, valid]
     pixels, z = project_points(camera, X)
-    inside = (z > 0) & (pixels[0] >= 0) & (pixels[0] <= camera.width - 1) & (pixels[1] >= 0) & (pixels[1] <= camera.height - 1)
+    u, v = pixels
+    inside = (z > 0) & (u >= 0) & (u <= camera.width - 1) & (v >= 0) & (v <= camera.height - 1)
     # Directions X − C put X at t = 1: any hit before it is an occluder.
     _, index = cast(scene, camera, X[:, inside] - camera.centre[:, None], pixels[:, inside], t_max=1.0 - VISIBILITY_EPS)
     seen = np.zeros(X.shape[1], dtype=bool)

@@ -109,8 +109,8 @@ def _car(rng: np.random.Generator, x: float, z: float, yaw: float = 0.0, velocit
     cos, sin = np.cos(yaw), np.sin(yaw)
     return [
         _box((x, -(bottom + body_top) / 2, z), (width / 2, (body_top - bottom) / 2, length / 2), paint, yaw, velocity),
-        _box((x + sin * back, -(body_top + roof) / 2, z + cos * back), (width / 2 - 0.08, (roof - body_top) / 2, cabin / 2),
-             glass, yaw, velocity),
+        _box((x + sin * back, -(body_top + roof) / 2, z + cos * back),
+             (width / 2 - 0.08, (roof - body_top) / 2, cabin / 2), glass, yaw, velocity),
     ]
 
 
@@ -174,7 +174,8 @@ def make_scene(rng: np.random.Generator, length: float, moving_cars: int = 0, sp
         while z < z1:
             radius, height = rng.uniform(0.05, 0.1), rng.uniform(4.0, 8.0)
             metal = _material(rng, STUCCO, np.full(3, rng.uniform(0.35, 0.6)), 2.0)
-            prims.append(Primitive(CYLINDER, (side * (road_half + 0.4), -height / 2, z), (radius, height / 2, radius), metal))
+            prims.append(Primitive(CYLINDER, (side * (road_half + 0.4), -height / 2, z),
+                                   (radius, height / 2, radius), metal))
             z += rng.uniform(15, 30)
         z = z0 + rng.uniform(0, 10)
         while z < z1:
