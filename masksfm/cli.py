@@ -162,11 +162,23 @@ def cmd_eval_pose(args) -> None:
 
 
 def cmd_predict(args) -> None:
-    _not_yet("predict")
+    from masksfm.predict import run_predict
+
+    summaries = run_predict(args.run, args.input, args.out, save=args.save, ply=args.ply, trajectory=args.trajectory,
+                            camera_height=args.camera_height, batch_size=args.batch_size, device=args.device,
+                            intrinsics=args.intrinsics, fov=args.fov)
+    frames = sum(s["frames"] for s in summaries.values())
+    scales = [f" (median scale {s['scale_median']:.4g} m per model unit)"
+              for s in summaries.values() if "scale_median" in s]
+    print(f"predict: {frames} frames in {len(summaries)} sequence(s) -> {args.out}"
+          + (scales[0] if len(scales) == 1 else ""))
 
 
 def cmd_export(args) -> None:
-    _not_yet("export")
+    from masksfm.export import export_model
+
+    for path in export_model(args.run, args.format, args.out, height=args.height, width=args.width, pose=args.pose):
+        print(f"wrote {path}")
 
 
 def cmd_demo(args) -> None:
@@ -315,6 +327,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval_pose)
 
     p = commands.add_parser("predict", help="depth maps, point clouds and trajectories from a model",
+                            description="Per frame: DIR/depth/<frame>.png (uint16, depth x 256, 0 = invalid), "
+                            "DIR/depth/<frame>.npy (float32 at the frame's resolution), DIR/color/<frame>.png "
+                            "(colourised disparity); --ply: DIR/points/<frame>.ply (camera frame). --trajectory: "
+                            "DIR/trajectory.kitti.txt, .tum.txt, .png (+ DIR/cloud.ply, world frame, with --ply). "
+                            "--camera-height M: the road plane is fitted in each frame and depth is written in "
+                            "metres (per-frame scale in DIR/scale.txt). A prepared dataset's scenes go to "
+                            "DIR/<scene>/.",
                             formatter_class=_formatter)
     p.add_argument("run", type=Path, help="run folder or checkpoint file")
     p.add_argument("input", type=Path, help="image, folder of images, video, prepared scene or dataset")
@@ -324,11 +343,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trajectory", action="store_true", help="chain poses into a trajectory (KITTI + TUM + plot)")
     p.add_argument("--camera-height", type=_positive_float, default=None,
                    help="metres above the road: fit the road plane and write metric depth")
-    p.add_argument("--batch-size", type=_positive_int, default=8)
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="frames per forward pass (default 8)")
+    calib = p.add_mutually_exclusive_group()
+    calib.add_argument("--fov", type=_positive_float, default=None,
+                       help="horizontal field of view, degrees, of inputs without cam.txt (default 70)")
+    calib.add_argument("--intrinsics", default=None, help="fx,fy,cx,cy in the input's pixels (overrides cam.txt)")
     _add_device(p)
     p.set_defaults(func=cmd_predict)
 
     p = commands.add_parser("export", help="export the depth (and pose) net to ONNX or torch.export",
+                            description="The depth net with input 'image' (B,3,H,W) RGB in [0,1] and output 'depth' "
+                            "(B,1,H,W) = 1/disparity, the values predict writes to .npy for a frame of that size; "
+                            "dynamic batch axis, fixed H x W (default: the training size; another size runs the net "
+                            "at that size). Metadata (sizes, interface, config, version) travel in the file. With "
+                            "--pose the pose net goes beside FILE (x.onnx -> x.pose.onnx): inputs 'target', "
+                            "'sources', output 'poses'.",
                             formatter_class=_formatter)
     p.add_argument("run", type=Path, help="run folder or checkpoint file")
     p.add_argument("--format", choices=["onnx", "pt2"], required=True)
