@@ -241,16 +241,21 @@ def _hit_sphere(oc: np.ndarray, d: np.ndarray, size: np.ndarray, cos: np.ndarray
 _HIT = {PLANE: _hit_plane, BOX: _hit_box, CYLINDER: _hit_cylinder, SPHERE: _hit_sphere}
 
 
-def _hits(scene: Scene, prims: np.ndarray, origin: np.ndarray, directions: np.ndarray) -> np.ndarray:
-    """t of ray i against primitive prims[i], for (3, M) directions from one origin; inf = miss."""
+def _columns(a: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The components a[c][index] of a (C, N) array: 1-D gathers are much faster than a[:, index]."""
+    return tuple(row[index] for row in a)
+
+
+def _hits(scene: Scene, prims: np.ndarray, origin: np.ndarray, directions: tuple) -> np.ndarray:
+    """t of ray i against primitive prims[i], for directions (3 components of M) from one origin; inf = miss."""
     t = np.full(prims.size, np.inf)
     kinds = scene.kind[prims]
     for kind, hit in _HIT.items():
         m = np.flatnonzero(kinds == kind)
         if m.size:
             k = prims[m]
-            oc = origin[:, None] - scene.centre[:, k]
-            t[m] = hit(oc, directions[:, m], scene.size[:, k], scene.cos[k], scene.sin[k])
+            oc = tuple(o - c for o, c in zip(origin, _columns(scene.centre, k)))
+            t[m] = hit(oc, tuple(d[m] for d in directions), _columns(scene.size, k), scene.cos[k], scene.sin[k])
     return t
 
 
@@ -266,7 +271,7 @@ def intersect(p: Primitive, origin: np.ndarray, directions: np.ndarray) -> np.nd
     """
     with np.errstate(divide="ignore", invalid="ignore"):
         return _hits(Scene((p,)), np.zeros(directions.shape[1], dtype=np.int64),
-                     np.asarray(origin, dtype=np.float64), directions)
+                     np.asarray(origin, dtype=np.float64), tuple(directions))
 
 
 # --- culling -----------------------------------------------------------------------------------
@@ -315,39 +320,49 @@ def _screen_boxes(scene: Scene, camera: Camera) -> tuple[np.ndarray, np.ndarray,
     return candidate, ~finite, box, np.where(finite, z_near, 0.0)
 
 
-def _bucket(pixels: np.ndarray, camera: Camera) -> tuple[np.ndarray, np.ndarray]:
+def _bucket(pixels: np.ndarray, camera: Camera) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sort rays by the pixel cell they cross (row-major), so that a pixel box is a few contiguous runs.
 
     Returns:
         order: (N,) ray indices sorted by cell;
-        first: (H·W + 1,) where each cell's rays start in `order`.
+        first: (H·W + 1,) where each cell's rays start in `order`;
+        table: (H + 1, W + 1) summed-area table of rays per cell (rays in a box in four lookups).
     """
-    cells = camera.height * camera.width
+    h, w = camera.height, camera.width
     # Rays just outside the image (sub-pixel samples of border pixels) join the border cells; the
     # one-cell margin of a pixel box still covers them.
-    row = np.clip(np.floor(pixels[1]), 0, camera.height - 1).astype(np.int64)
-    key = row * camera.width + np.clip(np.floor(pixels[0]), 0, camera.width - 1).astype(np.int64)
+    row = np.clip(np.floor(pixels[1]), 0, h - 1).astype(np.int64)
+    key = row * w + np.clip(np.floor(pixels[0]), 0, w - 1).astype(np.int64)
     order = np.argsort(key, kind="stable")
-    first = np.zeros(cells + 1, dtype=np.int64)
-    np.cumsum(np.bincount(key, minlength=cells), out=first[1:])
-    return order, first
+    count = np.bincount(key, minlength=h * w)
+    first = np.zeros(h * w + 1, dtype=np.int64)
+    np.cumsum(count, out=first[1:])
+    table = np.zeros((h + 1, w + 1), dtype=np.int64)
+    table[1:, 1:] = count.reshape(h, w).cumsum(0).cumsum(1)
+    return order, first, table
 
 
-def _pairs_in_boxes(order: np.ndarray, first: np.ndarray, prims: np.ndarray, box: np.ndarray,
+def _cells(box: np.ndarray, camera: Camera) -> tuple[np.ndarray, ...]:
+    """Pixel boxes (P, 4) to inclusive cell ranges c0, c1, r0, r1, with one cell of margin for
+    round-off in the projected corners, clipped to the image (c0 > c1 or r0 > r1: empty)."""
+    w, h = camera.width, camera.height
+    return (np.clip(np.floor(box[:, 0]) - 1, 0, w - 1).astype(np.int64),
+            np.clip(np.floor(box[:, 1]) + 1, -1, w - 1).astype(np.int64),
+            np.clip(np.floor(box[:, 2]) - 1, 0, h - 1).astype(np.int64),
+            np.clip(np.floor(box[:, 3]) + 1, -1, h - 1).astype(np.int64))
+
+
+def _pairs_in_boxes(order: np.ndarray, first: np.ndarray, prims: np.ndarray, cells: tuple,
                     camera: Camera) -> tuple[np.ndarray, np.ndarray]:
-    """(ray, primitive) pairs: every ray whose pixel cell lies in a primitive's pixel box.
+    """(ray, primitive) pairs: every ray whose pixel cell lies in a primitive's cell range.
 
-    One cell of margin around each box absorbs round-off in the projected corners. The runs of
-    rays (one per box row) are expanded with repeat/arange, without a Python loop.
+    The runs of rays (one per box row) are expanded with repeat/arange, without a Python loop.
 
     Returns:
         rays, owners: (M,) ray indices and the primitive (from `prims`) each is paired with.
     """
     w = camera.width
-    c0 = np.clip(np.floor(box[prims, 0]) - 1, 0, w - 1).astype(np.int64)
-    c1 = np.clip(np.floor(box[prims, 1]) + 1, -1, w - 1).astype(np.int64)
-    r0 = np.clip(np.floor(box[prims, 2]) - 1, 0, camera.height - 1).astype(np.int64)
-    r1 = np.clip(np.floor(box[prims, 3]) + 1, -1, camera.height - 1).astype(np.int64)
+    c0, c1, r0, r1 = (c[prims] for c in cells)
     rows = np.where((c0 <= c1) & (r0 <= r1), r1 - r0 + 1, 0)
     run = np.repeat(np.arange(prims.size), rows)
     row = r0[run] + np.arange(run.size) - np.repeat(np.cumsum(rows) - rows, rows)
@@ -357,9 +372,9 @@ def _pairs_in_boxes(order: np.ndarray, first: np.ndarray, prims: np.ndarray, box
     return order[shift + np.arange(shift.size)], np.repeat(prims[run], lengths)
 
 
-# A primitive covering more pixel cells than this is cast on its own (the work on its rays dwarfs
-# the per-call overhead, and it culls the rays of everything behind it); smaller ones are cast
-# together, up to BATCH at a time, after the large ones.
+# A primitive with more rays in its pixel box than this is cast on its own (the work on its rays
+# dwarfs the per-call overhead, and it culls the rays of everything behind it); the others are
+# cast together, up to BATCH at a time, after the large ones.
 LARGE = 4096
 BATCH = 256
 
@@ -385,15 +400,18 @@ def cast(scene: Scene, camera: Camera, directions: np.ndarray, pixels: np.ndarra
     index = np.full(n, -1, dtype=np.int64)
     if n == 0:
         return t_best, index
-    order, first = _bucket(pixels, camera)
+    order, first, table = _bucket(pixels, camera)
     origin = camera.centre
     # Camera-frame z of each direction: a hit at t lies at depth t · z_dir.
     z_dir = _rotate(camera.pose[:3, :3].T, directions)[2]
     candidate, everywhere, box, z_near = _screen_boxes(scene, camera)
     ks = np.flatnonzero(candidate)
     ks = ks[np.argsort(z_near[ks], kind="stable")]
-    cells = (np.floor(box[ks, 1]) - np.floor(box[ks, 0]) + 3) * (np.floor(box[ks, 3]) - np.floor(box[ks, 2]) + 3)
-    large = everywhere[ks] | (cells > LARGE)
+    cells = _cells(box, camera)
+    c0, c1, r0, r1 = (c[ks] for c in cells)
+    c1, r1 = np.maximum(c1, c0 - 1), np.maximum(r1, r0 - 1)  # empty ranges count 0
+    in_box = table[r1 + 1, c1 + 1] - table[r0, c1 + 1] - table[r1 + 1, c0] + table[r0, c0]
+    large = everywhere[ks] | (in_box > LARGE)
     small = ks[~large]
     batches = [ks[large][i:i + 1] for i in range(int(large.sum()))]
     batches += [small[i:i + BATCH] for i in range(0, small.size, BATCH)]
@@ -403,19 +421,19 @@ def cast(scene: Scene, camera: Camera, directions: np.ndarray, pixels: np.ndarra
             if everywhere[batch[0]]:
                 rays, owners = np.arange(n), np.full(n, batch[0])
             else:
-                rays, owners = _pairs_in_boxes(order, first, batch, box, camera)
+                rays, owners = _pairs_in_boxes(order, first, batch, cells, camera)
             keep = t_best[rays] * z_dir[rays] > z_near[owners]
             rays, owners = rays[keep], owners[keep]
             if batch.size == 1:
                 # One primitive: its parameters are scalars and each ray occurs once.
                 k = batch[0]
-                oc = (origin - scene.centre[:, k])[:, None]
-                t = _HIT[scene.kind[k]](oc, directions[:, rays], scene.size[:, k:k + 1], scene.cos[k], scene.sin[k])
+                oc = origin - scene.centre[:, k]
+                t = _HIT[scene.kind[k]](oc, _columns(directions, rays), scene.size[:, k], scene.cos[k], scene.sin[k])
                 nearer = t < t_best[rays]
                 t_best[rays[nearer]] = t[nearer]
                 index[rays[nearer]] = k
                 continue
-            t = _hits(scene, owners, origin, directions[:, rays])
+            t = _hits(scene, owners, origin, _columns(directions, rays))
             nearer = t < t_best[rays]
             rays, owners, t = rays[nearer], owners[nearer], t[nearer]
             # Nearest per ray, then the lowest primitive index among exact ties: ufunc.at reduces
@@ -446,38 +464,43 @@ def surfaces(scene: Scene, index: np.ndarray, points: np.ndarray) -> tuple[np.nd
     """
     n = index.size
     kind = scene.kind[index]
-    q = points - scene.centre[:, index]
-    size = scene.size[:, index]
+    # Component by component: 1-D gathers and arithmetic are several times faster than (3, N) fancy indexing.
+    qx, qy, qz = (points[a] - scene.centre[a][index] for a in range(3))
     normal, uv = np.zeros((3, n)), np.empty((2, n))
 
     m = kind == PLANE
     normal[1, m] = -1.0
-    uv[:, m] = q[0, m], q[2, m]
+    uv[0, m], uv[1, m] = qx[m], qz[m]
 
     m = np.flatnonzero(kind == BOX)
-    cos, sin = np.cos(scene.yaw[index[m]]), np.sin(scene.yaw[index[m]])
-    qx, qz = q[0, m], q[2, m]
-    ql = np.stack([cos * qx - sin * qz, q[1, m], sin * qx + cos * qz])
+    k = index[m]
+    cos, sin = scene.cos[k], scene.sin[k]
+    x, y, z = qx[m], qy[m], qz[m]
+    lx, lz = cos * x - sin * z, sin * x + cos * z
     # The face a point lies on is the one it is nearest to, in metres.
-    face = np.argmin(size[:, m] - np.abs(ql), axis=0)
-    sign = np.sign(ql[face, np.arange(m.size)])
-    local = np.zeros((3, m.size))
-    local[face, np.arange(m.size)] = sign
-    normal[:, m] = cos * local[0] + sin * local[2], local[1], -sin * local[0] + cos * local[2]
-    uv[:, m] = np.choose(face, [ql[2], ql[0], ql[0]]), np.choose(face, [ql[1], ql[2], ql[1]])
+    gx, gy, gz = scene.size[0][k] - np.abs(lx), scene.size[1][k] - np.abs(y), scene.size[2][k] - np.abs(lz)
+    on_x = (gx <= gy) & (gx <= gz)
+    on_y = ~on_x & (gy <= gz)
+    on_z = ~on_x & ~on_y
+    nx, ny, nz = np.where(on_x, np.sign(lx), 0.0), np.where(on_y, np.sign(y), 0.0), np.where(on_z, np.sign(lz), 0.0)
+    normal[0, m], normal[1, m], normal[2, m] = cos * nx + sin * nz, ny, -sin * nx + cos * nz
+    uv[0, m] = np.where(on_x, lz, lx)
+    uv[1, m] = np.where(on_y, lz, y)
 
     m = kind == SPHERE
-    radius = size[0, m]
-    normal[:, m] = q[:, m] / radius
-    uv[:, m] = radius * np.arctan2(q[0, m], q[2, m]), q[1, m]
+    radius = scene.size[0][index[m]]
+    normal[0, m], normal[1, m], normal[2, m] = qx[m] / radius, qy[m] / radius, qz[m] / radius
+    uv[0, m], uv[1, m] = radius * np.arctan2(qx[m], qz[m]), qy[m]
 
     m = np.flatnonzero(kind == CYLINDER)
-    qm, radius, half = q[:, m], size[0, m], size[1, m]
-    radial = np.sqrt(qm[0] ** 2 + qm[2] ** 2)
-    cap = np.abs(np.abs(qm[1]) - half) < np.abs(radial - radius)
+    x, y, z = qx[m], qy[m], qz[m]
+    radius, half = scene.size[0][index[m]], scene.size[1][index[m]]
+    radial = np.sqrt(x**2 + z**2)
+    cap = np.abs(np.abs(y) - half) < np.abs(radial - radius)
     safe = np.maximum(radial, 1e-12)
-    normal[0, m] = np.where(cap, 0.0, qm[0] / safe)
-    normal[1, m] = np.where(cap, np.sign(qm[1]), 0.0)
-    normal[2, m] = np.where(cap, 0.0, qm[2] / safe)
-    uv[:, m] = np.where(cap, qm[0], radius * np.arctan2(qm[0], qm[2])), np.where(cap, qm[2], qm[1])
+    normal[0, m] = np.where(cap, 0.0, x / safe)
+    normal[1, m] = np.where(cap, np.sign(y), 0.0)
+    normal[2, m] = np.where(cap, 0.0, z / safe)
+    uv[0, m] = np.where(cap, x, radius * np.arctan2(x, z))
+    uv[1, m] = np.where(cap, z, y)
     return normal, uv

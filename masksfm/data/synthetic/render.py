@@ -88,9 +88,9 @@ def _shade(scene: Scene, index: np.ndarray, points: np.ndarray, directions: np.n
         focal: the camera's focal length, pixels.
     """
     normal, uv = surfaces(scene, index, points)
-    texture, tint = scene.texture[index], scene.tint[:, index]
-    scale, offset = scene.scale[index], scene.offset[:, index]
-    cos = np.abs(np.sum(normal * directions, axis=0)) / np.sqrt(np.sum(directions**2, axis=0))
+    texture, scale = scene.texture[index], scene.scale[index]
+    length = np.sqrt(directions[0] ** 2 + directions[1] ** 2 + directions[2] ** 2)
+    cos = np.abs(normal[0] * directions[0] + normal[1] * directions[1] + normal[2] * directions[2]) / length
     cos = np.maximum(cos, 0.02)
     # Pixel footprint on the surface, metres: area-preserving (geometric mean of the across- and
     # along-slope sizes), a compromise between aliasing and blurring grazing surfaces. Half a
@@ -98,9 +98,12 @@ def _shade(scene: Scene, index: np.ndarray, points: np.ndarray, directions: np.n
     # the pixel's Nyquist limit does not survive that.
     across = t / focal
     lod = np.log2(np.maximum(across / np.sqrt(cos) * (RESOLUTION // 2) / scale, 1e-6)) + 0.5
-    value = sample(texture, (uv[0] + offset[0]) / scale, (uv[1] + offset[1]) / scale, lod)
+    u = (uv[0] + scene.offset[0][index]) / scale
+    v = (uv[1] + scene.offset[1][index]) / scale
+    value = sample(texture, u, v, lod)
     light = AMBIENT + DIFFUSE * np.maximum(normal[0] * SUN[0] + normal[1] * SUN[1] + normal[2] * SUN[2], 0.0)
-    rgb = tint * (value * light)[None]
+    shade = value * light
+    rgb = np.stack([scene.tint[c][index] * shade for c in range(3)])
     for k in np.flatnonzero(scene.kind == PLANE):
         p = scene.primitives[k]
         if p.material.stripes:
@@ -175,7 +178,6 @@ def render_view(scene: Scene, camera: Camera) -> View:
     hit = index >= 0
     points = np.full((3, h * w), np.nan)
     points[:, hit] = camera.centre[:, None] + t[hit] * directions[:, hit]
-    rgb = _colour(scene, camera, directions, t, index)
 
     grid = index.reshape(h, w)
     edge = np.zeros((h, w), dtype=bool)
@@ -183,7 +185,9 @@ def render_view(scene: Scene, camera: Camera) -> View:
     edge[:, :-1] |= grid[:, 1:] != grid[:, :-1]
     edge[1:] |= grid[1:] != grid[:-1]
     edge[:-1] |= grid[1:] != grid[:-1]
-    edge = np.flatnonzero(edge)
+    inner, edge = np.flatnonzero(~edge), np.flatnonzero(edge)
+    rgb = np.empty((3, h * w))
+    rgb[:, inner] = _colour(scene, camera, directions[:, inner], t[inner], index[inner])
     if edge.size:
         sub = (pixels[:, edge][:, None, :] + SUBPIXELS[:, :, None]).reshape(2, -1)
         sub_dirs = rays_through(camera, sub)
@@ -227,13 +231,13 @@ def visibility(scene: Scene, camera: Camera, points: np.ndarray, valid: np.ndarr
         (H, W) uint8, 1 = visible in `camera`.
     """
     out = np.zeros(valid.shape, dtype=np.uint8)
-    X = points[:, valid]
+    which = np.flatnonzero(valid)
+    X = np.stack([points[c].ravel()[which] for c in range(3)])
     pixels, z = project_points(camera, X)
     u, v = pixels
-    inside = (z > 0) & (u >= 0) & (u <= camera.width - 1) & (v >= 0) & (v <= camera.height - 1)
+    inside = np.flatnonzero((z > 0) & (u >= 0) & (u <= camera.width - 1) & (v >= 0) & (v <= camera.height - 1))
     # Directions X − C put X at t = 1: any hit before it is an occluder.
-    _, index = cast(scene, camera, X[:, inside] - camera.centre[:, None], pixels[:, inside], t_max=1.0 - VISIBILITY_EPS)
-    seen = np.zeros(X.shape[1], dtype=bool)
-    seen[inside] = index < 0
-    out[valid] = seen
+    rays = np.stack([X[c][inside] - camera.centre[c] for c in range(3)])
+    _, index = cast(scene, camera, rays, np.stack([u[inside], v[inside]]), t_max=1.0 - VISIBILITY_EPS)
+    out.ravel()[which[inside]] = index < 0
     return out
