@@ -7,7 +7,10 @@ All rays of one cast share an origin (a camera centre) and come as directions (3
 smallest t > 0 with o + t·d on a surface. With d = R K⁻¹ [u, v, 1] (camera-frame z = 1) t *is* the
 z-depth, and with d = X − o a hit before t = 1 is something in front of X. Every primitive is
 tested only against the rays inside its projected bounding box in the camera the rays leave from,
-so a cast costs about the pixels each primitive covers, not pixels × primitives.
+nearest primitives first, and only on rays whose current hit lies beyond its nearest point; the
+many small ones are tested together in one vectorized call per batch. A cast costs about the
+pixels each primitive covers, not pixels × primitives, and gives exactly what testing every ray
+against every primitive gives (tested).
 
 numpy in float64 throughout: elementwise operations only (no BLAS, no threaded reductions), so a
 seed gives the same bytes on every run.
