@@ -132,8 +132,15 @@ def _quiet_exporter():
             logger.setLevel(level)
 
 
-def _write_onnx(module: nn.Module, example: tuple, names: list[str], output: str, dynamic: dict,
-                meta: dict[str, str], path: Path) -> None:
+def write_onnx(module: nn.Module, example: tuple, names: list[str], output: str, dynamic: dict,
+               meta: dict[str, str], path: Path) -> None:
+    """Export `module` with the dynamo ONNX exporter to one self-contained file, `meta` in its metadata_props.
+
+    Args:
+        example: example inputs (a batch of 2 where the batch axis is dynamic).
+        names: the input names; output: the output name.
+        dynamic: `dynamic_shapes` of `torch.export`, by input name.
+    """
     try:
         import onnx  # noqa: F401  (the dynamo exporter needs onnx and onnxscript)
         import onnxscript  # noqa: F401
@@ -197,7 +204,7 @@ def export_model(run: Path, fmt: str, out: Path, height: int | None = None, widt
         meta = export_metadata(config, metadata, height, width, which)
         with torch.no_grad():
             if fmt == "onnx":
-                _write_onnx(module, example, names, output, dynamic, meta, path)
+                write_onnx(module, example, names, output, dynamic, meta, path)
             else:
                 _write_pt2(module, example, dynamic, meta, path)
         written.append(path)
