@@ -560,6 +560,9 @@ def _predict_sequence(model, config, sequence: FrameSequence, folder: Path, save
         summary.update(scale_median=median, frames_without_road=len(pending))
 
     if trajectory:
+        if len(stems) < config.data.snippet_length:  # a video's length is known only once decoded
+            raise MasksfmError(f"{sequence.label}: --trajectory needs a sequence of at least "
+                               f"{config.data.snippet_length} frames (the pose net's snippet), got {len(stems)}")
         rel = predict_relative_poses(model.pose_net, _UnitFrames(torch.cat(net_frames)), config.data.snippet_length,
                                      device)
         if camera_height is not None:
