@@ -84,15 +84,18 @@ def export_metadata(config, metadata: dict, height: int, width: int, which: str)
         "checkpoint_step": json.dumps(metadata.get("step")),
         "config": json.dumps(asdict(config)),
     }
-    if (height, width) != (config.data.height, config.data.width):
+    trained_size = (height, width) == (config.data.height, config.data.width)
+    if not trained_size:
         common["note"] = (f"exported at {width}x{height}, trained at {config.data.width}x{config.data.height}: the net "
                           "runs at the exported size")
     if which == "depth":
+        same = ("masksfm predict writes the same values to .npy for a frame of this size" if trained_size else
+                "masksfm predict runs the net at the training size instead")
         return {
             **common,
             "input": f"image: (B, 3, {height}, {width}) float32 RGB in [0, 1]",
-            "output": f"depth: (B, 1, {height}, {width}) float32, 1 / disparity in the model's scale (masksfm predict "
-                      "writes the same values to .npy for a frame of this size; --camera-height scales them to metres)",
+            "output": f"depth: (B, 1, {height}, {width}) float32, 1 / disparity in the model's scale ({same}; "
+                      "--camera-height scales them to metres)",
         }
     sources = config.data.snippet_length - 1
     return {
