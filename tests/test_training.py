@@ -1,0 +1,209 @@
+"""The trainer on real (tiny) data: learning, TensorBoard, resume, DDP, configuration, checkpoints."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from masksfm.checkpoints import load_checkpoint, save_checkpoint, unprefixed
+from masksfm.cli import main
+from masksfm.config import MASK_MODES, Config, load_config
+from masksfm.data.dataset import SnippetDataset
+from masksfm.data.layout import load_split
+from masksfm.errors import MasksfmError
+from masksfm.model import build_model
+from masksfm.objective import compute_objective
+
+from conftest import TINY_TRAIN_SETTINGS
+
+SMALL = ["--height", "64", "--width", "208", "--batch-size", "2", "--set", "data.workers=0",
+         "--set", "train.val_every=1000", "--set", "train.log_every=1", "--set", "loss.warmup_steps=2"]
+
+
+def fixed_batch(root: Path, height=32, width=104, count=2):
+    """A fixed batch of snippets without augmentation, at a small size."""
+    dataset = SnippetDataset(load_split(root, "train"), height, width, augment=False, seed=0)
+    items = [dataset[i] for i in range(count)]
+    return {k: torch.stack([item[k] for item in items]) for k in ("images", "images_raw", "K")}
+
+
+@pytest.mark.parametrize("mask", MASK_MODES)
+def test_training_lowers_the_loss(mask, synth_dataset):
+    """A real model on real rendered frames: 25 Adam steps on one batch lower the objective."""
+    torch.manual_seed(0)
+    config = load_config(None, [f"loss.mask={mask}", "data.height=32", "data.width=104"])
+    model = build_model(config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-4)
+    batch = fixed_batch(synth_dataset)
+    losses = []
+    for _ in range(25):
+        objective = compute_objective(model(batch["images"]), batch["images_raw"], batch["K"], config.loss)
+        optimizer.zero_grad()
+        objective.loss.backward()
+        optimizer.step()
+        losses.append(objective.loss.item())
+    assert np.isfinite(losses).all()
+    assert np.mean(losses[-5:]) < 0.9 * np.mean(losses[:3]), losses
+
+
+def test_tensorboard_has_every_loss_mask_and_image(tiny_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tiny_run), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    scalars, images = set(events.Tags()["scalars"]), set(events.Tags()["images"])
+    for tag in ("loss/photometric", "loss/smoothness", "loss/total", "train/lr", "val/abs_rel"):
+        assert tag in scalars, (tag, scalars)
+    for mask in ("edge", "overlap", "blank", "combined"):
+        assert f"masks/{mask}" in scalars and f"masks/{mask}" in images
+        fractions = [e.value for e in events.Scalars(f"masks/{mask}")]
+        assert all(0.0 < f <= 1.0 for f in fractions)
+    for tag in ("images/target", "images/warped", "images/disparity"):
+        assert tag in images
+    assert (tiny_run / "checkpoints" / "last.safetensors").is_file()
+    assert (tiny_run / "checkpoints" / "best.safetensors").is_file()
+
+
+def test_config_round_trips_into_the_checkpoint(tiny_run):
+    _, meta = load_checkpoint(tiny_run / "checkpoints" / "last.safetensors")
+    expected = load_config(None, TINY_TRAIN_SETTINGS).to_dict()
+    assert meta["config"] == expected
+    assert meta["step"] == 6 and meta["masksfm_version"]
+    assert (tiny_run / "config.yaml").read_text().startswith("data:")
+
+
+def test_yaml_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("loss:\n  repeats: 3\n  mask: automask\noptim:\n  lr: 1.0e-4\n")
+    config = load_config(path, ["loss.repeats=1", "optim.lr=3e-5", "optim.lr_decay_steps=[10, 20]", "model.pretrained=null"])
+    assert config.loss.repeats == 1 and config.loss.mask == "automask"
+    assert config.optim.lr == 3e-5 and config.optim.lr_decay_steps == [10, 20]
+    for bad, message in [("loss.bogus=1", "unknown config key 'loss.bogus'"), ("loss.repeats=x", "loss.repeats"),
+                         ("loss.mask=magic", "not one of"), ("loss", "KEY=VALUE")]:
+        with pytest.raises(MasksfmError, match=message):
+            load_config(None, [bad])
+    path.write_text("loss: {repeat: 3}\n")
+    with pytest.raises(MasksfmError, match="unknown config key 'loss.repeat'"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("name", ["default", "paper", "paper_dn"])
+def test_shipped_configs_load(name):
+    config = load_config(name)
+    assert isinstance(config, Config)
+    if name.startswith("paper"):
+        assert (config.loss.ssim, config.loss.rho, config.loss.repeats) == ("gauss13", "robust", 3)
+        assert (config.data.height, config.data.width, config.optim.batch_size) == (256, 832, 4)
+    if name == "paper_dn":
+        assert config.loss.dn == "image_max"
+
+
+def test_unknown_key_on_the_command_line(capsys, tmp_path, synth_dataset):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", str(synth_dataset), "--out", str(tmp_path / "r"), "--set", "loss.nope=1"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "loss.nope" in err
+
+
+def _model_tensors(run: Path) -> dict[str, torch.Tensor]:
+    tensors, _ = load_checkpoint(run / "checkpoints" / "last.safetensors")
+    return unprefixed(tensors, "model") | unprefixed(tensors, "optimizer")
+
+
+def test_resume_is_bitwise_exact(synth_dataset, tmp_path):
+    straight, halves = tmp_path / "straight", tmp_path / "halves"
+    main(["train", str(synth_dataset), "--out", str(straight), "--steps", "4", *SMALL])
+    main(["train", str(synth_dataset), "--out", str(halves), "--steps", "2", *SMALL])
+    main(["train", str(synth_dataset), "--out", str(halves), "--steps", "4", "--resume", *SMALL])
+    a, b = _model_tensors(straight), _model_tensors(halves)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert load_checkpoint(halves / "checkpoints" / "last.safetensors")[1]["step"] == 4
+
+
+def test_resume_without_checkpoint_starts_with_a_warning(synth_dataset, tmp_path):
+    with pytest.warns(UserWarning, match="no checkpoint to resume from"):
+        main(["train", str(synth_dataset), "--out", str(tmp_path / "fresh"), "--steps", "1", "--resume", *SMALL])
+    assert load_checkpoint(tmp_path / "fresh" / "checkpoints" / "last.safetensors")[1]["step"] == 1
+
+
+def test_ddp_two_processes_match_one(synth_dataset, tmp_path):
+    """torchrun, 2 processes, gloo on CPU vs 1 process with the same global batch: same losses."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    args = [str(synth_dataset), "--steps", "3", "--device", "cpu", *SMALL]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517"]
+    subprocess.run([*torchrun, "-m", "masksfm", "train", "--out", str(tmp_path / "ddp"), *args],
+                   check=True, env=env, capture_output=True, timeout=600)
+    subprocess.run([sys.executable, "-m", "masksfm", "train", "--out", str(tmp_path / "one"), *args],
+                   check=True, env=env, capture_output=True, timeout=600)
+
+    def losses(run):
+        events = EventAccumulator(str(run))
+        events.Reload()
+        return np.array([e.value for e in events.Scalars("loss/total")])
+
+    ddp, one = losses(tmp_path / "ddp"), losses(tmp_path / "one")
+    assert len(ddp) == len(one) == 3
+    assert np.allclose(ddp, one, rtol=0, atol=1e-5), (ddp, one)
+    a, b = _model_tensors(tmp_path / "ddp"), _model_tensors(tmp_path / "one")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
+
+
+class TestCheckpoints:
+    def test_atomic_write_keeps_the_old_file(self, tmp_path, monkeypatch):
+        path = tmp_path / "c.safetensors"
+        save_checkpoint(path, {"w": torch.ones(3)}, {"step": 1, "config": {}})
+        import masksfm.checkpoints as C
+
+        def broken(tensors, filename, metadata=None):
+            Path(filename).write_bytes(b"half a file")
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(C, "save_file", broken)
+        with pytest.raises(KeyboardInterrupt):
+            save_checkpoint(path, {"w": torch.zeros(3)}, {"step": 2, "config": {}})
+        tensors, meta = load_checkpoint(path)
+        assert torch.equal(tensors["w"], torch.ones(3)) and meta["step"] == 1
+        assert [p.name for p in tmp_path.iterdir()] == ["c.safetensors"]  # no temp file left
+
+    def test_never_unpickles(self, tmp_path):
+        import pickle
+
+        marker = tmp_path / "pwned"
+
+        class Evil:
+            def __reduce__(self):
+                return (Path.touch, (marker,))
+
+        bad = tmp_path / "weights.safetensors"
+        bad.write_bytes(pickle.dumps(Evil()))
+        with pytest.raises(MasksfmError, match="not a safetensors checkpoint"):
+            load_checkpoint(bad)
+        assert not marker.exists()
+
+    def test_safetensors_without_config_is_not_a_checkpoint(self, tmp_path):
+        from safetensors.torch import save_file
+
+        path = tmp_path / "x.safetensors"
+        save_file({"w": torch.ones(1)}, str(path))
+        with pytest.raises(MasksfmError, match="not a masksfm checkpoint"):
+            load_checkpoint(path)
+
+
+def test_masks_start_after_the_warmup():
+    from masksfm.training import masks_active
+
+    config = load_config(None, ["loss.warmup_steps=10"])
+    assert not masks_active(config, 9) and masks_active(config, 10)
+    config.loss.guard = "none"
+    assert masks_active(config, 0)
