@@ -24,6 +24,7 @@ from masksfm.evaluation import (
 )
 from masksfm.errors import MasksfmError
 from masksfm.geometry import invert_pose, pose_vec_to_mat
+from masksfm.progress import progress_bar
 
 
 def frames_to_tensor(frames: np.ndarray, height: int, width: int) -> torch.Tensor:
@@ -144,11 +145,7 @@ def evaluate_depth_items(
     evenly over the items.
     """
     chosen = _spread(len(items), max_images)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(chosen), desc="eval depth", unit="img", file=sys.stderr)
+    bar = progress_bar(len(chosen), "eval depth", "img", enabled=progress)
     per_image = []
     for start in range(0, len(chosen), batch_size):
         indices = chosen[start:start + batch_size]
@@ -164,10 +161,8 @@ def evaluate_depth_items(
                 per_image.append(depth_metrics(gt, depth, garg_crop=garg_crop, median_scaling=median_scaling))
             except EvaluationInputError as error:
                 raise MasksfmError(f"{item.label}: {error}") from None
-        if bar is not None:
-            bar.update(len(batch))
-    if bar is not None:
-        bar.close()
+        bar.update(len(batch))
+    bar.close()
     if not per_image:
         raise MasksfmError("no test image with valid ground-truth depth")
     return mean_metrics(per_image)
@@ -255,15 +250,37 @@ def sequence_frames(scene: Scene, height: int, width: int) -> torch.Tensor:
     return torch.cat([frames_to_tensor(scene.read_frame(i)[None], height, width) for i in range(len(scene))])
 
 
+def sequence_pose_results(scene: Scene, rel: np.ndarray, folder: Path | None = None) -> tuple[np.ndarray, dict]:
+    """Pose metrics of one sequence from its predicted relative poses (inv(P_i) @ P_{i+1}).
+
+    Returns the 5-frame snippet ATEs and a dict with `ate_mean`, `ate_std` (snippets), `ate_rmse`,
+    `rpe_trans`, `rpe_rot` (full trajectory, Sim(3)-aligned) and, when the drive is over 100 m,
+    KITTI's `t_rel`, `r_rel`. With `folder`, the trajectory (in the ground truth's world frame) is
+    written there in KITTI and TUM formats with a plot.
+    """
+    from masksfm.data.layout import write_poses
+    from masksfm.evaluation import kitti_odometry_metrics, snippet_ates, trajectory_metrics
+    from masksfm.trajectory import chain_relative_poses, plot_trajectories, write_tum
+
+    ates = snippet_ates(rel, scene.poses)
+    trajectory = scene.poses[0] @ chain_relative_poses(rel)
+    result = {"ate_mean": float(ates.mean()), "ate_std": float(ates.std())}
+    result.update(trajectory_metrics(scene.poses, trajectory))
+    result.update(kitti_odometry_metrics(scene.poses, trajectory) or {})
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_poses(folder / "trajectory.kitti.txt", trajectory)
+        write_tum(folder / "trajectory.tum.txt", trajectory)
+        plot_trajectories(folder / "trajectory.png", scene.poses, trajectory, title=f"{scene.name}: predicted vs true")
+    return ates, result
+
+
 def run_eval_pose(run: Path, data: Path, split: str = "test", out: Path | None = None, device: str | None = None,
                   progress: bool = True) -> dict:
     """`masksfm eval pose`: snippet ATE over all test scenes, and per scene the full trajectory
     chained from pairwise predictions (ATE RMSE, RPE, KITTI t_rel / r_rel), its KITTI and TUM files
     and a plot (DESIGN §1, §6)."""
-    from masksfm.data.layout import write_poses
-    from masksfm.evaluation import kitti_odometry_metrics, snippet_ates, trajectory_metrics
     from masksfm.model import load_model, pick_device
-    from masksfm.trajectory import chain_relative_poses, plot_trajectories, write_tum
 
     dev = pick_device(device)
     model, config, _ = load_model(run, dev)
@@ -274,29 +291,17 @@ def run_eval_pose(run: Path, data: Path, split: str = "test", out: Path | None =
     if out is None:
         out = run / "eval" / f"pose-{split}" if run.is_dir() else run.parent / f"{run.stem}-pose-{split}"
     all_ates, sequences = [], {}
-    iterator = scenes
-    if progress:
-        from tqdm import tqdm
-
-        iterator = tqdm(scenes, desc="eval pose", unit="scene", file=sys.stderr)
-    for scene in iterator:
+    bar = progress_bar(len(scenes), "eval pose", "scene", enabled=progress)
+    for scene in scenes:
+        bar.update()
         if len(scene) < max(config.data.snippet_length, 5):
             continue
         frames = sequence_frames(scene, config.data.height, config.data.width)
         rel = predict_relative_poses(model.pose_net, frames, config.data.snippet_length, dev)
-        ates = snippet_ates(rel, scene.poses)
+        ates, sequences[scene.name] = sequence_pose_results(scene, rel, out / scene.name)
         all_ates.append(ates)
-        trajectory = scene.poses[0] @ chain_relative_poses(rel)  # in the ground truth's world frame
-        result = {"ate_mean": float(ates.mean()), "ate_std": float(ates.std())}
-        result.update(trajectory_metrics(scene.poses, trajectory))
-        result.update(kitti_odometry_metrics(scene.poses, trajectory) or {})
-        sequences[scene.name] = result
-        folder = out / scene.name
-        folder.mkdir(parents=True, exist_ok=True)
-        write_poses(folder / "trajectory.kitti.txt", trajectory)
-        write_tum(folder / "trajectory.tum.txt", trajectory)
-        plot_trajectories(folder / "trajectory.png", scene.poses, trajectory, title=f"{scene.name}: predicted vs true")
     if not all_ates:
         raise MasksfmError(f"{data}: no scene of split {split!r} is long enough for 5-frame snippets")
+    bar.close()
     ates = np.concatenate(all_ates)
     return {"ate_mean": float(ates.mean()), "ate_std": float(ates.std()), "sequences": sequences, "out": str(out)}

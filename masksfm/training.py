@@ -39,6 +39,7 @@ from masksfm.errors import MasksfmError
 from masksfm.inference import evaluate_depth
 from masksfm.model import build_model, pick_device
 from masksfm.objective import compute_objective
+from masksfm.progress import progress_bar
 
 LR_DECAY = 0.1
 
@@ -172,11 +173,7 @@ class Trainer:
                              rank=self.rank, world_size=self.world, start_step=self.step,
                              max_steps=max(steps - self.step, 0))
         self.model.train()
-        bar = None
-        if self.progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True, file=sys.stderr)
+        bar = progress_bar(steps, "train", "step", enabled=self.progress, initial=self.step)
         last_terms: dict[str, float] = {}
         for batch in loader:
             if self.step >= steps:
@@ -213,11 +210,9 @@ class Trainer:
                     self.validate()
                 if self.step % cfg.train.checkpoint_every == 0 or self.step == steps:
                     self.save(LAST)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{last_terms['total']:.4f}", refresh=False)
-        if bar is not None:
-            bar.close()
+            bar.update(1)
+            bar.set_postfix(loss=f"{last_terms['total']:.4f}", refresh=False)
+        bar.close()
         if self.writer is not None:
             self.writer.flush()
             self.writer.close()

@@ -36,6 +36,7 @@ from PIL import Image
 from masksfm.data import layout
 from masksfm.errors import MasksfmError
 from masksfm.geometry import scale_intrinsics
+from masksfm.progress import progress_bar
 
 CAMERAS = ("02", "03")
 DRIVE_PATTERN = re.compile(r"^(\d{4}_\d{2}_\d{2})_drive_(\d{4})_sync$")
@@ -370,15 +371,8 @@ def staged_output(out: Path, kind: str) -> Iterator[Path]:
     partial.rename(out)
 
 
-def progress_bar(total: int, desc: str, unit: str, progress: bool, leave: bool = True):
-    from tqdm import tqdm
-
-    # disable=None: a bar on a terminal, none in a log file.
-    return tqdm(total=total, desc=desc, unit=unit, disable=None if progress else True, leave=leave)
-
-
 def _iterate(items: list, desc: str, unit: str, progress: bool):
-    with progress_bar(len(items), desc, unit, progress, leave=False) as bar:
+    with progress_bar(len(items), desc, unit, enabled=progress, leave=False) as bar:
         for item in items:
             yield item
             bar.update()

@@ -43,7 +43,8 @@ from pathlib import Path
 import numpy as np
 
 from masksfm.data import layout
-from masksfm.data.kitti import MIN_SCENE_FRAMES, progress_bar, report, resize_frame, staged_output, warn
+from masksfm.data.kitti import MIN_SCENE_FRAMES, report, resize_frame, staged_output, warn
+from masksfm.progress import progress_bar
 from masksfm.errors import MasksfmError
 from masksfm.geometry import crop_intrinsics, scale_intrinsics
 

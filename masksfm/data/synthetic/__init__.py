@@ -184,9 +184,8 @@ def render_dataset(out: Path, scenes: int = 6, frames: int = 40, height: int = 1
         if int(value) != value or value < least:
             raise MasksfmError(f"synth: {name} must be an integer ≥ {least}, got {value}")
     _check_output(out)
-    from tqdm import tqdm
-
     from masksfm import __version__
+    from masksfm.progress import progress_bar
 
     # SeedSequence children: scene k's content depends on (seed, k) only, not on how many scenes there are.
     streams = np.random.SeedSequence(seed % 2**64).spawn(scenes + 1)
@@ -197,7 +196,7 @@ def render_dataset(out: Path, scenes: int = 6, frames: int = 40, height: int = 1
         shutil.rmtree(partial)
     jobs = [(partial / name, stream, frames, K, height, width, moving_cars) for name, stream in zip(names, streams[1:])]
     workers = _default_workers(scenes, frames, height, width) if workers is None else max(1, min(workers, scenes))
-    with tqdm(total=scenes * frames, desc="synth", unit="frame", disable=not progress, leave=False) as bar:
+    with progress_bar(scenes * frames, "synth", "frame", enabled=progress, leave=False) as bar:
         if workers > 1:
             _render_parallel(jobs, workers, bar)
         else:

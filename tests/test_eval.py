@@ -1,0 +1,115 @@
+"""`masksfm eval depth` and `eval pose` on a real tiny run, and their protocol plumbing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from masksfm.cli import main
+from masksfm.data.layout import load_split
+from masksfm.evaluation import DEPTH_METRICS
+from masksfm.inference import (
+    depth_items,
+    evaluate_depth_items,
+    frames_to_tensor,
+    predict_disparity,
+    predict_relative_poses,
+    sequence_pose_results,
+)
+from masksfm.model import load_model
+from masksfm.trajectory import relative_poses
+
+
+def test_eval_depth_json(tiny_run, synth_dataset, tmp_path, capsys):
+    out = tmp_path / "depth.json"
+    main(["eval", "depth", str(tiny_run), str(synth_dataset), "--json", str(out)])
+    metrics = json.loads(out.read_text())
+    assert set(metrics) == set(DEPTH_METRICS) | {"count"}
+    assert metrics["count"] == 10 and 0 < metrics["abs_rel"] < 2 and 0 <= metrics["a1"] <= 1
+    assert "abs_rel" in capsys.readouterr().out
+
+
+def test_external_predictions_give_the_models_numbers(tiny_run, synth_dataset, tmp_path):
+    """Someone else's .npy predictions evaluate like the model's own when they are the model's own."""
+    model, config, _ = load_model(tiny_run)
+    items = depth_items(synth_dataset, "test")
+    folder = tmp_path / "preds"
+    folder.mkdir()
+    for k, item in enumerate(items):
+        frames = frames_to_tensor(item.read_image()[None], config.data.height, config.data.width)
+        np.save(folder / f"{k:06d}.npy", predict_disparity(model.depth_net, frames, torch.device("cpu"))[0, 0].numpy())
+    own, theirs = tmp_path / "own.json", tmp_path / "theirs.json"
+    main(["eval", "depth", str(tiny_run), str(synth_dataset), "--json", str(own)])
+    main(["eval", "depth", str(folder), str(synth_dataset), "--pred-kind", "disp", "--json", str(theirs)])
+    a, b = json.loads(own.read_text()), json.loads(theirs.read_text())
+    for key in DEPTH_METRICS:
+        assert a[key] == pytest.approx(b[key], rel=1e-6)
+    # the same predictions as depth instead of disparity
+    for path in folder.glob("*.npy"):
+        np.save(path, 1.0 / np.load(path))
+    depth_json = tmp_path / "depth.json"
+    main(["eval", "depth", str(folder), str(synth_dataset), "--pred-kind", "depth", "--json", str(depth_json)])
+    assert json.loads(depth_json.read_text())["abs_rel"] == pytest.approx(a["abs_rel"], rel=0.05)
+
+
+def test_perfect_depth_scores_zero(synth_dataset):
+    items = depth_items(synth_dataset, "test")
+    metrics = evaluate_depth_items(items, lambda idx, batch: [item.read_gt() * 3.0 + (item.read_gt() <= 0) for item in batch],
+                                   kind="depth")
+    assert metrics["abs_rel"] < 1e-6 and metrics["a1"] == 1.0
+
+
+def test_missing_prediction_is_one_line(tiny_run, synth_dataset, tmp_path):
+    folder = tmp_path / "few"
+    folder.mkdir()
+    np.save(folder / "000000.npy", np.ones((4, 4), np.float32))
+    result = subprocess.run([sys.executable, "-m", "masksfm", "eval", "depth", str(folder), str(synth_dataset)],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "000001.npy" in result.stderr
+
+
+def test_eval_pose_json_and_files(tiny_run, synth_dataset, tmp_path):
+    out_json, out_dir = tmp_path / "pose.json", tmp_path / "traj"
+    main(["eval", "pose", str(tiny_run), str(synth_dataset), "--json", str(out_json), "--out", str(out_dir)])
+    results = json.loads(out_json.read_text())
+    assert {"ate_mean", "ate_std", "sequences"} <= set(results)
+    (name, seq), = results["sequences"].items()
+    assert {"ate_mean", "ate_std", "ate_rmse", "rpe_trans", "rpe_rot"} <= set(seq)
+    for suffix in ("kitti.txt", "tum.txt", "png"):
+        assert (out_dir / name / f"trajectory.{suffix}").is_file()
+    from evo.tools import file_interface
+
+    assert file_interface.read_kitti_poses_file(str(out_dir / name / "trajectory.kitti.txt")).num_poses == 10
+
+
+def test_true_relative_poses_give_zero_error(synth_dataset, tmp_path):
+    scene = load_split(synth_dataset, "test")[0]
+    rel = relative_poses(scene.poses)
+    ates, result = sequence_pose_results(scene, rel, tmp_path)
+    assert ates.max() < 1e-9 and result["ate_rmse"] < 1e-9 and result["rpe_rot"] < 1e-6
+    # monocular scale is free: a scaled prediction is as good
+    scaled = rel.copy()
+    scaled[:, :3, 3] *= 0.3
+    ates, result = sequence_pose_results(scene, scaled)
+    assert ates.max() < 1e-9 and result["ate_rmse"] < 1e-9
+
+
+def test_relative_poses_from_snippets_are_consistent(tiny_run, synth_dataset):
+    """Every consecutive pair is read from a snippet that contains it, in the documented direction."""
+    model, config, _ = load_model(tiny_run)
+    frames = frames_to_tensor(np.stack([load_split(synth_dataset, "test")[0].read_frame(i) for i in range(10)]),
+                              config.data.height, config.data.width)
+    rel = predict_relative_poses(model.pose_net, frames, 3, torch.device("cpu"))
+    assert rel.shape == (9, 4, 4)
+    # frame 1's snippet gives T_{1->0} directly: rel[0] = inv(P_0) P_1 = T_{1->0}
+    from masksfm.geometry import pose_vec_to_mat
+
+    poses = model.pose_net(frames[1:2], torch.stack([frames[0], frames[2]])[None])
+    direct = pose_vec_to_mat(poses[0].double())[0]
+    assert np.allclose(rel[0], direct.detach().numpy(), atol=1e-5)
