@@ -38,6 +38,7 @@ from PIL import Image
 from masksfm.data.layout import FRAME_SUFFIXES, frame_stem, read_cam, read_image, write_image, write_poses
 from masksfm.errors import MasksfmError
 from masksfm.geometry import backproject, crop_intrinsics, scale_intrinsics
+from masksfm.progress import progress_bar
 
 SAVE_KINDS = ("png16", "npy", "color")
 # PIL reads these too; a prepared scene only ever holds FRAME_SUFFIXES.
@@ -501,11 +502,7 @@ def _predict_sequence(model, config, sequence: FrameSequence, folder: Path, save
     scales: dict[str, tuple[float, float]] = {}  # stem -> (scale, fitted camera height in model units)
     pending = []  # frames without a road plane: written once the median scale of the others is known
     intrinsics: dict[str, np.ndarray] = {}
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=sequence.count, desc=f"predict {Path(sequence.label).name}", unit="frame", file=sys.stderr)
+    bar = progress_bar(sequence.count, f"predict {Path(sequence.label).name}", "frame", enabled=progress)
     for batch in _batches(sequence.frames(), batch_size):
         x = torch.cat([frames_to_tensor(rgb[None], height, width) for _, rgb in batch])
         disp = predict_disparity(model.depth_net, x, device, batch_size)
@@ -531,10 +528,8 @@ def _predict_sequence(model, config, sequence: FrameSequence, folder: Path, save
                 writer.write(stem, rgb, disp[k, 0].numpy(), float(scale[k]), intrinsics[stem])
             else:
                 pending.append((stem, rgb, disp[k, 0].numpy()))
-        if bar is not None:
-            bar.update(len(batch))
-    if bar is not None:
-        bar.close()
+        bar.update(len(batch))
+    bar.close()
     if not stems:
         raise MasksfmError(f"{sequence.label}: no frames decoded")
 
