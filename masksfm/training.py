@@ -171,7 +171,7 @@ class Trainer:
         steps = cfg.optim.steps
         loader = make_loader(self.dataset, cfg.optim.batch_size, cfg.train.seed, workers=cfg.data.workers,
                              rank=self.rank, world_size=self.world, start_step=self.step,
-                             max_steps=max(steps - self.step, 0))
+                             max_steps=steps)
         self.model.train()
         bar = progress_bar(steps, "train", "step", enabled=self.progress, initial=self.step)
         last_terms: dict[str, float] = {}

@@ -13,7 +13,7 @@ import torch
 
 from masksfm.checkpoints import load_checkpoint, save_checkpoint, unprefixed
 from masksfm.cli import main
-from masksfm.config import MASK_MODES, Config, load_config
+from masksfm.config import MASK_MODES, Config, from_dict, load_config
 from masksfm.data.dataset import SnippetDataset
 from masksfm.data.layout import load_split
 from masksfm.errors import MasksfmError
@@ -39,7 +39,7 @@ def test_training_lowers_the_loss(mask, synth_dataset):
     torch.manual_seed(0)
     config = load_config(None, [f"loss.mask={mask}", "data.height=32", "data.width=104"])
     model = build_model(config)
-    optimizer = torch.optim.Adam(model.parameters(), lr=2e-4)
+    optimizer = torch.optim.Adam(model.parameters(), lr=5e-4)
     batch = fixed_batch(synth_dataset)
     losses = []
     for _ in range(25):
@@ -155,8 +155,16 @@ def test_ddp_two_processes_match_one(synth_dataset, tmp_path):
     ddp, one = losses(tmp_path / "ddp"), losses(tmp_path / "one")
     assert len(ddp) == len(one) == 3
     assert np.allclose(ddp, one, rtol=0, atol=1e-5), (ddp, one)
-    a, b = _model_tensors(tmp_path / "ddp"), _model_tensors(tmp_path / "one")
-    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
+    # Adam divides each update by its gradient's magnitude, so weights whose gradient is float noise
+    # move by ±lr either way: compare the whole update instead, which a missing all-reduce changes.
+    tensors, meta = load_checkpoint(tmp_path / "one" / "checkpoints" / "last.safetensors")
+    torch.manual_seed(meta["config"]["train"]["seed"])
+    start = build_model(from_dict(meta["config"])).state_dict()
+    a, b = unprefixed(load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.safetensors")[0], "model"), \
+        unprefixed(tensors, "model")
+    update = torch.cat([(b[k] - start[k]).flatten() for k in start])
+    gap = torch.cat([(a[k] - b[k]).flatten() for k in start])
+    assert gap.norm() < 0.02 * update.norm(), (gap.norm(), update.norm())
 
 
 class TestCheckpoints:
