@@ -163,12 +163,21 @@ class Trainer:
             self.save(BEST)
         self.model.train()
 
+    def _out_of_time(self, start: float, time_limit: float) -> bool:
+        """Whether the budget is spent; rank 0's clock decides for every process."""
+        out = torch.tensor(float(time.monotonic() - start >= time_limit), device=self.device)
+        if self.world > 1:
+            dist.broadcast(out, 0)
+        return bool(out)
+
     # --- the loop ------------------------------------------------------------------------------
 
-    def train(self) -> dict[str, float]:
-        """Run until `optim.steps`; returns the last step's loss terms."""
+    def train(self, time_limit: float | None = None) -> dict[str, float]:
+        """Run until `optim.steps`, or until `time_limit` seconds have passed (the step then reached
+        is validated and checkpointed as if it were the last); returns the last step's loss terms."""
         cfg = self.config
         steps = cfg.optim.steps
+        start = time.monotonic()
         loader = make_loader(self.dataset, cfg.optim.batch_size, cfg.train.seed, workers=cfg.data.workers,
                              rank=self.rank, world_size=self.world, start_step=self.step,
                              max_steps=steps)
@@ -193,6 +202,8 @@ class Trainer:
             objective.loss.backward()
             self.optimizer.step()
             self.step += 1
+            if time_limit is not None and self._out_of_time(start, time_limit):
+                steps = self.step
 
             terms = {k: v.detach() for k, v in objective.terms.items()}
             if self.world > 1:
@@ -231,13 +242,14 @@ def configure_from_args(config: Config, args) -> Config:
 
 
 def run_training(data: Path, out: Path, config: Config, resume: bool = False, device: str | None = None,
-                 progress: bool = True) -> dict[str, float]:
-    """Train (or resume) a run; the entry point of `masksfm train`."""
+                 progress: bool = True, time_limit: float | None = None) -> dict[str, float]:
+    """Train (or resume) a run; the entry point of `masksfm train`. `time_limit`: seconds, see
+    `Trainer.train`."""
     if not Path(data).is_dir():
         raise MasksfmError(f"{data}: no such dataset folder")
     trainer = Trainer(data, out, config, resume=resume, device=device, progress=progress)
     start = time.time()
-    terms = trainer.train()
+    terms = trainer.train(time_limit)
     if trainer.rank == 0 and progress:
         print(f"trained to step {trainer.step} in {time.time() - start:.0f} s; "
               f"checkpoint {trainer.run_dir / CHECKPOINT_DIR / LAST}", file=sys.stderr)

@@ -215,3 +215,13 @@ def test_masks_start_after_the_warmup():
     assert not masks_active(config, 9) and masks_active(config, 10)
     config.loss.guard = "none"
     assert masks_active(config, 0)
+
+
+def test_time_limit_stops_and_checkpoints(synth_dataset, tmp_path):
+    """A spent time budget ends the run after the step in progress, saved like a last step."""
+    from masksfm.training import run_training
+
+    config = load_config(None, TINY_TRAIN_SETTINGS + ["optim.steps=50", "train.checkpoint_every=1000"])
+    run_training(synth_dataset, tmp_path / "r", config, device="cpu", progress=False, time_limit=0.0)
+    assert load_checkpoint(tmp_path / "r" / "checkpoints" / "last.safetensors")[1]["step"] == 1
+    assert (tmp_path / "r" / "checkpoints" / "best.safetensors").is_file()
