@@ -182,7 +182,12 @@ def cmd_export(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    _not_yet("demo")
+    from masksfm.demo import DemoSettings, run_demo, summary_lines
+
+    given = {k: getattr(args, k) for k in ("scenes", "frames", "height", "width", "seed", "minutes")}
+    settings = DemoSettings(**{k: v for k, v in given.items() if v is not None})
+    for line in summary_lines(run_demo(args.out, settings, device=args.device)):
+        print(line)
 
 
 # --- parser --------------------------------------------------------------------------------------
@@ -368,10 +373,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = commands.add_parser("demo", help="synth + train + eval + report.html on synthetic data",
+                            description="Render synthetic street drives, train from scratch for --minutes, evaluate "
+                            "depth and pose on held-out drives beside a constant-depth and a constant-speed baseline, "
+                            "predict on a test drive, and write OUT/report.html (one self-contained page). About 10 "
+                            "minutes on 2 CPU cores. Re-running re-uses OUT/data when its settings match and "
+                            "trains again from scratch (OUT/run is replaced).",
                             formatter_class=_formatter)
     p.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder (default demo-output)")
-    p.add_argument("--minutes", type=_positive_float, default=8.0, help="training budget in minutes")
+    p.add_argument("--minutes", type=_positive_float, help="training budget in minutes (default 8)")
     _add_device(p)
+    small = p.add_argument_group("a smaller demo (tests, quick looks)")
+    small.add_argument("--scenes", type=_positive_int, help="drives to render, >= 3 (default 12)")
+    small.add_argument("--frames", type=_positive_int, help="frames per drive, >= 5 (default 30)")
+    small.add_argument("--height", type=_positive_int, help="frame height, >= 32 (default 64)")
+    small.add_argument("--width", type=_positive_int, help="frame width, >= 32 (default 208)")
+    small.add_argument("--seed", type=int, help="random seed of the drives (default 0)")
     p.set_defaults(func=cmd_demo)
     return parser
 

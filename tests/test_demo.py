@@ -1,0 +1,97 @@
+"""`masksfm demo` end to end through the real command line, at a tiny size: the report exists, is
+self-contained, shows the metrics beside the baseline, and the files it names exist."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TINY = ["--minutes", "0.02", "--scenes", "3", "--frames", "6", "--height", "32", "--width", "104"]
+
+
+def _masksfm(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "masksfm", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """One tiny demo run (3 drives x 6 frames at 104x32, ~1 s of training): (process, output folder)."""
+    out = tmp_path_factory.mktemp("demo") / "out"
+    done = _masksfm("demo", "--out", str(out), *TINY, cwd=out.parent)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done, out
+
+
+def test_report_is_written_and_announced(demo):
+    done, out = demo
+    report = out / "report.html"
+    assert report.is_file()
+    assert f"report: {report}" in done.stdout
+    assert "abs_rel" in done.stdout and "constant depth" in done.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["depth"]) >= {"abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3", "count"}
+    assert metrics["steps"] >= 1
+
+
+def test_report_is_self_contained(demo):
+    _, out = demo
+    page = (out / "report.html").read_text()
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page, re.IGNORECASE)
+    assert "<link" not in page and "<script" not in page
+    images = re.findall(r"""<img[^>]*\ssrc=["']([^"']*)["']""", page)
+    assert len(images) >= 4  # depth strip, masks, trajectory, curves
+    assert all(src.startswith("data:image/png;base64,") for src in images)
+
+
+def test_report_shows_metrics_beside_the_baseline(demo):
+    _, out = demo
+    page = (out / "report.html").read_text()
+    for name in ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3", "snippet ATE"):
+        assert f"<code>{name}</code>" in page
+    assert "constant depth" in page and "lower is better" in page and "higher is better" in page
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert f"{metrics['depth']['abs_rel']:.3f}" in page
+    assert f"{metrics['depth_constant']['abs_rel']:.3f}" in page
+    for mask in ("edge", "overlap", "blank", "combined"):
+        assert f"{mask} mask" in page or f"<dt>{mask}</dt>" in page
+
+
+def test_files_the_report_names_exist(demo):
+    _, out = demo
+    page = (out / "report.html").read_text()
+    paths = re.findall(r"<code class='path'>([^<]+)</code>", page)
+    assert len(paths) >= 5
+    for path in paths:
+        assert (out / path).exists(), path
+
+
+def test_rerun_reuses_identical_data_and_rerenders_changed(demo, tmp_path):
+    import shutil
+
+    from masksfm.demo import DemoSettings, prepare_data
+
+    _, out = demo
+    settings = DemoSettings(**json.loads((out / "metrics.json").read_text())["settings"])
+    data = tmp_path / "data"
+    shutil.copytree(out / "data", data)
+    assert prepare_data(data, settings, progress=False).startswith("re-using")
+    changed = DemoSettings(**dict(vars(settings), frames=settings.frames + 1))
+    assert prepare_data(data, changed, progress=False).startswith("rendered")
+    assert json.loads((data / "dataset.json").read_text())["frames"] == settings.frames + 1
+    assert prepare_data(data, changed, progress=False).startswith("re-using")
+
+
+@pytest.mark.parametrize("args", [["--bogus"], ["--minutes", "0"], ["--scenes", "2"]])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args):
+    done = _masksfm("demo", "--out", str(tmp_path / "out"), *args, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("masksfm: error:"), done.stderr
+    assert not (tmp_path / "out" / "data").exists()
