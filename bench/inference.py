@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/inference.py [--net dispnet|resnet18 | --run RUN] [--height 128] [--width 416]
                                         [--batches 1 8] [--repeat 20] [--skip-compile] [--device cpu|cuda]
+                                        [--threads N] [--json FILE]
 
 Times the module `masksfm export` writes (image -> depth = 1 / disp_0), so ONNX Runtime runs the very
 graph a user gets. Weights are random unless --run is given (speed does not depend on them). Each
@@ -19,6 +20,7 @@ threads on 2 busy cores, 0.27 s with 1), and the comparison measures the content
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -81,6 +83,7 @@ def main(argv=None):
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads of torch and ONNX Runtime alike (default: torch's, one per core)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -140,7 +143,17 @@ def main(argv=None):
         print(f"{backend:<14}" + "".join(cells))
     if compile_seconds:
         print("torch.compile first call (compile): " + ", ".join(f"b={b}: {s:.0f} s" for b, s in compile_seconds.items()))
+    if "onnxruntime" in rows and 1 in args.batches:
+        print(f"target: ONNX Runtime / eager at batch 1 = {rows['eager'][1] / rows['onnxruntime'][1]:.2f}x "
+              f"(target >= 1.5x); eager {1000 * rows['eager'][1]:.0f} ms/frame (about 43 ms on idle 2 cores)")
     print("command: .venv/bin/python bench/inference.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+    figures = {"net": name, "device": device.type, "threads": torch.get_num_threads(),
+               "size": [args.height, args.width],
+               "ms_per_frame": {b: {str(n): 1000 * t[n] / n for n in t} for b, t in rows.items()},
+               "compile_s": {str(b): s for b, s in compile_seconds.items()}}
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=1))
+    return figures
 
 
 if __name__ == "__main__":

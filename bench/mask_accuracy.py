@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/mask_accuracy.py [--scenes 4] [--frames 20] [--height 128] [--width 416]
         [--moving-cars 2] [--seed 100] [--taus 0,0.005,0.01,0.02,0.05,0.1,0.2,0.3] [--out DIR]
+        [--threads N] [--json FILE]
 
 Renders a synthetic street test set (the same scene and drive generators as `masksfm synth`, kept
 in memory so that each pixel's primitive is known), then for every neighbouring pair (t, t+1)
@@ -25,6 +26,7 @@ Masks are computed in float32, as in training.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -170,7 +172,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=100, help="not the training data's default seed 0")
     parser.add_argument("--taus", default="0,0.005,0.01,0.02,0.05,0.1,0.2,0.3")
     parser.add_argument("--out", type=Path, default=None, help="folder for the picture")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     taus = [float(x) for x in args.taus.split(",")]
     torch.set_grad_enabled(False)
 
@@ -266,6 +272,12 @@ def main(argv: list[str] | None = None) -> None:
         picture(scenes[0], k, maps, args.out / "mask_accuracy.png")
         print(f"picture: {args.out / 'mask_accuracy.png'}")
     print(f"total {time.perf_counter() - start:.1f} s")
+    figures = {"pairs": pairs, "size": [args.height, args.width], "recommended_tau": {str(r): t for r, t in best.items()},
+               "combined": {f"repeats{r}_tau{t:g}": dict(zip(("f1", "precision", "recall"), score(r, t)))
+                            for r in (0, 3) for t in sorted({0.0, best[r]} & set(taus))}}
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=1))
+    return figures
 
 
 if __name__ == "__main__":
