@@ -186,7 +186,7 @@ def cmd_demo(args) -> None:
 
     given = {k: getattr(args, k) for k in ("scenes", "frames", "height", "width", "seed", "minutes")}
     settings = DemoSettings(**{k: v for k, v in given.items() if v is not None})
-    for line in summary_lines(run_demo(args.out, settings, device=args.device)):
+    for line in summary_lines(run_demo(args.out, settings, device=args.device, threads=args.threads)):
         print(line)
 
 
@@ -382,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder (default demo-output)")
     p.add_argument("--minutes", type=_positive_float, help="training budget in minutes (default 8)")
     _add_device(p)
+    p.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: the cores idle at the start)")
     small = p.add_argument_group("a smaller demo (tests, quick looks)")
     small.add_argument("--scenes", type=_positive_int, help="drives to render, >= 3 (default 12)")
     small.add_argument("--frames", type=_positive_int, help="frames per drive, >= 5 (default 30)")

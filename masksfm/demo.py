@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import sys
 import threading
@@ -105,6 +106,40 @@ class _TimeBar:
         self.bar.close()
 
 
+def idle_cores(seconds: float = 1.0) -> float | None:
+    """How many CPU cores sat idle over the next `seconds` (Linux /proc/stat); None elsewhere."""
+
+    def sample():
+        with open("/proc/stat") as stat:
+            fields = [float(x) for x in stat.readline().split()[1:]]
+        return fields[3] + fields[4], sum(fields)  # idle + iowait, total
+
+    try:
+        idle0, total0 = sample()
+        time.sleep(seconds)
+        idle1, total1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    cpus = os.cpu_count() or 1
+    return cpus * (idle1 - idle0) / max(total1 - total0, 1e-9)
+
+
+def pick_threads(requested: int | None) -> tuple[int, str]:
+    """torch's CPU threads for training, and why.
+
+    On a machine shared with other work, more threads than free cores make torch's OpenMP barriers
+    wait for descheduled threads: measured here, 1 thread ran 3-5x more steps per minute than 2 on
+    2 busy cores. So by default, as many threads as cores are idle right now (at least 1).
+    """
+    if requested is not None:
+        return requested, "--threads"
+    cpus = os.cpu_count() or 1
+    idle = idle_cores()
+    if idle is None:
+        return cpus, f"{cpus} cores"
+    return max(1, min(cpus, int(idle + 0.5))), f"{idle:.1f} of {cpus} cores idle; --threads N to choose"
+
+
 # --- the stages ----------------------------------------------------------------------------------
 
 
@@ -141,10 +176,11 @@ def prepare_data(folder: Path, settings: DemoSettings, progress: bool = True) ->
 
 def demo_config(settings: DemoSettings):
     """The shipped default recipe at the demo's image size; only what a short run needs changes:
-    validation (and the best checkpoint) every 100 steps instead of 500, and scalars every 10."""
+    validation (and the best checkpoint) every 100 steps instead of 500, scalars every 10, and one
+    loader process (the frames are small; a second one takes a core from the training on 2 cores)."""
     from masksfm.config import load_config
 
-    return load_config("default", [f"data.height={settings.height}", f"data.width={settings.width}",
+    return load_config("default", [f"data.height={settings.height}", f"data.width={settings.width}", "data.workers=1",
                                    "train.val_every=100", "train.checkpoint_every=100", "train.log_every=10"])
 
 
@@ -161,21 +197,27 @@ def _clear(folder: Path, what: str) -> None:
     shutil.rmtree(folder)
 
 
-def train(data: Path, run: Path, settings: DemoSettings, device: str | None, progress: bool) -> dict:
+def train(data: Path, run: Path, settings: DemoSettings, device: str | None, progress: bool,
+          threads: int | None = None) -> dict:
     """Train from scratch for the budget; returns the step reached and the seconds spent."""
+    import torch
+
     from masksfm.checkpoints import CHECKPOINT_DIR, LAST, load_checkpoint
     from masksfm.training import run_training
 
     if run.exists():
         _say(f"  {run} holds an earlier demo's run: training again from scratch (it is replaced)")
     _clear(run, "run")
+    count, why = pick_threads(threads)
+    torch.set_num_threads(count)
+    _say(f"  torch CPU threads: {count} ({why})")
     config = demo_config(settings)
     seconds = settings.minutes * 60
     start = time.monotonic()
     with _TimeBar(seconds, "train", progress):
         run_training(data, run, config, device=device, progress=False, time_limit=seconds)
     _, meta = load_checkpoint(run / CHECKPOINT_DIR / LAST)
-    return {"steps": int(meta["step"]), "seconds": time.monotonic() - start}
+    return {"steps": int(meta["step"]), "seconds": time.monotonic() - start, "threads": count}
 
 
 def constant_depth_metrics(scenes) -> dict[str, float]:
@@ -270,11 +312,12 @@ def read_scalars(run: Path) -> dict[str, tuple[list[int], list[float]]]:
 
 
 def run_demo(out: Path = Path("demo-output"), settings: DemoSettings = DemoSettings(), device: str | None = None,
-             progress: bool = True) -> dict:
+             progress: bool = True, threads: int | None = None) -> dict:
     """Render, train, evaluate, predict and report into `out`; returns the numbers of metrics.json
     (with `report`, the page's path)."""
     from masksfm.data.layout import load_split
     from masksfm.inference import run_eval_depth, run_eval_pose
+    from masksfm.model import pick_device
     from masksfm.predict import run_predict
 
     out = Path(out)
@@ -296,7 +339,7 @@ def run_demo(out: Path = Path("demo-output"), settings: DemoSettings = DemoSetti
     config = demo_config(settings)
     _say(f"[2/5] training from scratch for {settings.minutes:.3g} min (default recipe: loss.mask={config.loss.mask}, "
          f"guard={config.loss.guard}, {config.data.width}x{config.data.height}, batch {config.optim.batch_size})")
-    trained = train(data, run, settings, device, progress)
+    trained = train(data, run, settings, device, progress, threads)
     timings["train"] = trained["seconds"]
     _say(f"  {trained['steps']} steps in {trained['seconds']:.0f} s -> {run}")
 
@@ -327,7 +370,8 @@ def run_demo(out: Path = Path("demo-output"), settings: DemoSettings = DemoSetti
     timings["predict"] = time.monotonic() - clock
 
     metrics = {
-        "settings": asdict(settings), "device": device, "steps": trained["steps"], "timings": timings,
+        "settings": asdict(settings), "device": str(pick_device(device)), "threads": trained["threads"], "steps": trained["steps"],
+        "timings": timings,
         "data_note": data_note, "checkpoint": "best" if (run / "checkpoints" / "best.safetensors").is_file() else "last",
         "test_scenes": [s.name for s in test_scenes], "shown_scene": shown.name,
         "depth": depth, "depth_constant": depth_constant, "val_abs_rel_constant": val_constant,
@@ -375,6 +419,7 @@ def write_demo_report(out: Path, device: str | None = None) -> Path:
     return write_report(out / "report.html", ReportData(
         settings=metrics["settings"], config=load_config(run / "config.yaml").to_dict(), steps=metrics["steps"],
         checkpoint=checkpoint, timings=metrics["timings"], data_note=metrics["data_note"],
+        machine=f"trained on {metrics['device']}, {metrics['threads']} CPU thread(s)",
         depth=metrics["depth"], depth_constant=metrics["depth_constant"],
         val_abs_rel_constant=metrics["val_abs_rel_constant"], pose=metrics["pose"], pose_constant=metrics["pose_constant"],
         depth_examples=depth_examples(shown, out / "predict" / shown.name),

@@ -82,6 +82,7 @@ class ReportData:
     scalars: dict[str, tuple[list[int], list[float]]]
     files: list[tuple[str, str]] = field(default_factory=list)
     out: str = "demo-output"
+    machine: str = ""
 
 
 # --- pictures ------------------------------------------------------------------------------------
@@ -482,7 +483,8 @@ def render_html(data: ReportData) -> str:
                  f"masksfm eval pose {out}/run {out}/data --split test\n"
                  f"masksfm predict {out}/run {out}/data/SCENE --out {out}/predict/SCENE --trajectory</pre>")
     timing = ", ".join(f"{k} {v:.0f} s" for k, v in data.timings.items())
-    parts.append(f"<p class='small'>masksfm {_e(__version__)}. Data: {_e(data.data_note)}. Time: {_e(timing)}. "
+    parts.append(f"<p class='small'>masksfm {_e(__version__)}. Data: {_e(data.data_note)}. Time: {_e(timing)}"
+                 f"{' (' + _e(data.machine) + ')' if data.machine else ''}. "
                  f"Seed {s['seed']}.</p></body></html>")
     return "\n".join(parts)
 
