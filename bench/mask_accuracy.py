@@ -272,7 +272,8 @@ def main(argv: list[str] | None = None) -> None:
         picture(scenes[0], k, maps, args.out / "mask_accuracy.png")
         print(f"picture: {args.out / 'mask_accuracy.png'}")
     print(f"total {time.perf_counter() - start:.1f} s")
-    figures = {"pairs": pairs, "size": [args.height, args.width], "recommended_tau": {str(r): t for r, t in best.items()},
+    figures = {"pairs": pairs, "size": [args.height, args.width],
+               "recommended_tau": {str(r): t for r, t in best.items()},
                "combined": {f"repeats{r}_tau{t:g}": dict(zip(("f1", "precision", "recall"), score(r, t)))
                             for r in (0, 3) for t in sorted({0.0, best[r]} & set(taus))}}
     if args.json:

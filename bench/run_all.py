@@ -31,7 +31,8 @@ TARGET_SIZE = "128x416"  # the size the issues' speed targets are stated at
 
 # name -> (script, arguments at the moderate budget, arguments for --quick)
 BENCHES = {
-    "masks": ("masks.py", ["--repeat", "20"], ["--repeat", "2", "--height", "64", "--width", "208", "--skip-reference"]),
+    "masks": ("masks.py", ["--repeat", "20"],
+              ["--repeat", "2", "--height", "64", "--width", "208", "--skip-reference"]),
     "train_step": ("train_step.py", ["--repeat", "3"], ["--repeat", "1", "--height", "64", "--width", "208",
                                                         "--batch", "2"]),
     "inference": ("inference.py", ["--repeat", "10", "--skip-compile"], ["--repeat", "2", "--skip-compile",
@@ -71,7 +72,8 @@ def summary_rows(figures: dict[str, dict | None]) -> list[tuple[str, str, str, s
     if masks:
         ms0, ms3 = masks["ms_per_pair"]["0"], masks["ms_per_pair"]["3"]
         size = "x".join(map(str, masks["size"]))
-        rows.append((f"compute_masks, repeats 0, ms/pair (B={masks['batch']}, {size})", f"{ms0:.2f}", "<= 10 at 128x416",
+        rows.append((f"compute_masks, repeats 0, ms/pair (B={masks['batch']}, {size})", f"{ms0:.2f}",
+                     "<= 10 at 128x416",
                      (f"{ms0 / 10:.2f}x target; authors' ~44 ms: {44 / ms0:.1f}x faster" if size == TARGET_SIZE
                       else "not comparable: other size")))
         rows.append(("compute_masks, repeats 3, ms/pair", f"{ms3:.2f}", "", f"{ms3 / ms0:.2f}x repeats 0"))
