@@ -290,10 +290,20 @@ def mask_example(run: Path, scene, device: str | None):
     masks_t, _ = compute_masks(depth[1:2], depth[0:1], T_t2s, K, repeats=config.loss.repeats,
                                overlap_tolerance=config.loss.overlap_tolerance)
     masks = {name: getattr(masks_t, name)[0, 0].numpy() for name in ("edge", "overlap", "blank", "combined")}
+    visibility = scene.read_visibility(t, s)
+    agreement = None
+    gt = scene.read_depth(t)
+    if visibility is not None and gt is not None:
+        # Only where the truth has a surface: the sky has no depth, hence no visibility to agree with.
+        kept, surface = masks["combined"] > 0.5, gt > 0
+        visible, hidden = surface & (visibility > 0), surface & (visibility == 0)
+        agreement = {"visible_kept": float(kept[visible].mean()) if visible.any() else None,
+                     "hidden_dropped": float((~kept[hidden]).mean()) if hidden.any() else None,
+                     "hidden_share": float(hidden.sum() / max(surface.sum(), 1))}
     return MaskExample(
         target_label=f"{scene.name}/{scene.stems[t]}", source_label=f"{scene.name}/{scene.stems[s]}",
         target=scene.read_frame(t), source=scene.read_frame(s), masks=masks,
-        visibility=scene.read_visibility(t, s), moving=scene.read_moving(t),
+        visibility=visibility, moving=scene.read_moving(t), agreement=agreement,
         repeats=config.loss.repeats, overlap_tolerance=config.loss.overlap_tolerance,
     )
 
@@ -432,7 +442,11 @@ def summary_lines(metrics: dict) -> list[str]:
     """What `masksfm demo` prints at the end: where the report is and the headline numbers."""
     d, c = metrics["depth"], metrics["depth_constant"]
     p, pc = metrics["pose"], metrics["pose_constant"]
-    verdict = "better than" if d["abs_rel"] < c["abs_rel"] else "NOT better than"
+    from masksfm.report import CLEARLY_BETTER
+
+    gain = 100 * (1 - d["abs_rel"] / c["abs_rel"])
+    verdict = (f"{gain:.0f}% lower than" if gain >= CLEARLY_BETTER else
+               f"only {gain:.0f}% lower: barely better than" if gain > 0 else "NOT better than")
     return [
         f"report: {metrics['report']}",
         f"depth on {d['count']} test frames: abs_rel {d['abs_rel']:.3f} vs {c['abs_rel']:.3f} for a constant depth "
