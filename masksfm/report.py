@@ -240,7 +240,7 @@ def _series(scalars: dict, tag: str):
     return np.asarray(steps), np.asarray(values)
 
 
-def _smoothed(values: np.ndarray, weight: float = 0.8) -> np.ndarray:
+def _smoothed(values: np.ndarray, weight: float = 0.6) -> np.ndarray:
     """TensorBoard's smoothing: an exponential moving average, debiased at the start."""
     out, average = np.empty(len(values)), 0.0
     for k, value in enumerate(values):
@@ -252,7 +252,7 @@ def _smoothed(values: np.ndarray, weight: float = 0.8) -> np.ndarray:
 def curves_figure(scalars: dict, warmup_end: int | None, val_constant: float | None):
     """Training loss, the fraction of pixels each mask keeps, and validation abs_rel, against steps."""
     figure = _figure(12.5, 3.6)
-    panels = figure.subplots(1, 3)
+    panels = figure.subplots(1, 3, sharex=True)
     axes = panels[0]
     for tag, label, color in (("loss/total", "total loss", "black"), ("loss/photometric", "photometric term", "tab:blue")):
         steps, values = _series(scalars, tag)

@@ -95,3 +95,27 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("masksfm: error:"), done.stderr
     assert not (tmp_path / "out" / "data").exists()
+
+
+def test_curves_after_the_warm_up_show_masks_and_the_switch(tmp_path):
+    """The page for a run past the warm-up (the tiny demo never gets there): mask curves, the
+    switch-on line, and no warning about the warm-up."""
+    from masksfm.config import load_config
+    from masksfm.report import ReportData, render_html
+
+    steps = list(range(0, 400, 10))
+    scalars = {"loss/total": (steps, [0.3 - 1e-4 * s for s in steps]),
+               "loss/photometric": (steps, [0.3 - 1e-4 * s for s in steps]),
+               "val/abs_rel": ([100, 200, 300, 400], [0.5, 0.4, 0.3, 0.2])}
+    for name, kept in (("edge", 0.97), ("overlap", 0.9), ("blank", 0.95), ("combined", 0.85)):
+        scalars[f"masks/{name}"] = ([s for s in steps if s >= 300], [kept for s in steps if s >= 300])
+    metrics = {k: 0.1 for k in ("abs_rel", "sq_rel", "rmse", "rmse_log")} | {"a1": 0.9, "a2": 0.95, "a3": 0.99, "count": 3}
+    constant = {k: 0.5 for k in ("abs_rel", "sq_rel", "rmse", "rmse_log")} | {"a1": 0.3, "a2": 0.5, "a3": 0.7, "count": 3}
+    pose = {"ate_mean": 0.01, "ate_std": 0.002, "sequences": {}}
+    page = render_html(ReportData(
+        settings={"scenes": 3, "frames": 6, "height": 32, "width": 104, "moving_cars": 2, "seed": 0, "minutes": 1},
+        config=load_config("default").to_dict(), steps=400, checkpoint="best", timings={"train": 60.0}, data_note="test",
+        depth=metrics, depth_constant=constant, val_abs_rel_constant=0.5, pose=pose, pose_constant=pose,
+        depth_examples=[], masks=None, trajectories={}, scalars=scalars))
+    assert "masks switch on" in page and "80% lower than a constant depth" in page
+    assert "before the masks switch on" not in page and "class='warning'" not in page
