@@ -373,11 +373,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = commands.add_parser("demo", help="synth + train + eval + report.html on synthetic data",
-                            description="Render synthetic street drives, train from scratch for --minutes, evaluate "
-                            "depth and pose on held-out drives beside a constant-depth and a constant-speed baseline, "
-                            "predict on a test drive, and write OUT/report.html (one self-contained page). About 10 "
-                            "minutes on 2 CPU cores. Re-running re-uses OUT/data when its settings match and "
-                            "trains again from scratch (OUT/run is replaced).",
+                            description="Render synthetic street drives, train from scratch for --minutes, evaluate\n"
+                            "depth and pose on held-out drives beside a constant-depth and a constant-speed baseline,\n"
+                            "predict on a test drive, and write OUT/report.html (one self-contained page). About 10\n"
+                            "minutes on 2 CPU cores. Re-running re-uses OUT/data when its settings match and trains\n"
+                            "again from scratch (OUT/run is replaced).",
                             formatter_class=_formatter)
     p.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder (default demo-output)")
     p.add_argument("--minutes", type=_positive_float, help="training budget in minutes (default 8)")
