@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from masksfm.errors import MasksfmError
+from masksfm.errors import MasksfmError, one_line
 
 EPILOG = """\
 examples:
@@ -92,20 +92,32 @@ def cmd_prepare_video(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from masksfm.config import load_config
-    from masksfm.training import configure_from_args, resumed_config, run_training
+    from masksfm.config import apply_overrides, load_config
+    from masksfm.data.layout import load_split
 
     config = None
     if args.resume:
+        from masksfm.training import resumed_config
+
         config = resumed_config(args.out)
         if config is not None and args.config is not None:
             raise MasksfmError(f"--resume continues {args.out} with its own config; drop --config (use --set to change a value)")
     if config is None:
-        config = load_config(args.config, args.overrides)
-    else:
-        from masksfm.config import apply_overrides
-
+        try:
+            config = load_config(args.config)
+        except MasksfmError as error:
+            raise MasksfmError(error if str(args.config) in str(error) else f"--config {args.config}: {error}") from None
+    try:
         config = apply_overrides(config, args.overrides)
+    except MasksfmError as error:
+        raise MasksfmError(error if "--set" in str(error) else f"--set: {error}") from None
+    # Bad data answers in a second, before torch loads (the trainer reads the split again).
+    if not args.data.is_dir():
+        raise MasksfmError(f"{args.data}: no such dataset folder")
+    load_split(args.data, config.data.train_split)
+
+    from masksfm.training import configure_from_args, run_training
+
     run_training(args.data, args.out, configure_from_args(config, args), resume=args.resume, device=args.device)
 
 
@@ -208,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     from masksfm import __version__
 
     parser.add_argument("--version", action="version", version=f"masksfm {__version__}")
+    parser.add_argument("--debug", action="store_true", help="on an error, show the traceback instead of one line")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     p = commands.add_parser("synth", help="render a synthetic street dataset with exact ground truth",
@@ -394,7 +407,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of `masksfm` and `python -m masksfm`: exit 2 with one line on a user error."""
+    """Entry point of `masksfm` and `python -m masksfm`: exit 2 with one line on a user error.
+
+    `--debug`, anywhere on the line, shows the traceback instead.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv
+    argv = [arg for arg in argv if arg != "--debug"]
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -403,7 +422,16 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(2)
         args.func(args)
     except MasksfmError as error:
-        print(f"masksfm: error: {error}", file=sys.stderr)
+        if debug:
+            raise
+        print(f"masksfm: {error.label}: {one_line(error)}", file=sys.stderr)
+        sys.exit(error.exit_code)
+    except OSError as error:
+        # A full disk, a folder we may not write, a file gone: the environment, not a bug.
+        if debug:
+            raise
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"masksfm: error: {where}{error.strerror or one_line(error)} (--debug shows where)", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("masksfm: interrupted", file=sys.stderr)

@@ -12,7 +12,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from masksfm.checkpoints import load_checkpoint, resolve_checkpoint, unprefixed
+from masksfm.checkpoints import load_checkpoint, load_weights, resolve_checkpoint, unprefixed
 from masksfm.config import Config, from_dict
 from masksfm.errors import MasksfmError
 from masksfm.networks import PoseNet, build_depth_net
@@ -60,15 +60,13 @@ def load_model(run: Path, device: str | torch.device = "cpu") -> tuple[SfMModel,
     """The trained model of a run folder or checkpoint file, in eval mode, with its config and metadata."""
     path = resolve_checkpoint(run)
     tensors, metadata = load_checkpoint(path, device="cpu")
-    config = from_dict(metadata["config"])
+    try:
+        config = from_dict(metadata["config"])
+    except MasksfmError as error:
+        raise MasksfmError(f"{path}: the configuration stored in the checkpoint does not load ({error})") from None
     config.model.pretrained = None  # the checkpoint holds the weights; do not re-read the encoder file
     model = build_model(config)
-    state = unprefixed(tensors, "model")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as error:
-        first = str(error).splitlines()[0]
-        raise MasksfmError(f"{path}: weights do not fit the model of its config ({first})") from None
+    load_weights(model, unprefixed(tensors, "model"), path)
     metadata["path"] = str(path)
     return model.to(device).eval(), config, metadata
 

@@ -4,14 +4,22 @@ Reads top to bottom as the method: for each step, a batch of snippets goes throu
 (every frame) and the pose net, `compute_objective` builds the masked bidirectional loss, Adam
 steps. Rank 0 logs, validates and writes checkpoints; `--resume` restores weights, optimizer, RNG
 and the data position, so a resumed run continues bit for bit.
+
+What can go wrong on a long run is handled in the loop: a step whose loss or gradient is not finite
+is skipped (a warning, and `train/skipped_steps` in TensorBoard), and too many in a row stop the run
+with the last good weights saved; SIGINT / SIGTERM finish the step in progress, save `last` and
+exit; a process of a DDP job that dies ends the others with a message instead of a hang.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -23,9 +31,11 @@ from masksfm.checkpoints import (
     CHECKPOINT_DIR,
     LAST,
     load_checkpoint,
+    load_weights,
     optimizer_from_tensors,
     optimizer_to_tensors,
     prefixed,
+    remove_stale_temp_files,
     restore_rng,
     resume_checkpoint,
     rng_to_tensors,
@@ -35,13 +45,16 @@ from masksfm.checkpoints import (
 from masksfm.config import Config, dump_yaml, from_dict
 from masksfm.data.dataset import SnippetDataset, make_loader
 from masksfm.data.layout import load_split, split_path
-from masksfm.errors import MasksfmError
+from masksfm.errors import MasksfmError, TrainingInterrupted
 from masksfm.inference import evaluate_depth
 from masksfm.model import build_model, pick_device
 from masksfm.objective import compute_objective
 from masksfm.progress import progress_bar
 
 LR_DECAY = 0.1
+# Non-finite steps in a row that stop a run: one bad batch is noise, ten in a row is divergence.
+MAX_NONFINITE_IN_A_ROW = 10
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def distributed_context() -> tuple[int, int, int]:
@@ -83,12 +96,13 @@ class Trainer:
         if config.optim.batch_size % self.world:
             raise MasksfmError(f"batch size {config.optim.batch_size} is not divisible by {self.world} processes")
 
-        self.step, self.best_abs_rel = 0, math.inf
+        self.step, self.best_abs_rel, self.skipped_steps = 0, math.inf, 0
         checkpoint = resume_checkpoint(self.run_dir) if resume else None
         tensors = None
         if checkpoint is not None:
             tensors, meta = load_checkpoint(checkpoint)
             self.step, self.best_abs_rel = meta["step"], meta.get("best_abs_rel") or math.inf
+            self.skipped_steps = meta.get("skipped_steps", 0)
 
         torch.manual_seed(config.train.seed)
         self.model = build_model(config).to(self.device)
@@ -96,8 +110,11 @@ class Trainer:
                                           betas=(config.optim.beta1, config.optim.beta2),
                                           weight_decay=config.optim.weight_decay)
         if tensors is not None:
-            self.model.load_state_dict(unprefixed(tensors, "model"))
-            self.optimizer.load_state_dict(optimizer_from_tensors(tensors, meta["optimizer"]))
+            load_weights(self.model, unprefixed(tensors, "model"), checkpoint)
+            try:
+                self.optimizer.load_state_dict(optimizer_from_tensors(tensors, meta["optimizer"]))
+            except (ValueError, KeyError) as error:
+                raise MasksfmError(f"{checkpoint}: its optimizer state does not fit this model ({error})") from None
             restore_rng(tensors)
         self.net = self.model
         if self.world > 1:
@@ -115,8 +132,13 @@ class Trainer:
         if self.rank == 0:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(dump_yaml(config))
+            # Found out now, not at the first checkpoint an hour from now.
+            try:
+                (self.run_dir / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
+                (self.run_dir / "config.yaml").write_text(dump_yaml(config))
+            except OSError as error:
+                raise MasksfmError(f"{self.run_dir}: cannot write the run folder ({error.strerror or error})") from None
+            remove_stale_temp_files(self.run_dir / CHECKPOINT_DIR)
             self.writer = SummaryWriter(str(self.run_dir))
 
     # --- checkpoints ---------------------------------------------------------------------------
@@ -127,7 +149,8 @@ class Trainer:
         tensors.update(optim_tensors)
         tensors.update(rng_to_tensors())
         best = None if math.isinf(self.best_abs_rel) else self.best_abs_rel
-        meta = {"step": self.step, "config": self.config.to_dict(), "optimizer": optim_meta, "best_abs_rel": best}
+        meta = {"step": self.step, "config": self.config.to_dict(), "optimizer": optim_meta, "best_abs_rel": best,
+                "skipped_steps": self.skipped_steps}
         path = self.run_dir / CHECKPOINT_DIR / name
         save_checkpoint(path, tensors, meta)
         return path
@@ -184,50 +207,183 @@ class Trainer:
         self.model.train()
         bar = progress_bar(steps, "train", "step", enabled=self.progress, initial=self.step)
         last_terms: dict[str, float] = {}
-        for batch in loader:
-            if self.step >= steps:
-                break
-            for group in self.optimizer.param_groups:
-                group["lr"] = learning_rate(cfg, self.step)
-            images = batch["images"].to(self.device, non_blocking=True)
-            images_raw = batch["images_raw"].to(self.device, non_blocking=True)
-            K = batch["K"].to(self.device, non_blocking=True)
-            log_images = self.rank == 0 and self.step % cfg.train.image_every == 0
-            out = self.net(images)
-            objective = compute_objective(out, images_raw, K, cfg.loss, use_masks=masks_active(cfg, self.step),
-                                          with_visuals=log_images)
-            if not torch.isfinite(objective.loss):
-                raise RuntimeError(f"non-finite loss at step {self.step}: {objective.terms}")
-            self.optimizer.zero_grad(set_to_none=True)
-            objective.loss.backward()
-            self.optimizer.step()
-            self.step += 1
-            if time_limit is not None and self._out_of_time(start, time_limit):
-                steps = self.step
+        nonfinite_in_a_row = 0
+        try:
+            with self._stop_signals() as received, self._peer_failures():
+                batches = iter(loader)
+                while self.step < steps:
+                    try:
+                        batch = next(batches)
+                    except StopIteration:
+                        break
+                    except RuntimeError:
+                        # A signal sent to every process of the job (a scheduler's) also ends the
+                        # loader's workers; between two steps the state is whole, so save it.
+                        if not received:
+                            raise
+                        self._stop_interrupted(received[0], saved=False)
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = learning_rate(cfg, self.step)
+                    images = batch["images"].to(self.device, non_blocking=True)
+                    images_raw = batch["images_raw"].to(self.device, non_blocking=True)
+                    K = batch["K"].to(self.device, non_blocking=True)
+                    log_images = self.rank == 0 and self.step % cfg.train.image_every == 0
+                    out = self.net(images)
+                    objective = compute_objective(out, images_raw, K, cfg.loss,
+                                                  use_masks=masks_active(cfg, self.step), with_visuals=log_images)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    finite, stop = self._agree(objective.loss, bool(received))
+                    if finite:
+                        objective.loss.backward()
+                        finite = self._gradients_finite()
+                    elif self.world > 1:
+                        # DDP waits for every parameter's gradient once a forward ran: give it zeros.
+                        sum(p.sum() for p in self.model.parameters()).mul(0).backward()
+                    if finite:
+                        self.optimizer.step()
+                        nonfinite_in_a_row = 0
+                    else:
+                        nonfinite_in_a_row += 1
+                        self._skip(objective.loss, nonfinite_in_a_row)
+                    self.step += 1
+                    if time_limit is not None and self._out_of_time(start, time_limit):
+                        steps = self.step
 
-            terms = {k: v.detach() for k, v in objective.terms.items()}
-            if self.world > 1:
-                keys = sorted(terms)
-                stacked = torch.stack([terms[k].float() for k in keys])
-                dist.all_reduce(stacked)
-                terms = dict(zip(keys, stacked / self.world))
-            last_terms = {k: float(v) for k, v in terms.items()}
-            if self.rank == 0:
-                if (self.step - 1) % cfg.train.log_every == 0 or self.step == steps:
-                    self.log_scalars(terms)
-                if log_images and objective.visuals is not None:
-                    self.log_images(objective.visuals)
-                if self.val_scenes and (self.step % cfg.train.val_every == 0 or self.step == steps):
-                    self.validate()
-                if self.step % cfg.train.checkpoint_every == 0 or self.step == steps:
-                    self.save(LAST)
-            bar.update(1)
-            bar.set_postfix(loss=f"{last_terms['total']:.4f}", refresh=False)
-        bar.close()
-        if self.writer is not None:
-            self.writer.flush()
-            self.writer.close()
+                    if finite:
+                        terms = {k: v.detach() for k, v in objective.terms.items()}
+                        if self.world > 1:
+                            keys = sorted(terms)
+                            stacked = torch.stack([terms[k].float() for k in keys])
+                            dist.all_reduce(stacked)
+                            terms = dict(zip(keys, stacked / self.world))
+                        last_terms = {k: float(v) for k, v in terms.items()}
+                    saved = False
+                    if self.rank == 0:
+                        if finite and ((self.step - 1) % cfg.train.log_every == 0 or self.step == steps):
+                            self.log_scalars(terms)
+                        if finite and log_images and objective.visuals is not None:
+                            self.log_images(objective.visuals)
+                        if self.val_scenes and (self.step % cfg.train.val_every == 0 or self.step == steps):
+                            self.validate()
+                        if self.step % cfg.train.checkpoint_every == 0 or self.step == steps:
+                            self.save(LAST)
+                            saved = True
+                    if nonfinite_in_a_row >= MAX_NONFINITE_IN_A_ROW:
+                        self._stop_diverged(nonfinite_in_a_row, saved)
+                    if stop:
+                        self._stop_interrupted(received[0] if received else signal.SIGTERM, saved)
+                    bar.update(1)
+                    if last_terms:
+                        bar.set_postfix(loss=f"{last_terms['total']:.4f}", refresh=False)
+        finally:
+            bar.close()
+            if self.writer is not None:
+                self.writer.flush()
+                self.writer.close()
         return last_terms
+
+    # --- what can go wrong ---------------------------------------------------------------------
+
+    def _agree(self, loss: torch.Tensor, interrupted: bool) -> tuple[bool, bool]:
+        """(the loss is finite, a stop signal came), as all processes see it, before the backward.
+
+        The loss and the signals are per process: one all-reduce (max) of both flags keeps every
+        process on the same path, so none waits forever in a collective the others skipped. A
+        non-finite loss gets no backward at all: with NaN coordinates, grid_sample's CPU backward
+        reads out of bounds (a segfault, not a NaN).
+        """
+        finite = torch.isfinite(loss.detach()).all()
+        flags = torch.stack([~finite, torch.tensor(interrupted, device=finite.device)]).float()
+        if self.world > 1:
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        bad, stop = flags.tolist()
+        return not bad, bool(stop)
+
+    def _gradients_finite(self) -> bool:
+        """Whether every gradient is finite (after DDP's all-reduce, the same answer in every process)."""
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        return not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+
+    def _skip(self, loss: torch.Tensor, in_a_row: int) -> None:
+        """A step with a non-finite loss or gradient changes nothing: warn and count it."""
+        self.skipped_steps += 1
+        if self.rank == 0:
+            print(f"masksfm: warning: step {self.step}: non-finite loss or gradient (loss {float(loss.detach()):.4g}); "
+                  f"step skipped ({in_a_row} in a row, {self.skipped_steps} in all)", file=sys.stderr)
+            self.writer.add_scalar("train/skipped_steps", self.skipped_steps, self.step)
+
+    def _stop_diverged(self, in_a_row: int, saved: bool) -> None:
+        path = self.run_dir / CHECKPOINT_DIR / LAST
+        if self.rank == 0 and not saved:
+            self.save(LAST)
+        if self.world > 1:
+            dist.barrier()
+        raise MasksfmError(
+            f"stopped at step {self.step}: {in_a_row} steps in a row had a non-finite loss or gradient (a diverging "
+            f"run, or bad data in those batches); the last good weights, from before step {self.step - in_a_row}, "
+            f"are saved in {path}; lower optim.lr or check the data, then continue with --resume")
+
+    def _stop_interrupted(self, signum: int, saved: bool) -> None:
+        path = self.run_dir / CHECKPOINT_DIR / LAST
+        if self.rank == 0 and not saved:
+            self.save(LAST)
+        if self.world > 1:
+            dist.barrier()
+        raise TrainingInterrupted(f"{signal.Signals(signum).name} at step {self.step}: checkpoint saved in {path}; "
+                                  "continue with --resume", signum)
+
+    @contextmanager
+    def _stop_signals(self):
+        """SIGINT / SIGTERM: finish the step in progress, save `last`, stop (yields the signals received).
+
+        A second SIGINT stops at once (the atomic save keeps the previous checkpoint whole); a second
+        SIGTERM does not, since torchrun and schedulers send one after a user's Ctrl-C and follow up
+        with SIGKILL after their grace period anyway.
+        """
+        received: list[int] = []
+        if threading.current_thread() is not threading.main_thread():
+            yield received  # signal handlers can only be set from the main thread
+            return
+
+        def handler(signum, frame):
+            if received and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            if not received:
+                # Loader workers may die of the same signal: the step in progress must not be broken
+                # off by the loader's SIGCHLD handler raising in the middle of it.
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                if self.rank == 0:
+                    # os.write, not print: a handler can run in the middle of another write to stderr.
+                    os.write(2, f"masksfm: {signal.Signals(signum).name}: stopping after this step, with a "
+                             "checkpoint\n".encode())
+            received.append(signum)
+
+        previous = {signum: signal.getsignal(signum) for signum in (signal.SIGCHLD, *STOP_SIGNALS)}
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, handler)
+        try:
+            yield received
+        finally:
+            for signum, old in previous.items():
+                if old is not None:  # None: a handler not set from Python; nothing to restore
+                    signal.signal(signum, old)
+
+    @contextmanager
+    def _peer_failures(self):
+        """Another process of a DDP job died: end this one with a message, not a collective's traceback."""
+        try:
+            yield
+        except RuntimeError as error:
+            text = str(error)
+            lost = isinstance(error, dist.DistError) or any(
+                word in text for word in ("gloo", "Gloo", "NCCL", "Connection", "connection", "peer", "Timed out"))
+            if self.world == 1 or not lost:
+                raise
+            last = self.run_dir / CHECKPOINT_DIR / LAST
+            first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+            raise MasksfmError(
+                f"process {self.rank} of {self.world}: another process of the job died at step {self.step} "
+                f"({first[:200]}); restart the job with --resume to continue from {last}") from None
 
 
 def configure_from_args(config: Config, args) -> Config:
@@ -264,5 +420,8 @@ def resumed_config(run: Path) -> Config | None:
     if not last.is_file():
         return None
     _, meta = load_checkpoint(last)
-    return from_dict(meta["config"])
+    try:
+        return from_dict(meta["config"])
+    except MasksfmError as error:
+        raise MasksfmError(f"{last}: the configuration stored in the checkpoint does not load ({error})") from None
 

@@ -195,7 +195,7 @@ class TestCheckpoints:
 
         bad = tmp_path / "weights.safetensors"
         bad.write_bytes(pickle.dumps(Evil()))
-        with pytest.raises(MasksfmError, match="not a safetensors checkpoint"):
+        with pytest.raises(MasksfmError, match="pickle file, refused"):
             load_checkpoint(bad)
         assert not marker.exists()
 

@@ -364,4 +364,14 @@ def make_loader(
         num_workers=workers,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         persistent_workers=workers > 0,
+        worker_init_fn=_leave_signals_to_the_trainer,
     )
+
+
+def _leave_signals_to_the_trainer(worker_id: int) -> None:
+    """Loader workers ignore SIGINT: a Ctrl-C reaches the whole process group, and a worker that
+    quit on it would leave the main process waiting for a batch instead of saving its checkpoint.
+    (SIGTERM stays: it is how the loader shuts its workers down.)"""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -46,6 +46,9 @@ def read_cam(path: Path) -> np.ndarray:
         raise MasksfmError(f"{path}: expected a 3x3 intrinsics matrix, got shape {K.shape[0]}x{K.shape[1]}")
     if not np.all(np.isfinite(K)) or K[0, 0] <= 0 or K[1, 1] <= 0:
         raise MasksfmError(f"{path}: focal lengths must be positive and finite (fx={K[0, 0]}, fy={K[1, 1]})")
+    if not np.array_equal(K[2], [0.0, 0.0, 1.0]) or K[1, 0] != 0:
+        raise MasksfmError(f"{path}: not an intrinsics matrix (expected [[fx, s, cx], [0, fy, cy], [0, 0, 1]], "
+                           f"got rows {K[1].tolist()} and {K[2].tolist()})")
     return K
 
 
@@ -69,6 +72,9 @@ def read_poses(path: Path) -> np.ndarray:
         raise MasksfmError(f"{path}: not a KITTI pose file ({error})") from None
     if rows.size == 0 or rows.shape[1] != 12:
         raise MasksfmError(f"{path}: expected 12 numbers per line (a 3x4 matrix), got {rows.shape[1] if rows.size else 0}")
+    if not np.all(np.isfinite(rows)):
+        line = int(np.argwhere(~np.isfinite(rows))[0, 0]) + 1
+        raise MasksfmError(f"{path}: line {line} holds a value that is not finite (nan or inf)")
     poses = np.tile(np.eye(4), (len(rows), 1, 1))
     poses[:, :3, :4] = rows.reshape(-1, 3, 4)
     return poses

@@ -15,6 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
+from masksfm.checkpoints import refuse_pickle
 from masksfm.errors import MasksfmError
 
 # Channels of the five feature maps the encoder returns, at strides 2, 4, 8, 16, 32.
@@ -101,6 +102,7 @@ def load_resnet18_weights(encoder: ResNet18Encoder, path: Path) -> None:
             naming the file and the first offending key.
     """
     path = Path(path)
+    refuse_pickle(path, "ResNet-18 weights file")
     try:
         # safetensors parses a JSON header and raw buffers: nothing in the file is executed.
         state = load_file(path)
