@@ -44,7 +44,7 @@ class ModelConfig:
 class LossConfig:
     mask: str = "multimask"  # multimask | none | explainability | automask | multimask+automask
     repeats: int = 0  # extra rounds of repeated masking
-    overlap_tolerance: float = 0.0  # τ of the overlap mask (0 = the paper)
+    overlap_tolerance: float = 0.1  # τ of the overlap mask (0 = the paper; 0.1 measured best, README)
     dn: str = "none"  # depth normalisation: none | snippet | image_mean | image_max
     ssim: str = "box3"  # box3 (monodepth2) | gauss13 (the authors)
     rho: str = "l1"  # l1 | robust (the authors' (|x| + 0.01)^0.4)
@@ -56,9 +56,9 @@ class LossConfig:
     smoothness_weight: float = 1e-3
     smoothness_scale_base: float = 2.0  # the smoothness weight is divided by base^scale
     explainability_weight: float = 0.2  # SfMLearner's regulariser, loss.mask = explainability only
-    guard: str = "warmup"  # against the collapse of masked losses from scratch: none | warmup | floor
+    guard: str = "floor"  # against the collapse of masked losses from scratch: floor | warmup | none
     warmup_steps: int = 300  # guard=warmup: steps of unmasked (border-padded) loss before the masks
-    floor: float = 0.5  # guard=floor: masks count at least this weight
+    floor: float = 0.5  # guard=floor: the weight of the pixels the masks drop (kept pixels weigh 1)
 
 
 @dataclass
