@@ -65,19 +65,19 @@ from masksfm.model import load_model  # noqa: E402
 
 # name -> (shipped config, overrides, what it is). The multimask rows pin every mask setting, so
 # that they stay what their name says whatever default.yaml becomes; the rest is default.yaml's.
-MULTIMASK = ["loss.mask=multimask", "loss.repeats=0", "loss.overlap_tolerance=0.0", "loss.guard=warmup",
+MULTIMASK = ["loss.mask=multimask", "loss.repeats=0", "loss.overlap_tolerance=0.0", "loss.guard=floor",
              "loss.dn=none"]
 VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "none": ("default", ["loss.mask=none", "loss.dn=none"], "every pixel, border padding"),
     "explainability": ("default", ["loss.mask=explainability", "loss.dn=none"], "SfMLearner's explainability mask"),
     "automask": ("default", ["loss.mask=automask", "loss.dn=none"], "monodepth2: min reprojection + auto-mask"),
-    "multimask": ("default", MULTIMASK, "the paper's masks, repeats 0, τ 0, warm-up guard"),
+    "multimask": ("default", MULTIMASK, "the paper's masks, repeats 0, τ 0, floor guard"),
     "multimask-r3": ("default", MULTIMASK + ["loss.repeats=3"], "repeats 3"),
     "multimask-tau0.1": ("default", MULTIMASK + ["loss.overlap_tolerance=0.1"], "τ 0.1"),
     "multimask-r3-tau0.1": ("default", MULTIMASK + ["loss.repeats=3", "loss.overlap_tolerance=0.1"],
                             "repeats 3, τ 0.1"),
-    "multimask-noguard": ("default", MULTIMASK + ["loss.guard=none"], "no guard against the collapse"),
-    "multimask-floor": ("default", MULTIMASK + ["loss.guard=floor"], "floor guard instead of warm-up"),
+    "multimask-noguard": ("default", MULTIMASK + ["loss.guard=none"], "no guard against the collapse (the paper's form)"),
+    "multimask-warmup": ("default", MULTIMASK + ["loss.guard=warmup"], "warm-up guard instead of the floor"),
     "multimask+automask": ("default", MULTIMASK + ["loss.mask=multimask+automask"],
                            "the masks × monodepth2's auto-mask"),
     "multimask-dn": ("default", MULTIMASK + ["loss.dn=snippet"], "with depth normalisation (snippet)"),
@@ -86,7 +86,7 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "paper_dn": ("paper_dn", [], "configs/paper_dn.yaml (+ DN, image max) at this size"),
 }
 # Run by default; the others only when named (`--variants all` runs every one).
-EXTRA = ("multimask-floor", "paper_dn")
+EXTRA = ("multimask-warmup", "paper_dn")
 METRICS = ("abs_rel", "a1", "ate", "mask_precision", "mask_recall")
 HEADERS = ("abs_rel ↓", "a1 ↑", "snippet ATE (m) ↓", "mask precision ↑", "mask recall ↑")
 QUICK = {"steps": 4, "seeds": 1, "height": 32, "width": 96, "scenes": 3, "frames": 8, "variants": "none,multimask"}

@@ -338,8 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
                         formatter_class=_formatter)
     p.add_argument("run", type=Path, help="run folder or checkpoint file")
     p.add_argument("data", type=Path, help="dataset folder with poses.txt per scene")
-    p.add_argument("--split", default="test")
-    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--split", default="test", help="split file name (default test)")
+    p.add_argument("--json", type=Path, default=None,
+                   help="write ate_mean, ate_std and per-scene trajectory metrics to this JSON file")
     p.add_argument("--out", type=Path, default=None, help="folder for trajectories and plots")
     _add_device(p)
     p.set_defaults(func=cmd_eval_pose)

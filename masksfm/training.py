@@ -269,7 +269,7 @@ class Trainer:
                             saved = True
                     if nonfinite_in_a_row >= MAX_NONFINITE_IN_A_ROW:
                         self._stop_diverged(nonfinite_in_a_row, saved)
-                    if stop:
+                    if stop and self.step < steps:  # a signal during the last step: the run is done anyway
                         self._stop_interrupted(received[0] if received else signal.SIGTERM, saved)
                     bar.update(1)
                     if last_terms:

@@ -98,7 +98,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args):
 
 
 def test_curves_after_the_warm_up_show_masks_and_the_switch(tmp_path):
-    """The page for a run past the warm-up (the tiny demo never gets there): mask curves, the
+    """The page for a run with the warm-up guard, past the warm-up: mask curves, the
     switch-on line, and no warning about the warm-up."""
     from masksfm.config import load_config
     from masksfm.report import ReportData, render_html
@@ -114,7 +114,7 @@ def test_curves_after_the_warm_up_show_masks_and_the_switch(tmp_path):
     pose = {"ate_mean": 0.01, "ate_std": 0.002, "sequences": {}}
     page = render_html(ReportData(
         settings={"scenes": 3, "frames": 6, "height": 32, "width": 104, "moving_cars": 2, "seed": 0, "minutes": 1},
-        config=load_config("default").to_dict(), steps=400, checkpoint="best", timings={"train": 60.0}, data_note="test",
+        config=load_config("default", ["loss.guard=warmup", "loss.warmup_steps=300"]).to_dict(), steps=400, checkpoint="best", timings={"train": 60.0}, data_note="test",
         depth=metrics, depth_constant=constant, val_abs_rel_constant=0.5, pose=pose, pose_constant=pose,
         depth_examples=[], masks=None, trajectories={}, scalars=scalars))
     assert "masks switch on" in page and "80% lower than a constant depth" in page

@@ -227,7 +227,7 @@ class TestResNetWeights:
 
         path = tmp_path / "resnet18.pth"
         path.write_bytes(pickle.dumps({"conv1.weight": Payload()}))
-        with pytest.raises(MasksfmError, match="not a safetensors file"):
+        with pytest.raises(MasksfmError, match="pickle file, refused"):
             ResNetDepthNet(pretrained_weights=path)
         assert not marker.exists()
 

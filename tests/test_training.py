@@ -211,7 +211,7 @@ class TestCheckpoints:
 def test_masks_start_after_the_warmup():
     from masksfm.training import masks_active
 
-    config = load_config(None, ["loss.warmup_steps=10"])
+    config = load_config(None, ["loss.guard=warmup", "loss.warmup_steps=10"])
     assert not masks_active(config, 9) and masks_active(config, 10)
     config.loss.guard = "none"
     assert masks_active(config, 0)
