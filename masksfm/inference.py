@@ -3,7 +3,6 @@ and the depth / pose evaluations of `masksfm eval` (DESIGN §6)."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial

@@ -25,7 +25,6 @@ from masksfm.geometry import invert_pose, inverse_warp, pose_vec_to_mat, scale_i
 from masksfm.losses import (
     below_mean_mask,
     explainability_regularizer,
-    identity_automask,
     masked_mean,
     min_reprojection,
     normalize_disparity,

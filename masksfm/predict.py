@@ -35,7 +35,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from masksfm.data.layout import FRAME_SUFFIXES, frame_stem, read_cam, read_image, write_image, write_poses
+from masksfm.data.layout import (
+    FRAME_SUFFIXES,
+    frame_stem,
+    image_size,
+    read_cam,
+    read_image,
+    write_image,
+    write_poses,
+)
 from masksfm.errors import MasksfmError
 from masksfm.geometry import backproject, crop_intrinsics, scale_intrinsics
 from masksfm.progress import progress_bar
@@ -331,16 +339,6 @@ def _natural_key(path: Path) -> list:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    try:
-        with Image.open(path) as image:
-            return image.height, image.width
-    except FileNotFoundError:
-        raise MasksfmError(f"{path}: missing image") from None
-    except (OSError, ValueError, SyntaxError) as error:
-        raise MasksfmError(f"{path}: unreadable or corrupt image ({error})") from None
-
-
 def _images(paths: list[Path]) -> Callable[[], Iterator[tuple[str, np.ndarray]]]:
     stems = [p.stem for p in paths]
     if len(set(stems)) != len(stems):
@@ -355,9 +353,9 @@ def _scene_sequence(folder: Path, scene: str | None, K_given: np.ndarray | None,
     if not frames:
         raise MasksfmError(f"{folder}: a scene folder (it has cam.txt) without frames")
     if K_given is None:
-        K, size = read_cam(folder / "cam.txt"), _image_size(frames[0])
+        K, size = read_cam(folder / "cam.txt"), image_size(frames[0])
     else:
-        K, size = K_given, size_given or _image_size(frames[0])
+        K, size = K_given, size_given or image_size(frames[0])
     return FrameSequence(str(folder), _images(frames), len(frames), K=K, K_size=size, scene=scene)
 
 
@@ -404,7 +402,7 @@ def open_input(path: Path, intrinsics: str | None = None, fov: float | None = No
     fov = DEFAULT_FOV if fov is None else fov
     if path.is_file():
         if path.suffix.lower() in IMAGE_SUFFIXES:
-            size = _image_size(path)
+            size = image_size(path)
             return [FrameSequence(str(path), _images([path]), 1, K=K_given,
                                   K_size=size if K_given is not None else None, fov=fov)]
         return [_video_sequence(path, K_given, fov)]
@@ -414,7 +412,7 @@ def open_input(path: Path, intrinsics: str | None = None, fov: float | None = No
         return [_scene_sequence(path, None, K_given, None)]
     images = sorted((f for f in path.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()), key=_natural_key)
     if images:
-        size = _image_size(images[0])
+        size = image_size(images[0])
         return [FrameSequence(str(path), _images(images), len(images), K=K_given,
                               K_size=size if K_given is not None else None, fov=fov)]
     scenes = sorted((d for d in path.iterdir() if d.is_dir() and (d / "cam.txt").is_file()), key=lambda d: d.name)

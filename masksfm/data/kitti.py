@@ -258,17 +258,6 @@ def resize_frame(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.asarray(Image.fromarray(rgb).resize((width, height), Image.Resampling.BILINEAR))
 
 
-def image_size(path: Path) -> tuple[int, int]:
-    """(H, W) of an image from its header."""
-    try:
-        with Image.open(path) as image:
-            return image.height, image.width
-    except FileNotFoundError:
-        raise MasksfmError(f"{path}: missing image") from None
-    except (OSError, SyntaxError, ValueError) as error:
-        raise MasksfmError(f"{path}: unreadable or corrupt image ({error})") from None
-
-
 def list_frames(folder: Path) -> list[Path]:
     """Frame files (png / jpg) of a folder, sorted by name (= temporal order for KITTI's numbers)."""
     return sorted((f for f in folder.iterdir() if f.suffix.lower() in layout.FRAME_SUFFIXES and f.is_file()),
@@ -293,7 +282,7 @@ class _SizeCheck:
 
     def __init__(self, first: Path):
         self.first = first
-        self.size = image_size(first)
+        self.size = layout.image_size(first)
 
     def __call__(self, frame: Path, rgb: np.ndarray) -> None:
         if rgb.shape[:2] != self.size:
@@ -332,23 +321,6 @@ def write_resized_scene(scene_dir: Path, frames: Iterable[Path], K: np.ndarray, 
 # --- output folder --------------------------------------------------------------------------------
 
 
-def _check_output(out: Path, kind: str) -> None:
-    """`out` may be absent, an empty folder, or a dataset of the same `kind` (replaced when the new
-    one is complete); anything else is refused, so that a typo never deletes someone's data."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise MasksfmError(f"{out}: exists and is not a folder")
-    if any(out.iterdir()):
-        try:
-            existing = layout.read_dataset_info(out).get("kind")
-        except MasksfmError:
-            existing = None
-        if existing != kind:
-            raise MasksfmError(f"{out}: folder exists, is not empty and is not a '{kind}' dataset; "
-                               "refusing to overwrite it")
-
-
 @contextmanager
 def staged_output(out: Path, kind: str) -> Iterator[Path]:
     """Build a dataset in `OUT.partial` and move it to `out` when the block completes.
@@ -356,7 +328,7 @@ def staged_output(out: Path, kind: str) -> Iterator[Path]:
     An interrupted or failed run leaves neither a half-written dataset nor the staging folder.
     """
     out = Path(out)
-    _check_output(out, kind)
+    layout.check_output_folder(out, kind)
     partial = out.with_name(out.name + ".partial")
     if partial.exists():
         shutil.rmtree(partial)
@@ -512,7 +484,7 @@ def prepare_eigen_test(raw: Path, out: Path, height: int, width: int, annotated:
             missing_images += 1
             continue
         relative = image.relative_to(raw).as_posix()
-        size = image_size(image)
+        size = layout.image_size(image)
         scan = raw / date / drive / "velodyne_points" / "data" / f"{stem}.bin"
         if scan.is_file():
             P, gt_size = calibrations.velodyne_projection(date)

@@ -105,6 +105,18 @@ def read_image(path: Path) -> np.ndarray:
         raise MasksfmError(f"{path}: unreadable or corrupt image ({error})") from None
 
 
+def image_size(path: Path) -> tuple[int, int]:
+    """(H, W) of an image from its header (the pixels are not decoded)."""
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            return image.height, image.width
+    except FileNotFoundError:
+        raise MasksfmError(f"{path}: missing image") from None
+    except _IMAGE_ERRORS as error:
+        raise MasksfmError(f"{path}: unreadable or corrupt image ({error})") from None
+
+
 def write_image(path: Path, rgb: np.ndarray) -> None:
     """Write an (H, W, 3) uint8 RGB image; PNG or JPEG by the path's suffix (folders are created)."""
     path = Path(path)
@@ -121,6 +133,24 @@ def write_image(path: Path, rgb: np.ndarray) -> None:
 
 
 # --- dataset.json and split files ---------------------------------------------------------------
+
+
+def check_output_folder(out: Path, kind: str) -> None:
+    """`out` may be absent, an empty folder, or a dataset of the same `kind` (which the writer
+    replaces); anything else is refused, so that a typo never deletes someone's data."""
+    out = Path(out)
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise MasksfmError(f"{out}: exists and is not a folder")
+    if any(out.iterdir()):
+        try:
+            existing = read_dataset_info(out).get("kind")
+        except MasksfmError:
+            existing = None
+        if existing != kind:
+            raise MasksfmError(f"{out}: folder exists, is not empty and is not a '{kind}' dataset; "
+                               "refusing to overwrite it")
 
 
 def _json_default(value):
@@ -319,11 +349,7 @@ def read_scene(path: Path) -> Scene:
     K = read_cam(path / "cam.txt")
     size = None
     for frame in frames:
-        try:
-            with Image.open(frame) as image:
-                frame_size = (image.height, image.width)
-        except _IMAGE_ERRORS as error:
-            raise MasksfmError(f"{frame}: unreadable or corrupt image ({error})") from None
+        frame_size = image_size(frame)
         if size is None:
             size = frame_size
         elif frame_size != size:

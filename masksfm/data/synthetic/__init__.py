@@ -98,21 +98,6 @@ def render_scene(scene_dir: Path, rng: np.random.Generator, frames: int, K: np.n
     return scene_dir
 
 
-def _check_output(out: Path) -> None:
-    """Refuse to overwrite anything but an earlier synthetic dataset (or an empty folder)."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise MasksfmError(f"{out}: exists and is not a folder")
-    if any(out.iterdir()):
-        try:
-            kind = layout.read_dataset_info(out).get("kind")
-        except MasksfmError:
-            kind = None
-        if kind != "synthetic":
-            raise MasksfmError(f"{out}: folder exists and is not a synthetic dataset; refusing to overwrite it")
-
-
 _progress = None  # a render worker's queue to the parent's progress bar
 
 
@@ -183,7 +168,7 @@ def render_dataset(out: Path, scenes: int = 6, frames: int = 40, height: int = 1
                                ("width", width, MIN_SIZE), ("moving_cars", moving_cars, 0)):
         if int(value) != value or value < least:
             raise MasksfmError(f"synth: {name} must be an integer ≥ {least}, got {value}")
-    _check_output(out)
+    layout.check_output_folder(out, "synthetic")
     from masksfm import __version__
     from masksfm.progress import progress_bar
 
