@@ -147,7 +147,8 @@ def print_metrics(title: str, metrics: dict, json_path: Path | None) -> None:
 def cmd_eval_depth(args) -> None:
     from masksfm.inference import run_eval_depth
 
-    metrics = run_eval_depth(args.run, args.data, args.split, args.crop, args.pred_kind, args.device)
+    metrics = run_eval_depth(args.run, args.data, args.split, args.crop, args.pred_kind, args.device,
+                             median_scaling=args.scaling == "median")
     print_metrics(f"depth, split {args.split}", metrics, args.json)
 
 
@@ -330,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluation crop (default: garg for kitti-raw data, none otherwise)")
     p.add_argument("--pred-kind", choices=["disp", "depth"], default="disp",
                    help="what a folder of .npy predictions holds (default disp)")
+    p.add_argument("--scaling", choices=["median", "none"], default="median",
+                   help="median: per-image median scaling, the protocol for scale-free monocular depth "
+                        "(default); none: score metric depth as it is, e.g. predict --camera-height output")
     p.add_argument("--json", type=Path, default=None, help="write the metrics to this JSON file")
     _add_device(p)
     p.set_defaults(func=cmd_eval_depth)

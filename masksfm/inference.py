@@ -222,10 +222,11 @@ def is_prediction_folder(run: Path) -> bool:
 
 
 def run_eval_depth(run: Path, data: Path, split: str = "test", crop: str | None = None, pred_kind: str = "disp",
-                   device: str | None = None, progress: bool = True) -> dict[str, float]:
+                   device: str | None = None, progress: bool = True, median_scaling: bool = True) -> dict[str, float]:
     """`masksfm eval depth`: the seven metrics and `count` of a run (or a prediction folder) on a split.
 
-    The Garg crop is the default only for `kitti-raw` data (DESIGN §6).
+    The Garg crop is the default only for `kitti-raw` data (DESIGN §6). `median_scaling=False` scores
+    metric depth as it is (e.g. `predict --camera-height` output).
     """
     from masksfm.data.layout import read_dataset_info
     from masksfm.model import load_model, pick_device
@@ -241,7 +242,8 @@ def run_eval_depth(run: Path, data: Path, split: str = "test", crop: str | None 
         dev = pick_device(device)
         model, config, _ = load_model(run, dev)
         predict, kind_of_prediction = model_predictor(model.depth_net, config.data.height, config.data.width, dev), "disp"
-    return evaluate_depth_items(items, predict, kind=kind_of_prediction, garg_crop=garg, progress=progress)
+    return evaluate_depth_items(items, predict, kind=kind_of_prediction, garg_crop=garg, median_scaling=median_scaling,
+                                progress=progress)
 
 
 def sequence_frames(scene: Scene, height: int, width: int) -> torch.Tensor:

@@ -57,6 +57,24 @@ def test_external_predictions_give_the_models_numbers(tiny_run, synth_dataset, t
     assert json.loads(depth_json.read_text())["abs_rel"] == pytest.approx(a["abs_rel"], rel=0.05)
 
 
+def test_scaling_none_scores_metric_depth_as_it_is(synth_dataset, tmp_path):
+    """Half the true depth: median scaling forgives it (abs_rel 0), `--scaling none` does not (0.5)."""
+    items = depth_items(synth_dataset, "test")
+    folder = tmp_path / "metric"
+    folder.mkdir()
+    for k, item in enumerate(items):
+        gt = item.read_gt()
+        np.save(folder / f"{k:06d}.npy", np.where(gt > 0, 0.5 * gt, 1.0).astype(np.float32))
+    results = {}
+    for scaling in ("median", "none"):
+        out = tmp_path / f"{scaling}.json"
+        main(["eval", "depth", str(folder), str(synth_dataset), "--pred-kind", "depth", "--scaling", scaling,
+              "--json", str(out)])
+        results[scaling] = json.loads(out.read_text())
+    assert results["median"]["abs_rel"] < 1e-6 and results["median"]["a1"] == 1.0
+    assert results["none"]["abs_rel"] == pytest.approx(0.5, abs=1e-4) and results["none"]["a1"] == 0.0
+
+
 def test_perfect_depth_scores_zero(synth_dataset):
     items = depth_items(synth_dataset, "test")
     metrics = evaluate_depth_items(items, lambda idx, batch: [item.read_gt() * 3.0 + (item.read_gt() <= 0) for item in batch],
