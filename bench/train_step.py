@@ -88,7 +88,7 @@ def measure(cases, batch, repeat: int, device: torch.device, sync) -> list[tuple
         if key not in models:
             torch.manual_seed(0)
             model = build_model(config).to(device)
-            models[key] = (model, torch.optim.Adam(model.parameters(), lr=1e-4))
+            models[key] = (model, torch.optim.Adam(model.parameters(), lr=1e-4, fused=True))
         steps.append((name, config, *models[key]))
     times = {name: [] for name, _ in cases}
     mask_times = {name: [] for name, _ in cases}
