@@ -17,7 +17,9 @@ from masksfm.config import MASK_MODES, Config, from_dict, load_config
 from masksfm.data.dataset import SnippetDataset
 from masksfm.data.layout import load_split
 from masksfm.errors import MasksfmError
-from masksfm.model import build_model
+from masksfm.geometry import pose_vec_to_mat
+from masksfm.masks import compute_masks
+from masksfm.model import ModelOutput, build_model
 from masksfm.objective import compute_objective
 
 from conftest import TINY_TRAIN_SETTINGS
@@ -215,6 +217,46 @@ def test_masks_start_after_the_warmup():
     assert not masks_active(config, 9) and masks_active(config, 10)
     config.loss.guard = "none"
     assert masks_active(config, 0)
+
+
+@pytest.mark.parametrize("guard", ["none", "floor"])
+def test_the_floor_guard_keeps_dropped_pixels_learning(guard, synth_dataset):
+    """The collapse guard (README, "The collapse and its guard") on the first step of a tiny run.
+
+    An untrained DispNet puts everything ~0.16 m away; with the camera moving 3 cm a frame (the
+    same geometry as 8 m and 1.5 m), the masks drop whole regions. Without a guard a dropped pixel,
+    with all its SSIM neighbours, gets no photometric gradient at all: nothing can bring its depth
+    back. With the floor (the default) most of them do.
+    """
+    torch.manual_seed(0)
+    config = load_config(None, ["data.height=32", "data.width=104", "loss.num_scales=1", "loss.smoothness_weight=0",
+                                f"loss.guard={guard}"])
+    model = build_model(config)
+    batch = fixed_batch(synth_dataset)
+    out = model(batch["images"])
+    disp = out.disparities[0]
+    disp.retain_grad()
+    forward_motion = torch.tensor([[[0, 0, -0.03, 0, 0, 0], [0, 0, 0.03, 0, 0, 0]]])  # T_t2s of prev, next
+    out = ModelOutput(out.disparities, out.poses + forward_motion, None)
+    compute_objective(out, batch["images_raw"], batch["K"], config.loss).loss.backward()
+
+    # The masks as the objective computes them: the centre frame's depth warps it towards both
+    # sources (kept where either pair keeps it), a source's depth warps it back to the centre.
+    b, length, _, h, w = batch["images"].shape
+    depth = (1 / disp.detach()).view(b, length, 1, h, w)
+    masks_t, masks_s = compute_masks(depth[:, 1:2].expand(-1, 2, -1, -1, -1).flatten(0, 1),
+                                     depth[:, [0, 2]].flatten(0, 1), pose_vec_to_mat(out.poses.detach().flatten(0, 1)),
+                                     batch["K"].repeat_interleave(2, 0), config.loss.repeats,
+                                     config.loss.overlap_tolerance)
+    kept = torch.stack([masks_s.combined.view(b, 2, h, w)[:, 0], masks_t.combined.view(b, 2, h, w).amax(1),
+                        masks_s.combined.view(b, 2, h, w)[:, 1]], dim=1)
+    kept_nearby = torch.nn.functional.max_pool2d(kept, 3, stride=1, padding=1)  # SSIM's 3x3 window
+    grad = disp.grad.view(b, length, h, w)[kept_nearby == 0]
+    assert grad.numel() > 1000  # the masks drop whole regions of this batch
+    if guard == "none":
+        assert torch.all(grad == 0)
+    else:
+        assert (grad != 0).float().mean() > 0.5
 
 
 def test_time_limit_stops_and_checkpoints(synth_dataset, tmp_path):
