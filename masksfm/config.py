@@ -59,6 +59,7 @@ class LossConfig:
     guard: str = "floor"  # against the collapse of masked losses from scratch: floor | warmup | none
     warmup_steps: int = 300  # guard=warmup: steps of unmasked (border-padded) loss before the masks
     floor: float = 0.5  # guard=floor: the weight of the pixels the masks drop (kept pixels weigh 1)
+    floor_out_of_view: bool = False  # guard=floor: whether the floor also lifts out-of-view (edge-masked) pixels
 
 
 @dataclass
