@@ -17,8 +17,9 @@ and is scored on the held-out test scenes:
 
 Writes `OUT/ablation.md` (mean ± std over seeds, the command, the budget, the date) and
 `OUT/ablation.json` (every run's numbers). Runs live under `WORK/<H>x<W>-<steps>steps/<variant>/
-seed<k>/`; a run whose `result.json` exists is not run again, so an interrupted ablation continues
-where it stopped when given the same command (checkpoints are deleted once a run is scored).
+seed<k>/`; a run whose `result.json` exists, with the same configuration, is not run again, so an
+interrupted ablation continues where it stopped when given the same command (checkpoints are deleted
+once a run is scored).
 
 The warm-up guard (`loss.guard = warmup`) is shortened to at most half the budget, so that the
 masks are in use for at least half of every run (the default's 300 steps of 600, issue 5).
@@ -66,7 +67,7 @@ from masksfm.model import load_model  # noqa: E402
 # name -> (shipped config, overrides, what it is). The multimask rows pin every mask setting, so
 # that they stay what their name says whatever default.yaml becomes; the rest is default.yaml's.
 MULTIMASK = ["loss.mask=multimask", "loss.repeats=0", "loss.overlap_tolerance=0.0", "loss.guard=floor",
-             "loss.dn=none"]
+             "loss.floor_out_of_view=false", "loss.dn=none"]
 VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "none": ("default", ["loss.mask=none", "loss.dn=none"], "every pixel, border padding"),
     "explainability": ("default", ["loss.mask=explainability", "loss.dn=none"], "SfMLearner's explainability mask"),
@@ -78,6 +79,8 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
                             "repeats 3, τ 0.1"),
     "multimask-noguard": ("default", MULTIMASK + ["loss.guard=none"], "no guard against the collapse (the paper's form)"),
     "multimask-warmup": ("default", MULTIMASK + ["loss.guard=warmup"], "warm-up guard instead of the floor"),
+    "multimask-floor-oov": ("default", MULTIMASK + ["loss.overlap_tolerance=0.1", "loss.floor_out_of_view=true"],
+                            "τ 0.1, the floor on out-of-view pixels too"),
     "multimask+automask": ("default", MULTIMASK + ["loss.mask=multimask+automask"],
                            "the masks × monodepth2's auto-mask"),
     "multimask-dn": ("default", MULTIMASK + ["loss.dn=snippet"], "with depth normalisation (snippet)"),
@@ -174,6 +177,11 @@ def score(run_dir: Path, data: Path) -> dict[str, float]:
             "mask_precision": float(precision), "mask_recall": float(recall)}
 
 
+def _plain(values: dict) -> dict:
+    """`values` as JSON gives it back (tuples become lists), to compare with a stored result's."""
+    return json.loads(json.dumps(values))
+
+
 def run_one(variant: str, seed: int, args, data: Path, run_dir: Path) -> dict:
     """Train and score one run; writes `run_dir/result.json` last (its presence = done)."""
     from masksfm.training import run_training
@@ -190,7 +198,7 @@ def run_one(variant: str, seed: int, args, data: Path, run_dir: Path) -> dict:
     result = {"variant": variant, "seed": seed, **figures, "final_loss": terms.get("total", math.nan),
               "train_s": train_s, "train_cpu_s": train_cpu_s, "score_s": time.perf_counter() - start - train_s,
               "score_cpu_s": time.process_time() - cpu_start - train_cpu_s, "threads": torch.get_num_threads(),
-              "load_average": os.getloadavg()[0]}
+              "load_average": os.getloadavg()[0], "config": _plain(config.to_dict())}
     if not args.keep_checkpoints:
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     (run_dir / "result.json").write_text(json.dumps(result, indent=1))
@@ -396,9 +404,13 @@ def main(argv: list[str] | None = None) -> dict:
         for seed in args.seed_list:
             run_dir = root / variant / f"seed{seed}"
             done = run_dir / "result.json"
-            if done.is_file():
-                results.append(json.loads(done.read_text()))
+            stored = json.loads(done.read_text()) if done.is_file() else None
+            if stored is not None and stored.get("config") == _plain(run_config(variant, seed, args).to_dict()):
+                results.append(stored)
             else:
+                # Never run, or run with another configuration (the variant's meaning or a default
+                # changed since): train it afresh.
+                shutil.rmtree(run_dir, ignore_errors=True)
                 tasks.append((variant, seed, args, data, run_dir))
     print(f"{len(results)} runs done before, {len(tasks)} to run ({args.jobs} at a time, {args.threads} threads "
           f"each; {args.steps} steps at {args.height}x{args.width})", flush=True)

@@ -1,6 +1,7 @@
 """bench/ablation.py at its smoke-test budget (`--quick`), through a real subprocess: it trains two
 variants for a few steps on a tiny rendered set, writes the table and the raw numbers, and a
-second invocation of the same command resumes (runs nothing again)."""
+second invocation of the same command resumes (runs nothing again), except a run whose stored
+configuration is not the variant's any more."""
 
 from __future__ import annotations
 
@@ -49,3 +50,13 @@ def test_quick_ablation_writes_table_and_resumes(tmp_path):
     again = _ablation(tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "2 runs done before, 0 to run" in again.stdout
+
+    # A run stored with another configuration (a default changed since) is trained again.
+    (stored,) = (tmp_path / "work").glob("*/multimask/seed0/result.json")
+    result = json.loads(stored.read_text())
+    result["config"]["loss"]["floor"] = 0.25
+    stored.write_text(json.dumps(result))
+    third = _ablation(tmp_path)
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert "1 runs done before, 1 to run" in third.stdout
+    assert json.loads(stored.read_text())["config"]["loss"]["floor"] == 0.5
