@@ -116,6 +116,15 @@ def compute_objective(
     # A pixel pushed out of one source's view still learns from the other source.
     floor = cfg.floor if geometric and cfg.guard == "floor" else 0.0
     padding = "zeros" if geometric and floor == 0.0 else "border"
+    # The masks of the warped pairs, in the batched warp's order (both directions when bidirectional).
+    combined_pairs = in_view_pairs = None
+    if geometric:
+        def warped_pairs(key: str) -> torch.Tensor:
+            return torch.cat([getattr(masks_t, key), getattr(masks_s, key)]) if bidirectional else getattr(masks_t, key)
+
+        combined_pairs = warped_pairs("combined")
+        if floor and not cfg.floor_out_of_view:
+            in_view_pairs = warped_pairs("edge")
     photometric = images.new_zeros(())
     smoothness = images.new_zeros(())
     visuals = None
@@ -153,15 +162,11 @@ def compute_objective(
         else:
             mask = None
             if geometric:
-                combined = torch.cat([masks_t.combined, masks_s.combined]) if bidirectional else masks_t.combined
-                mask = _resize(combined, size, "nearest")
+                mask = _resize(combined_pairs, size, "nearest")
                 if cfg.mask == "multimask+automask":
                     mask = mask * (error < identity + 1e-5).detach().to(mask.dtype)
                 if floor:
-                    lifted = 1.0
-                    if not cfg.floor_out_of_view:
-                        edge = torch.cat([masks_t.edge, masks_s.edge]) if bidirectional else masks_t.edge
-                        lifted = _resize(edge, size, "nearest")
+                    lifted = 1.0 if in_view_pairs is None else _resize(in_view_pairs, size, "nearest")
                     mask = floor * lifted + (1 - floor) * mask
             if cfg.below_mean_mask:
                 mask = below_mean_mask(error.detach(), torch.ones_like(error) if mask is None else mask)
