@@ -205,29 +205,30 @@ def run_one(variant: str, seed: int, args, data: Path, run_dir: Path) -> dict:
     return result
 
 
-def _run_task(task):
+def _run_task(task, run=None):
     """Worker-process entry: one run; errors come back as text, so one bad run does not stop the rest."""
     variant, seed, args, data, run_dir = task
     try:
         import warnings
 
         warnings.simplefilter("ignore")  # resume's "no checkpoint yet" and the like, once per run
-        return run_one(variant, seed, args, data, run_dir)
+        return (run or run_one)(variant, seed, args, data, run_dir)
     except Exception as error:  # noqa: BLE001
         traceback.print_exc()
         return {"variant": variant, "seed": seed, "error": f"{type(error).__name__}: {error}"}
 
 
-def run_tasks(tasks: list, jobs: int):
+def run_tasks(tasks: list, jobs: int, run=None):
     """Results of the runs as they finish: in this process one after another (jobs = 1), else in
-    `jobs` spawned processes, a fresh one per run (its own threads; memory returned after)."""
+    `jobs` spawned processes, a fresh one per run (its own threads; memory returned after).
+    `run(variant, seed, args, data, run_dir)` trains and scores one run (default: `run_one`)."""
     if jobs <= 1:
         for task in tasks:
-            yield _run_task(task)
+            yield _run_task(task, run)
         return
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context, max_tasks_per_child=1) as pool:
-        futures = [pool.submit(_run_task, task) for task in tasks]
+        futures = [pool.submit(_run_task, task, run) for task in tasks]
         for future in concurrent.futures.as_completed(futures):
             yield future.result()
 

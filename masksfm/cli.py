@@ -160,14 +160,15 @@ def cmd_eval_pose(args) -> None:
     from masksfm.inference import run_eval_pose
 
     results = run_eval_pose(args.run, args.data, args.split, args.out, args.device)
-    keys = ["ate_mean", "ate_std", "ate_rmse", "rpe_trans", "rpe_rot", "t_rel", "r_rel"]
-    table = Table(title=f"pose, split {args.split} (snippet ATE: 5 frames, metres; trajectories in {results.pop('out')})")
+    keys = ["ate_mean", "ate_std", "ate3_mean", "ate3_std", "ate_rmse", "rpe_trans", "rpe_rot", "t_rel", "r_rel"]
+    table = Table(title=f"pose, split {args.split} (snippet ATE: 5 frames (ate) and 3 frames (ate3), metres; "
+                        f"trajectories in {results.pop('out')})")
     table.add_column("scene")
     for key in keys:
         table.add_column(key, justify="right")
     for name, seq in results["sequences"].items():
         table.add_row(name, *(f"{seq[k]:.4f}" if k in seq else "-" for k in keys))
-    table.add_row("all", f"{results['ate_mean']:.4f}", f"{results['ate_std']:.4f}", *["" for _ in keys[2:]])
+    table.add_row("all", *(f"{results[k]:.4f}" for k in keys[:4]), *["" for _ in keys[4:]])
     _console().print(table)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

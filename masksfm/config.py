@@ -37,6 +37,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     depth: str = "dispnet"  # dispnet | resnet18
+    pose: str = "snippet"  # snippet (SfMLearner: the whole snippet in, S poses out) | pairs (monodepth2)
     pretrained: str | None = None  # safetensors weights for the ResNet-18 encoder (never downloaded)
 
 
@@ -103,6 +104,7 @@ CHOICES = {
     "loss.scales": ("upsample", "downsample"),
     "loss.guard": GUARDS,
     "model.depth": ("dispnet", "resnet18"),
+    "model.pose": ("snippet", "pairs"),
 }
 
 
@@ -169,6 +171,8 @@ def validate(config: Config) -> None:
         raise MasksfmError(f"config data.height x data.width: at least 32x32, got {config.data.height}x{config.data.width}")
     if not 1 <= config.loss.num_scales <= 4:
         raise MasksfmError(f"config key loss.num_scales: 1 to 4, got {config.loss.num_scales}")
+    if config.model.pose == "pairs" and config.loss.mask == "explainability":
+        raise MasksfmError("config key model.pose: pairs has no explainability decoder; use snippet with loss.mask=explainability")
     for key in ("optim.batch_size", "optim.steps", "train.checkpoint_every", "train.log_every", "train.val_every"):
         section, name = key.split(".")
         if getattr(getattr(config, section), name) <= 0:

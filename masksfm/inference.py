@@ -20,6 +20,7 @@ from masksfm.evaluation import (
     depth_metrics,
     mean_metrics,
     prediction_to_depth_at,
+    snippet_ates,
 )
 from masksfm.errors import MasksfmError
 from masksfm.geometry import invert_pose, pose_vec_to_mat
@@ -254,18 +255,21 @@ def sequence_frames(scene: Scene, height: int, width: int) -> torch.Tensor:
 def sequence_pose_results(scene: Scene, rel: np.ndarray, folder: Path | None = None) -> tuple[np.ndarray, dict]:
     """Pose metrics of one sequence from its predicted relative poses (inv(P_i) @ P_{i+1}).
 
-    Returns the 5-frame snippet ATEs and a dict with `ate_mean`, `ate_std` (snippets), `ate_rmse`,
+    Returns the 5-frame snippet ATEs and a dict with `ate_mean`, `ate_std` (5-frame snippets),
+    `ate3_mean`, `ate3_std` (3-frame snippets, as the authors' `test_pose.py` with their net), `ate_rmse`,
     `rpe_trans`, `rpe_rot` (full trajectory, Sim(3)-aligned) and, when the drive is over 100 m,
     KITTI's `t_rel`, `r_rel`. With `folder`, the trajectory (in the ground truth's world frame) is
     written there in KITTI and TUM formats with a plot.
     """
     from masksfm.data.layout import write_poses
-    from masksfm.evaluation import kitti_odometry_metrics, snippet_ates, trajectory_metrics
+    from masksfm.evaluation import kitti_odometry_metrics, trajectory_metrics
     from masksfm.trajectory import chain_relative_poses, plot_trajectories, write_tum
 
     ates = snippet_ates(rel, scene.poses)
+    ates3 = snippet_ates(rel, scene.poses, 3)
     trajectory = scene.poses[0] @ chain_relative_poses(rel)
-    result = {"ate_mean": float(ates.mean()), "ate_std": float(ates.std())}
+    result = {"ate_mean": float(ates.mean()), "ate_std": float(ates.std()),
+              "ate3_mean": float(ates3.mean()), "ate3_std": float(ates3.std())}
     result.update(trajectory_metrics(scene.poses, trajectory))
     result.update(kitti_odometry_metrics(scene.poses, trajectory) or {})
     if folder is not None:
@@ -291,7 +295,7 @@ def run_eval_pose(run: Path, data: Path, split: str = "test", out: Path | None =
     run = Path(run)
     if out is None:
         out = run / "eval" / f"pose-{split}" if run.is_dir() else run.parent / f"{run.stem}-pose-{split}"
-    all_ates, sequences = [], {}
+    all_ates, all_ates3, sequences = [], [], {}
     bar = progress_bar(len(scenes), "eval pose", "scene", enabled=progress)
     for scene in scenes:
         bar.update()
@@ -301,8 +305,10 @@ def run_eval_pose(run: Path, data: Path, split: str = "test", out: Path | None =
         rel = predict_relative_poses(model.pose_net, frames, config.data.snippet_length, dev)
         ates, sequences[scene.name] = sequence_pose_results(scene, rel, out / scene.name)
         all_ates.append(ates)
+        all_ates3.append(snippet_ates(rel, scene.poses, 3))
     if not all_ates:
         raise MasksfmError(f"{data}: no scene of split {split!r} is long enough for 5-frame snippets")
     bar.close()
-    ates = np.concatenate(all_ates)
-    return {"ate_mean": float(ates.mean()), "ate_std": float(ates.std()), "sequences": sequences, "out": str(out)}
+    ates, ates3 = np.concatenate(all_ates), np.concatenate(all_ates3)
+    return {"ate_mean": float(ates.mean()), "ate_std": float(ates.std()), "ate3_mean": float(ates3.mean()),
+            "ate3_std": float(ates3.std()), "sequences": sequences, "out": str(out)}

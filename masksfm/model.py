@@ -15,7 +15,7 @@ from torch import nn
 from masksfm.checkpoints import load_checkpoint, load_weights, resolve_checkpoint, unprefixed
 from masksfm.config import Config, from_dict
 from masksfm.errors import MasksfmError
-from masksfm.networks import PoseNet, build_depth_net
+from masksfm.networks import PairPoseNet, PoseNet, build_depth_net
 
 
 class ModelOutput(NamedTuple):
@@ -52,7 +52,11 @@ def build_model(config: Config) -> SfMModel:
     """A fresh model for `config` (the ResNet encoder starts from `model.pretrained` if given)."""
     pretrained = Path(config.model.pretrained) if config.model.pretrained else None
     depth_net = build_depth_net(config.model.depth, pretrained_weights=pretrained)
-    pose_net = PoseNet(num_sources=config.data.snippet_length - 1, explainability=config.loss.mask == "explainability")
+    num_sources = config.data.snippet_length - 1
+    if config.model.pose == "pairs":
+        pose_net = PairPoseNet(num_sources)
+    else:
+        pose_net = PoseNet(num_sources, explainability=config.loss.mask == "explainability")
     return SfMModel(depth_net, pose_net)
 
 

@@ -14,9 +14,10 @@ from safetensors.torch import save_file
 from skimage import data as skdata
 
 from masksfm.errors import MasksfmError
-from masksfm.geometry import pose_vec_to_mat
-from masksfm.networks import DispNet, PoseNet, ResNetDepthNet, build_depth_net
+from masksfm.geometry import invert_pose, pose_vec_to_mat
+from masksfm.networks import DispNet, PairPoseNet, PoseNet, ResNetDepthNet, build_depth_net
 from masksfm.networks.depth import disparity
+from masksfm.networks.pose import invert_pose_vec
 
 SIZES = [(64, 208), (128, 416), (37, 50)]
 
@@ -284,6 +285,70 @@ class TestPoseNet:
             pose_nets[False](target, sources)
         with pytest.raises(ValueError, match="sources must have shape"):
             pose_nets[False](target, sources[:, :2, :, :, :40])
+
+
+class TestInvertPoseVec:
+    def test_exact_values(self):
+        # A quarter turn about y and a step along x: the inverse steps back along the rotated axis.
+        vec = torch.tensor([[1.0, 0.0, 0.0, 0.0, torch.pi / 2, 0.0]], dtype=torch.float64)
+        expected = torch.tensor([[0.0, 0.0, -1.0, 0.0, -torch.pi / 2, 0.0]], dtype=torch.float64)
+        assert torch.allclose(invert_pose_vec(vec), expected, atol=1e-12)
+
+    @pytest.mark.parametrize("shape", [(6,), (5, 6), (2, 3, 6)])
+    def test_is_the_matrix_inverse(self, shape):
+        torch.manual_seed(0)
+        vec = 0.4 * torch.randn(shape, dtype=torch.float64)
+        inverse = pose_vec_to_mat(invert_pose_vec(vec).reshape(-1, 6))
+        assert torch.allclose(inverse, invert_pose(pose_vec_to_mat(vec.reshape(-1, 6))), atol=1e-12)
+        assert torch.allclose(invert_pose_vec(invert_pose_vec(vec)), vec, atol=1e-12)
+
+    def test_gradcheck(self):
+        vec = (0.3 * torch.randn(2, 6, dtype=torch.float64)).requires_grad_()
+        assert torch.autograd.gradcheck(invert_pose_vec, (vec,))
+
+
+class TestPairPoseNet:
+    """monodepth2's pair input: the motion of (earlier, later), inverted for the sources after the target."""
+
+    @pytest.mark.parametrize("num_sources", [2, 4])
+    def test_each_pair_in_time_order(self, num_sources):
+        torch.manual_seed(0)
+        net = PairPoseNet(num_sources).eval()
+        target, sources = TestPoseNet.snippet(2, (37, 50), num_sources)
+        with torch.no_grad():
+            poses = net(target, sources)
+            half = num_sources // 2
+            for s in range(num_sources):
+                earlier, later = (sources[:, s], target) if s < half else (target, sources[:, s])
+                forward = net.pair_net(later, earlier[:, None])[:, 0]
+                expected = forward if s < half else invert_pose_vec(forward)
+                assert torch.allclose(poses[:, s], expected, atol=1e-6)
+        assert poses.shape == (2, num_sources, 6)
+
+    def test_the_same_pair_gives_the_same_pose_in_any_snippet(self):
+        # The pose of frames (a, b) as the first source's pair of one snippet and as the inverse of
+        # the second source's pair of the next: one computation, inverse transforms.
+        torch.manual_seed(0)
+        net = PairPoseNet().eval()
+        a, b, c, d = (real_images(1, 37, 50, offset=k) for k in range(4))
+        with torch.no_grad():
+            first = net(b, torch.stack([a, c], dim=1))[:, 0]  # T_{b→a}
+            second = net(a, torch.stack([d, b], dim=1))[:, 1]  # T_{a→b}
+        T_ba, T_ab = pose_vec_to_mat(first), pose_vec_to_mat(second)
+        assert torch.allclose(T_ba @ T_ab, torch.eye(4).expand(1, 4, 4), atol=1e-5)
+
+    def test_gradients_reach_every_parameter(self):
+        torch.manual_seed(0)
+        net = PairPoseNet().train()
+        net(*TestPoseNet.snippet(2, (37, 50))).sum().backward()
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
+
+    def test_rejects_bad_input(self):
+        with pytest.raises(ValueError, match="even"):
+            PairPoseNet(3)
+        target, sources = TestPoseNet.snippet(1, (37, 50), num_sources=4)
+        with pytest.raises(ValueError, match=r"sources must have shape \(B, 2, 3, 37, 50\)"):
+            PairPoseNet()(target, sources)
 
 
 class TestExport:

@@ -87,9 +87,11 @@ def test_yaml_and_overrides(tmp_path):
     assert config.loss.repeats == 1 and config.loss.mask == "automask"
     assert config.optim.lr == 3e-5 and config.optim.lr_decay_steps == [10, 20]
     for bad, message in [("loss.bogus=1", "unknown config key 'loss.bogus'"), ("loss.repeats=x", "loss.repeats"),
-                         ("loss.mask=magic", "not one of"), ("loss", "KEY=VALUE")]:
+                         ("loss.mask=magic", "not one of"), ("loss", "KEY=VALUE"), ("model.pose=stack", "not one of")]:
         with pytest.raises(MasksfmError, match=message):
             load_config(None, [bad])
+    with pytest.raises(MasksfmError, match="model.pose: pairs has no explainability decoder"):
+        load_config(None, ["model.pose=pairs", "loss.mask=explainability"])
     path.write_text("loss: {repeat: 3}\n")
     with pytest.raises(MasksfmError, match="unknown config key 'loss.repeat'"):
         load_config(path)

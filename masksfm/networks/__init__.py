@@ -1,6 +1,6 @@
 """The depth and pose networks (DESIGN §3): `build_depth_net` for `model.depth`, and `PoseNet`."""
 
 from masksfm.networks.depth import DispNet, ResNetDepthNet, build_depth_net
-from masksfm.networks.pose import PoseNet
+from masksfm.networks.pose import PairPoseNet, PoseNet
 
-__all__ = ["DispNet", "PoseNet", "ResNetDepthNet", "build_depth_net"]
+__all__ = ["DispNet", "PairPoseNet", "PoseNet", "ResNetDepthNet", "build_depth_net"]

@@ -9,6 +9,7 @@ the 4x4 `T_t2s`.
 from __future__ import annotations
 
 import torch
+from kornia.geometry.conversions import axis_angle_to_rotation_matrix
 from torch import nn
 
 from masksfm.networks.depth import NUM_SCALES, check_image, crop_like, normalize_image, xavier_init
@@ -98,3 +99,65 @@ class PoseNet(nn.Module):
             if level < NUM_SCALES:
                 masks.append(torch.sigmoid(self.predict_mask[NUM_SCALES - 1 - level](x)))
         return poses, masks[::-1]
+
+
+def invert_pose_vec(vec: torch.Tensor) -> torch.Tensor:
+    """The 6-vector of the inverse transform: `[t, r]` -> `[−R(r)ᵀ t, −r]`.
+
+    Args:
+        vec: (..., 6) `[tx, ty, tz, rx, ry, rz]`, translation then axis-angle (radians).
+    Returns:
+        (..., 6) the same parameters of the inverse transform (exact, differentiable).
+    """
+    flat = vec.reshape(-1, 6)
+    R = axis_angle_to_rotation_matrix(flat[:, 3:])
+    t = -(R.transpose(1, 2) @ flat[:, :3, None])[..., 0]
+    return torch.cat([t, -flat[:, 3:]], dim=1).reshape(vec.shape)
+
+
+class PairPoseNet(nn.Module):
+    """One pose per ordered frame pair, as monodepth2 (`pose_model_input: pairs`).
+
+    Each source is paired with the target in time order, (earlier, later), and one encoder (the
+    PoseNet's convolutions over 2 stacked frames) predicts the camera motion of that pair, always
+    forward in time: T_{later→earlier}. A source before the target takes it as is; a source after
+    the target takes its inverse. The net thus learns one task (how far did the camera move from
+    this frame to the next) instead of SfMLearner's two opposite outputs from one stacked snippet,
+    and a pose between frames i and i+1 is the same computation whichever snippet it comes from.
+
+    Same interface as `PoseNet` (no explainability decoder).
+
+    Args:
+        num_sources: S (even): the first S/2 sources come before the target, the rest after it.
+    """
+
+    def __init__(self, num_sources: int = 2):
+        super().__init__()
+        if num_sources < 2 or num_sources % 2:
+            raise ValueError(f"num_sources must be even and at least 2, got {num_sources}")
+        self.num_sources = num_sources
+        self.explainability = False
+        self.pair_net = PoseNet(num_sources=1)
+
+    def forward(self, target: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
+        """T_t2s of each source (see `PoseNet.forward`).
+
+        Args:
+            target: (B, 3, H, W) RGB in [0, 1].
+            sources: (B, S, 3, H, W) RGB in [0, 1], in time order around the target.
+        Returns:
+            (B, S, 6) `[t, axis-angle]` of T_t2s per source.
+        """
+        check_image("target", target)
+        b, num = sources.shape[:2]
+        if num != self.num_sources or tuple(sources.shape[2:]) != tuple(target.shape[1:]):
+            raise ValueError(
+                f"sources must have shape (B, {self.num_sources}, {', '.join(map(str, target.shape[1:]))}), "
+                f"got {tuple(sources.shape)}"
+            )
+        half = num // 2
+        targets = target.unsqueeze(1).expand_as(sources)
+        earlier = torch.cat([sources[:, :half], targets[:, half:]], dim=1).flatten(0, 1)
+        later = torch.cat([targets[:, :half], sources[:, half:]], dim=1).flatten(0, 1)
+        forward_motion = self.pair_net(later, earlier.unsqueeze(1)).view(b, num, 6)  # T_{later→earlier}
+        return torch.cat([forward_motion[:, :half], invert_pose_vec(forward_motion[:, half:])], dim=1)

@@ -1,0 +1,321 @@
+"""How well does a recipe learn? Variants x seeds, each seed on its own synthetic street set.
+
+    .venv/bin/python bench/learning.py [--steps 600] [--seeds 3] [--first-seed 100]
+        [--variants default,snippet-pose] [--height 64] [--width 224] [--scenes 6] [--frames 40]
+        [--jobs 1] [--threads 2] [--work runs/learning] [--out results] [--peers H2H] [--quick] [--list]
+
+The question of the learning issue: does masksfm's default recipe learn depth and ego-motion better
+than the trivial guesses and than the peers (SfmLearner-Pytorch, monodepth2) on the same data? A
+recipe is only worth changing when it wins on sets it was not tuned on, so every seed renders its own
+set (`masksfm synth --seed FIRST+k`, 6 scenes x 40 frames at 64x224 by default: the comparison set's
+shape) and trains every variant from scratch on it with `train.seed = k`. Scored on each set's test
+scenes:
+
+- depth: abs_rel, rmse, a1 (median-scaled, no crop, every test frame);
+- pose (the pose net's own output, chained pairwise as `masksfm eval pose`): snippet ATE over 5 and 3
+  frames (one scale per snippet) and the full trajectory's Sim(3)-aligned ATE RMSE and RPE;
+- beside them, the trivial baselines on the same scenes: a constant depth, and straight ahead at a
+  constant speed (one scale per snippet / per trajectory, so it only has to guess the direction);
+  every figure's ratio to its baseline is printed (< 1 = better than the guess).
+
+With `--peers H2H` (the work folder of the peer drivers, one `H2H/s<seed>` per set, made with their
+`setup.sh` with `SEED=<seed>`), the peers' 600-step runs found in `H2H/s<seed>/runs/{sfp_600,md2_600}`
+are scored on the same sets (their disparities through the same evaluator, their pose.json) and put
+in the table; nothing of the peers is imported.
+
+Writes `OUT/learning.md` (mean ± sample std over seeds, the ratios, the command, the budget) and
+`OUT/learning.json`. A run whose `result.json` exists with the same configuration is not run again,
+so an interrupted bench continues when given the same command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ablation import _plain, run_tasks  # noqa: E402
+
+from masksfm.config import Config, load_config  # noqa: E402
+from masksfm.data.layout import load_split  # noqa: E402
+from masksfm.evaluation import snippet_ates, trajectory_metrics  # noqa: E402
+from masksfm.inference import (  # noqa: E402
+    evaluate_depth_items,
+    folder_predictor,
+    predict_disparity,
+    predict_relative_poses,
+    scene_items,
+    sequence_frames,
+)
+from masksfm.model import load_model  # noqa: E402
+from masksfm.trajectory import chain_relative_poses  # noqa: E402
+
+# name -> (shipped config, overrides, what it is).
+VARIANTS: dict[str, tuple[str, list[str], str]] = {
+    "default": ("default", [], "configs/default.yaml as shipped"),
+    "snippet-pose": ("default", ["model.pose=snippet"], "SfMLearner's pose net on the whole snippet"),
+    "pairs-pose": ("default", ["model.pose=pairs"], "monodepth2's pose net input: ordered frame pairs"),
+}
+DEPTH = ("abs_rel", "rmse", "a1")
+POSE = ("ate5", "ate3", "ate_rmse", "rpe_trans", "rpe_rot")
+METRICS = DEPTH + POSE
+LOWER_IS_BETTER = {"abs_rel", "rmse", "ate5", "ate3", "ate_rmse", "rpe_trans", "rpe_rot"}
+PEERS = {"sfp_600": "SfmLearner-Pytorch, 600 steps (its code, its defaults)",
+         "md2_600": "monodepth2, 600 steps (its code, ResNet-18 from scratch)"}
+QUICK = {"steps": 4, "seeds": 1, "height": 32, "width": 96, "scenes": 3, "frames": 8, "variants": "default"}
+
+
+def run_config(variant: str, seed: int, args) -> Config:
+    """The configuration of one run: the variant's, at the bench's size, budget and seed."""
+    name, overrides, _ = VARIANTS[variant]
+    return load_config(name, [
+        *overrides,
+        f"data.height={args.height}", f"data.width={args.width}", "data.workers=0",
+        f"optim.steps={args.steps}", "optim.lr_decay_steps=[]", f"train.seed={seed}",
+        f"train.checkpoint_every={args.steps}", f"train.val_every={args.steps}",
+        f"train.image_every={10 * args.steps}",
+    ])
+
+
+def pose_figures(rel_by_scene: dict[str, np.ndarray], scenes) -> dict[str, float]:
+    """Snippet ATE (5 and 3 frames, over every snippet) and the mean over scenes of the trajectory
+    metrics, from relative poses `inv(P_i) @ P_{i+1}` per scene."""
+    ate5, ate3, trajectory = [], [], []
+    for scene in scenes:
+        rel = rel_by_scene[scene.name]
+        ate5.append(snippet_ates(rel, scene.poses, 5))
+        ate3.append(snippet_ates(rel, scene.poses, 3))
+        trajectory.append(trajectory_metrics(scene.poses, scene.poses[0] @ chain_relative_poses(rel)))
+    out = {"ate5": float(np.concatenate(ate5).mean()), "ate3": float(np.concatenate(ate3).mean())}
+    out.update({key: float(np.mean([t[key] for t in trajectory])) for key in ("ate_rmse", "rpe_trans", "rpe_rot")})
+    return out
+
+
+def constant_speed(scene) -> np.ndarray:
+    """Straight ahead (camera z) at one speed: (N-1, 4, 4); the scale is aligned by every metric."""
+    rel = np.tile(np.eye(4), (len(scene) - 1, 1, 1))
+    rel[:, 2, 3] = 1.0
+    return rel
+
+
+@torch.no_grad()
+def score(run_dir: Path, data: Path) -> dict[str, float]:
+    """Depth and pose figures of a trained run on the test scenes."""
+    model, config, _ = load_model(run_dir, "cpu")
+    device = torch.device("cpu")
+    scenes = load_split(data, "test")
+    frames = [sequence_frames(scene, config.data.height, config.data.width) for scene in scenes]
+    flat = [d[0].numpy() for f in frames for d in predict_disparity(model.depth_net, f, device)]
+    depth = evaluate_depth_items(scene_items(scenes), lambda indices, batch: [flat[k] for k in indices])
+    rel = {scene.name: predict_relative_poses(model.pose_net, f, config.data.snippet_length, device)
+           for scene, f in zip(scenes, frames)}
+    return {**{key: depth[key] for key in DEPTH}, **pose_figures(rel, scenes)}
+
+
+def baselines(data: Path) -> dict[str, float]:
+    """The trivial guesses on a set's test scenes: constant depth, straight ahead at constant speed."""
+    scenes = load_split(data, "test")
+    depth = evaluate_depth_items(scene_items(scenes), lambda indices, batch: [np.ones((8, 8), np.float32)
+                                                                              for _ in batch])
+    return {**{key: depth[key] for key in DEPTH},
+            **pose_figures({scene.name: constant_speed(scene) for scene in scenes}, scenes)}
+
+
+def peer_figures(run: Path, data: Path) -> dict[str, float] | None:
+    """A peer driver's run: its test disparities (`pred/`) through masksfm's evaluator and its
+    pose.json (masksfm's pose metrics of its relative poses), or None when the run is missing."""
+    pose_file = run / "pose.json"
+    if not (run / "pred").is_dir() or not pose_file.is_file():
+        return None
+    scenes = load_split(data, "test")
+    depth = evaluate_depth_items(scene_items(scenes), folder_predictor(run / "pred"))
+    pose = json.loads(pose_file.read_text())
+    sequences = [pose["sequences"][scene.name] for scene in scenes]
+    out = {key: depth[key] for key in DEPTH}
+    out["ate5"] = pose["ate_mean"]
+    # Every test scene has the same length, so the mean of the scenes' means is the mean over snippets.
+    for key, source in (("ate3", "ate3_mean"), ("ate_rmse", "ate_rmse"), ("rpe_trans", "rpe_trans"),
+                        ("rpe_rot", "rpe_rot")):
+        out[key] = float(np.mean([s[source] for s in sequences])) if all(source in s for s in sequences) else math.nan
+    train = run / "train.json"
+    if train.is_file():
+        out["s_per_step"] = json.loads(train.read_text()).get("s_per_step_mean", math.nan)
+    return out
+
+
+def run_one(variant: str, seed: int, args, data: Path, run_dir: Path) -> dict:
+    """Train and score one run; writes `run_dir/result.json` last (its presence = done)."""
+    from masksfm.training import run_training
+
+    torch.set_num_threads(args.threads)
+    config = run_config(variant, seed, args)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    run_training(data, run_dir, config, resume=(run_dir / "checkpoints").is_dir(), device="cpu", progress=False)
+    train_s, train_cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
+    result = {"variant": variant, "seed": seed, **score(run_dir, data), "train_s": train_s,
+              "train_cpu_s": train_cpu_s, "config": _plain(config.to_dict())}
+    if not args.keep_checkpoints:
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    (run_dir / "result.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def dataset(args, seed: int) -> Path:
+    """The set of one seed (rendered once, shared by every variant)."""
+    from masksfm.data.synthetic import render_dataset
+
+    folder = Path(args.work) / f"data-{args.height}x{args.width}-{args.scenes}x{args.frames}-seed{seed}"
+    if not (folder / "dataset.json").is_file():
+        render_dataset(folder, scenes=args.scenes, frames=args.frames, height=args.height, width=args.width,
+                       seed=seed, progress=False)
+    return folder
+
+
+def summarize(rows: list[dict]) -> dict[str, tuple[float, float]]:
+    """Mean and sample std over seeds of every metric (and the seeds' ratio to their baseline)."""
+    out = {}
+    for key in METRICS + tuple(f"{m}/base" for m in METRICS):
+        values = [r[key] for r in rows if not math.isnan(r.get(key, math.nan))]
+        out[key] = (statistics.fmean(values) if values else math.nan,
+                    statistics.stdev(values) if len(values) > 1 else 0.0 if values else math.nan)
+    out["n"] = len(rows)
+    return out
+
+
+def _cell(mean: float, std: float, digits: int) -> str:
+    return "—" if math.isnan(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def markdown(table: dict[str, dict], what: dict[str, str], args, command: str) -> str:
+    digits = {"abs_rel": 3, "rmse": 2, "a1": 3, "ate5": 4, "ate3": 4, "ate_rmse": 3, "rpe_trans": 3, "rpe_rot": 3}
+    heads = ("abs_rel ↓", "rmse ↓", "a1 ↑", "ATE 5-frame (m) ↓", "ATE 3-frame (m) ↓", "traj. ATE (m) ↓",
+             "RPE trans (m) ↓", "RPE rot (°) ↓")
+    lines = [
+        "# Learning: the recipe against the trivial guesses and the peers",
+        "",
+        f"Date: {datetime.date.today().isoformat()}. Command:",
+        "",
+        f"    {command}",
+        "",
+        f"Budget per run: {args.steps} steps at batch 4, {args.height}x{args.width}, from scratch. One synthetic "
+        f"street set per seed ({args.scenes} scenes x {args.frames} frames, `masksfm synth --seed "
+        f"{args.first_seed}+k`), training seed k; mean ± sample std over the seeds. Baselines: a constant depth "
+        "(median-scaled) and straight ahead at a constant speed (scale aligned per snippet / trajectory).",
+        "",
+        "| method | n | " + " | ".join(heads) + " |",
+        "|---|---|" + "---|" * len(heads),
+    ]
+    for name, row in table.items():
+        lines.append(f"| {name} | {row['n']} | " + " | ".join(_cell(*row[k], digits[k]) for k in METRICS) + " |")
+    lines += ["", "The same, as ratios to the baselines on the same set (mean ± std over seeds; < 1 is better "
+              "than the guess for every column but a1):", "",
+              "| method | " + " | ".join(heads) + " |", "|---|" + "---|" * len(heads)]
+    for name, row in table.items():
+        if name == "baseline":
+            continue
+        lines.append(f"| {name} | " + " | ".join(_cell(*row[f"{k}/base"], 2) for k in METRICS) + " |")
+    lines += ["", *(f"- {name}: {text}" for name, text in what.items())]
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=600, help="training steps per run (batch 4)")
+    parser.add_argument("--seeds", type=int, default=3, help="sets / training seeds per variant")
+    parser.add_argument("--first-seed", type=int, default=100, help="set k is rendered with seed FIRST+k")
+    parser.add_argument("--height", type=int, default=64)
+    parser.add_argument("--width", type=int, default=224)
+    parser.add_argument("--scenes", type=int, default=6)
+    parser.add_argument("--frames", type=int, default=40)
+    parser.add_argument("--variants", default="default", help="comma-separated subset (see --list), or all")
+    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel, one process each")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads per run")
+    parser.add_argument("--out", type=Path, default=Path("results"), help="where learning.md / .json go")
+    parser.add_argument("--work", type=Path, default=Path("runs/learning"), help="data and run folders")
+    parser.add_argument("--peers", type=Path, default=None,
+                        help="the peer drivers' work folder: H2H/s<seed>/runs/{sfp_600,md2_600} and H2H/s<seed>/data")
+    parser.add_argument("--keep-checkpoints", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="smoke test: a tiny set, 4 steps, 1 seed")
+    parser.add_argument("--list", action="store_true", help="list the variants and exit")
+    args = parser.parse_args(argv)
+    if args.quick:
+        given = {a.split("=")[0] for a in (argv if argv is not None else sys.argv[1:]) if a.startswith("--")}
+        for key, value in QUICK.items():
+            if f"--{key}" not in given:
+                setattr(args, key, value)
+    if args.variants == "all":
+        args.variants = ",".join(VARIANTS)
+    unknown = [v for v in args.variants.split(",") if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variant(s) {', '.join(unknown)}; choose among {', '.join(VARIANTS)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    if args.list:
+        for name, (config, overrides, what) in VARIANTS.items():
+            print(f"{name:<16} {what}  [{config}.yaml {' '.join(overrides)}]")
+        return {}
+    command = ".venv/bin/python bench/learning.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    variants = args.variants.split(",")
+    seeds = [args.first_seed + k for k in range(args.seeds)]
+    sets, base, results, tasks = {}, {}, [], []
+    for k, seed in enumerate(seeds):
+        peer_data = args.peers / f"s{seed}" / "data" if args.peers else None
+        sets[seed] = peer_data if peer_data is not None and (peer_data / "dataset.json").is_file() else dataset(args, seed)
+        base[seed] = baselines(sets[seed])
+        for variant in variants:
+            run_dir = Path(args.work) / f"{args.height}x{args.width}-{args.steps}steps" / variant / f"seed{seed}"
+            done = run_dir / "result.json"
+            stored = json.loads(done.read_text()) if done.is_file() else None
+            if stored is not None and stored.get("config") == _plain(run_config(variant, k, args).to_dict()):
+                results.append(stored)
+            else:
+                shutil.rmtree(run_dir, ignore_errors=True)
+                tasks.append((variant, k, args, sets[seed], run_dir))
+    print(f"{len(results)} runs done before, {len(tasks)} to run", flush=True)
+    for result in run_tasks(tasks, args.jobs, run_one):
+        results.append(result)
+        if "error" in result:
+            print(f"{result['variant']} seed {result['seed']}: FAILED {result['error']}", flush=True)
+        else:
+            print(f"{result['variant']} set {seeds[result['seed']]}: " + " ".join(
+                f"{m} {result[m]:.4f}" for m in METRICS) + f" (train {result['train_s']:.0f} s)", flush=True)
+
+    def with_ratios(row: dict, seed: int) -> dict:
+        return {**row, **{f"{m}/base": row[m] / base[seed][m] for m in METRICS}}
+
+    table = {"baseline": summarize([with_ratios(base[s], s) for s in seeds])}
+    what = {"baseline": "constant depth / straight ahead at constant speed"}
+    for variant in variants:
+        rows = [with_ratios(r, seeds[r["seed"]]) for r in results if r["variant"] == variant and "error" not in r]
+        table[variant], what[variant] = summarize(rows), VARIANTS[variant][2]
+    if args.peers:
+        for peer, text in PEERS.items():
+            rows = [(s, peer_figures(args.peers / f"s{s}" / "runs" / peer, sets[s])) for s in seeds]
+            rows = [with_ratios(r, s) for s, r in rows if r is not None]
+            if rows:
+                table[peer], what[peer] = summarize(rows), text
+    args.out.mkdir(parents=True, exist_ok=True)
+    text = markdown(table, what, args, command)
+    (args.out / "learning.md").write_text(text)
+    (args.out / "learning.json").write_text(json.dumps(
+        {"command": command, "date": datetime.datetime.now().isoformat(timespec="seconds"), "seeds": seeds,
+         "baselines": base, "runs": results, "table": table}, indent=1, default=str))
+    print(text)
+    return table
+
+
+if __name__ == "__main__":
+    main()
