@@ -182,6 +182,20 @@ def _plain(values: dict) -> dict:
     return json.loads(json.dumps(values))
 
 
+def same_config(stored: dict | None, config: Config) -> bool:
+    """Whether a stored run's configuration is `config`. The stored one is read back through the
+    configuration tree first, so that a key added since (at a default that keeps the old
+    behaviour) does not make old runs stale."""
+    from masksfm.config import from_dict
+
+    if stored is None:
+        return False
+    try:
+        return _plain(from_dict(stored).to_dict()) == _plain(config.to_dict())
+    except Exception:  # noqa: BLE001 - a key removed since: the run is stale
+        return False
+
+
 def run_one(variant: str, seed: int, args, data: Path, run_dir: Path) -> dict:
     """Train and score one run; writes `run_dir/result.json` last (its presence = done)."""
     from masksfm.training import run_training
@@ -406,7 +420,7 @@ def main(argv: list[str] | None = None) -> dict:
             run_dir = root / variant / f"seed{seed}"
             done = run_dir / "result.json"
             stored = json.loads(done.read_text()) if done.is_file() else None
-            if stored is not None and stored.get("config") == _plain(run_config(variant, seed, args).to_dict()):
+            if stored is not None and same_config(stored.get("config"), run_config(variant, seed, args)):
                 results.append(stored)
             else:
                 # Never run, or run with another configuration (the variant's meaning or a default

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ablation import _plain, run_tasks  # noqa: E402
+from ablation import _plain, run_tasks, same_config  # noqa: E402
 
 from masksfm.config import Config, load_config  # noqa: E402
 from masksfm.data.layout import load_split  # noqa: E402
@@ -65,6 +65,9 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "default": ("default", [], "configs/default.yaml as shipped"),
     "snippet-pose": ("default", ["model.pose=snippet"], "SfMLearner's pose net on the whole snippet"),
     "pairs-pose": ("default", ["model.pose=pairs"], "monodepth2's pose net input: ordered frame pairs"),
+    "consistency": ("default", ["loss.consistency_weight=0.5"],
+                    "SC-SfMLearner's geometric (depth scale) consistency, weight 0.5"),
+    "pose-lr4": ("default", ["optim.pose_lr_scale=4"], "the pose net's learning rate x4"),
 }
 DEPTH = ("abs_rel", "rmse", "a1")
 POSE = ("ate5", "ate3", "ate_rmse", "rpe_trans", "rpe_rot")
@@ -279,7 +282,7 @@ def main(argv: list[str] | None = None) -> dict:
             run_dir = Path(args.work) / f"{args.height}x{args.width}-{args.steps}steps" / variant / f"seed{seed}"
             done = run_dir / "result.json"
             stored = json.loads(done.read_text()) if done.is_file() else None
-            if stored is not None and stored.get("config") == _plain(run_config(variant, k, args).to_dict()):
+            if stored is not None and same_config(stored.get("config"), run_config(variant, k, args)):
                 results.append(stored)
             else:
                 shutil.rmtree(run_dir, ignore_errors=True)

@@ -55,6 +55,7 @@ class LossConfig:
     bidirectional: bool = True  # reconstruct t from s and s from t
     below_mean_mask: bool = False  # keep only pixels below the masked mean error (authors' command)
     smoothness_weight: float = 1e-3
+    consistency_weight: float = 0.0  # SC-SfMLearner's geometric (depth scale) consistency; 0 = off
     smoothness_scale_base: float = 2.0  # the smoothness weight is divided by base^scale
     explainability_weight: float = 0.2  # SfMLearner's regulariser, loss.mask = explainability only
     guard: str = "floor"  # against the collapse of masked losses from scratch: floor | warmup | none
@@ -66,6 +67,7 @@ class LossConfig:
 @dataclass
 class OptimConfig:
     lr: float = 2e-4
+    pose_lr_scale: float = 1.0  # the pose net's learning rate is lr × this
     beta1: float = 0.9
     beta2: float = 0.999
     weight_decay: float = 0.0

@@ -114,6 +114,23 @@ def masked_mean(error: torch.Tensor, mask: torch.Tensor | None = None) -> torch.
     return (mask * error).sum(dim=(1, 2, 3)) / (mask.sum(dim=(1, 2, 3)) + 1)
 
 
+def depth_inconsistency(projected: torch.Tensor, sampled: torch.Tensor) -> torch.Tensor:
+    """SC-SfMLearner's geometric consistency (Bian et al., NeurIPS 2019), per pixel.
+
+    A target pixel's 3-D point, moved into the source camera, lies at depth `projected` there; the
+    source's own depth map, sampled where the point projects, says `sampled`. With consistent
+    depth scales the two agree; `|projected − sampled| / (projected + sampled)` is their
+    disagreement in [0, 1), the same at any global scale.
+
+    Args:
+        projected: (B, 1, H, W) z of the target's points in the source frame (model units).
+        sampled: (B, 1, H, W) the source depth bilinearly sampled at those points' projections.
+    Returns:
+        (B, 1, H, W) the normalised difference.
+    """
+    return (projected - sampled).abs() / (projected + sampled).clamp(min=1e-6)
+
+
 @torch.no_grad()
 def below_mean_mask(error: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Keep only pixels whose error is below the image's masked mean error (the authors' command).

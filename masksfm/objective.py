@@ -21,9 +21,17 @@ import torch
 import torch.nn.functional as F
 
 from masksfm.config import LossConfig
-from masksfm.geometry import invert_pose, inverse_warp, pose_vec_to_mat, scale_intrinsics
+from masksfm.geometry import (
+    backproject,
+    invert_pose,
+    inverse_warp,
+    pose_vec_to_mat,
+    scale_intrinsics,
+    transform_points,
+)
 from masksfm.losses import (
     below_mean_mask,
+    depth_inconsistency,
     explainability_regularizer,
     masked_mean,
     min_reprojection,
@@ -127,6 +135,10 @@ def compute_objective(
             in_view_pairs = warped_pairs("edge")
     photometric = images.new_zeros(())
     smoothness = images.new_zeros(())
+    consistency = images.new_zeros(())
+    # The depth scale consistency term (loss.consistency_weight) warps each pair's other depth map
+    # along with its image: the multimask and unmasked modes, which warp both directions.
+    consistent = cfg.consistency_weight > 0 and cfg.mask in ("multimask", "multimask+automask", "none")
     visuals = None
 
     for scale, disp in enumerate(disparities):
@@ -146,7 +158,14 @@ def compute_objective(
             compare = torch.cat([tgt, src])
         else:
             warp_from, warp_depth, warp_T, warp_K, compare = src, depth_t, T, K_s, tgt
-        warped, _ = inverse_warp(warp_from, warp_depth, warp_T, warp_K, padding_mode=padding)
+        if consistent:
+            other_depth = torch.cat([depth_s, depth_t]) if bidirectional else depth_s
+            warped, _ = inverse_warp(torch.cat([warp_from, other_depth], dim=1), warp_depth, warp_T, warp_K,
+                                     padding_mode=padding)
+            warped, sampled_depth = warped[:, :-1], warped[:, -1:]
+            projected_depth = transform_points(warp_T, backproject(warp_depth, warp_K))[:, 2:3]
+        else:
+            warped, _ = inverse_warp(warp_from, warp_depth, warp_T, warp_K, padding_mode=padding)
         error = photometric_error(compare, warped, cfg.ssim, cfg.rho, cfg.ssim_weight)
 
         if cfg.mask == "automask" or (cfg.mask == "multimask+automask" and use_masks):
@@ -171,6 +190,9 @@ def compute_objective(
             if cfg.below_mean_mask:
                 mask = below_mean_mask(error.detach(), torch.ones_like(error) if mask is None else mask)
             term = masked_mean(error, mask).mean()
+            if consistent:
+                inconsistency = depth_inconsistency(projected_depth, sampled_depth)
+                consistency = consistency + cfg.consistency_weight * masked_mean(inconsistency, mask).mean()
         photometric = photometric + term
 
         img_frames = _resize(images.flatten(0, 1), tuple(disp.shape[-2:]), "area")
@@ -183,8 +205,10 @@ def compute_objective(
                 visuals.update({f"mask_{k}": getattr(masks_t, k)[0] for k in ("edge", "overlap", "blank", "combined")})
             visuals = {k: v.detach() for k, v in visuals.items()}
 
-    loss = photometric + smoothness
+    loss = photometric + smoothness + consistency
     terms = {"photometric": photometric.detach(), "smoothness": smoothness.detach()}
+    if consistent:
+        terms["consistency"] = consistency.detach()
     if cfg.mask == "explainability":
         regularizer = cfg.explainability_weight * explainability_regularizer(out.explainability[: cfg.num_scales])
         loss = loss + regularizer

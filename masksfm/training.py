@@ -76,6 +76,20 @@ def learning_rate(config: Config, step: int) -> float:
     return config.optim.lr * LR_DECAY ** sum(step >= s for s in config.optim.lr_decay_steps)
 
 
+def build_optimizer(model: torch.nn.Module, config: Config, device: torch.device) -> torch.optim.Adam:
+    """Adam over both nets; the pose net in a group of its own when `optim.pose_lr_scale` != 1
+    (one group otherwise, so that checkpoints of either kind resume as they were written)."""
+    groups: list[dict] = [{"params": list(model.parameters())}]
+    if config.optim.pose_lr_scale != 1.0:
+        pose = {id(p) for p in model.pose_net.parameters()}
+        groups = [{"params": [p for p in model.parameters() if id(p) not in pose]},
+                  {"params": list(model.pose_net.parameters()), "lr_scale": config.optim.pose_lr_scale}]
+    # fused: one kernel over all parameters instead of a dozen passes per step (docs/results.md: the
+    # update of DispNet's and the pose net's 33 M parameters about 4x faster on the CPU).
+    return torch.optim.Adam(groups, lr=config.optim.lr, betas=(config.optim.beta1, config.optim.beta2),
+                            weight_decay=config.optim.weight_decay, fused=device.type in FUSED_ADAM_DEVICES)
+
+
 class Trainer:
     """One training run in `run_dir` on the data in `data_root` (DESIGN §1, "Runs and checkpoints")."""
 
@@ -109,13 +123,7 @@ class Trainer:
 
         torch.manual_seed(config.train.seed)
         self.model = build_model(config).to(self.device)
-        # fused: one kernel over all parameters instead of a dozen passes per step; on the CPU it
-        # takes the update of the 33 M parameters (DispNet and pose net) from ~150 to ~40 ms of a
-        # ~1 s step at 64x208.
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.optim.lr,
-                                          betas=(config.optim.beta1, config.optim.beta2),
-                                          weight_decay=config.optim.weight_decay,
-                                          fused=self.device.type in FUSED_ADAM_DEVICES)
+        self.optimizer = build_optimizer(self.model, config, self.device)
         if tensors is not None:
             load_weights(self.model, unprefixed(tensors, "model"), checkpoint)
             try:
@@ -228,7 +236,7 @@ class Trainer:
                             raise
                         self._stop_interrupted(received[0], saved=False)
                     for group in self.optimizer.param_groups:
-                        group["lr"] = learning_rate(cfg, self.step)
+                        group["lr"] = learning_rate(cfg, self.step) * group.get("lr_scale", 1.0)
                     images = batch["images"].to(self.device, non_blocking=True)
                     images_raw = batch["images_raw"].to(self.device, non_blocking=True)
                     K = batch["K"].to(self.device, non_blocking=True)
