@@ -680,7 +680,7 @@ def degenerate_batch(case: str, explainability: bool):
     explainability = [torch.rand(b, length - 1, h >> s, w >> s).clamp(0.05, 0.95).requires_grad_()
                       for s in range(4)] if explainability else None
     K = torch.tensor([[0.58 * w, 0, w / 2], [0, 1.92 * h, h / 2], [0, 0, 1]]).expand(b, 3, 3)
-    from masksfm.model import ModelOutput
+    from masksfm.objective import ModelOutput
 
     return ModelOutput(disparities, poses, explainability), images, K
 
