@@ -1,4 +1,4 @@
-"""What can go wrong on a long training run, kept out of the trainer's loop (DESIGN §1).
+"""What can go wrong on a long training run, kept out of the trainer's loop (docs/design.md §1).
 
 - A step whose loss or gradient is not finite is skipped (`agree`, `gradients_finite`,
   `SkippedSteps`); too many in a row stop the run (`diverged`) with the last good weights saved.

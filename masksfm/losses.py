@@ -1,4 +1,4 @@
-"""Loss terms (DESIGN §3): photometric error, SSIM, the masked mean, smoothness, depth normalisation,
+"""Loss terms (docs/design.md §3): photometric error, SSIM, the masked mean, smoothness, depth normalisation,
 and the baselines' pieces (SfMLearner's explainability regulariser, monodepth2's auto-mask).
 
 Each function is pure, batched and device-agnostic; the trainer composes them.

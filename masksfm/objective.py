@@ -1,4 +1,4 @@
-"""The training objective of DESIGN §3 for a batch of snippets, composed from the pure functions.
+"""The training objective of docs/design.md §3 for a batch of snippets, composed from the pure functions.
 
 For every (target, source) pair of a snippet (`pair_frames`), the target is reconstructed from the
 source with the target's depth and T_t2s and, for the modes that warp both directions, the source
@@ -85,7 +85,7 @@ def floor_weights(mask: torch.Tensor, floor: float, in_view: torch.Tensor | None
     """The floor guard: a pixel the masks drop weighs `floor` instead of 0; a kept pixel still weighs 1.
 
     With 0/1 masks a dropped pixel gets no photometric gradient, and which pixels drop depends on
-    the predicted depth, so a depth pushed wrong can stay wrong until it collapses (DESIGN §4); the
+    the predicted depth, so a depth pushed wrong can stay wrong until it collapses (docs/design.md §4); the
     floor keeps such pixels correctable. A pixel out of view (`in_view` 0) has nothing to compare
     with and is not lifted: it keeps the mask's weight.
 

@@ -90,7 +90,7 @@ def mean_over_processes(terms: dict[str, torch.Tensor], world: int) -> dict[str,
 
 
 class Trainer:
-    """One training run in `run_dir` on the data in `data_root` (DESIGN §1, "Runs and checkpoints")."""
+    """One training run in `run_dir` on the data in `data_root` (docs/design.md §1, "Runs and checkpoints")."""
 
     def __init__(self, data_root: Path, run_dir: Path, config: Config, resume: bool = False, device: str | None = None,
                  progress: bool = True):

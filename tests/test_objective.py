@@ -1,4 +1,4 @@
-"""The training objective on exact cases: the pairing, the mask strategies, the floor guard (DESIGN §3, §4)."""
+"""The training objective on exact cases: the pairing, the mask strategies, the floor guard (docs/design.md §3, §4)."""
 
 from __future__ import annotations
 
