@@ -303,7 +303,7 @@ def markdown(summary: dict[str, dict], reference: dict, args, command: str, erro
         f"{reference['true_geometry_recall_tau0.1']:.3f}).",
         "",
         "abs_rel and a1: median-scaled, no crop, every test frame. Snippet ATE: 5-frame snippets, one scale per "
-        "snippet (DESIGN §6). Mask precision / recall: the combined mask computed from the model's own depth and "
+        "snippet (docs/design.md §6). Mask precision / recall: the combined mask computed from the model's own depth and "
         "pose (as in training: its DN, repeats and τ) against ray-cast visibility, valid non-moving pixels, both "
         "frames of every (target, source) pair; for variants that do not train with the masks, a measure of their "
         "geometry only.",

@@ -15,7 +15,7 @@ not on a moving car. A mask value 1 claims "visible":
 
 Directions: `next` = a frame's pixels against the following frame (camera moved forward: the scene
 expands there); `prev` = against the preceding frame, which is *farther* from the scene, where
-the target's pixels contract and several land in one source pixel (DESIGN §4: τ = 0 drops the
+the target's pixels contract and several land in one source pixel (docs/design.md §4: τ = 0 drops the
 visible ones that lose the tie). Edge and blank masks do not depend on τ; blank and combined
 depend on repeats. Then, for τ = 0 and the recommended τ, where the combined mask's errors are
 (moving cars' doing, thin poles and tree trunks, depth edges, elsewhere), how often it keeps

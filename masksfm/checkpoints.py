@@ -1,4 +1,4 @@
-"""Run folders and checkpoints (DESIGN §1, "Runs and checkpoints").
+"""Run folders and checkpoints (docs/design.md §1, "Runs and checkpoints").
 
 A checkpoint is one safetensors file: the model weights, the optimizer state and the RNG states as
 tensors, and the step, configuration and masksfm version as JSON in the metadata header. It is

@@ -92,33 +92,11 @@ def cmd_prepare_video(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from masksfm.config import apply_overrides, load_config
-    from masksfm.data.layout import load_split
+    from masksfm.training import TRAIN_FLAGS, run_training, training_config
 
-    config = None
-    if args.resume:
-        from masksfm.training import resumed_config
-
-        config = resumed_config(args.out)
-        if config is not None and args.config is not None:
-            raise MasksfmError(f"--resume continues {args.out} with its own config; drop --config (use --set to change a value)")
-    if config is None:
-        try:
-            config = load_config(args.config)
-        except MasksfmError as error:
-            raise MasksfmError(error if str(args.config) in str(error) else f"--config {args.config}: {error}") from None
-    try:
-        config = apply_overrides(config, args.overrides)
-    except MasksfmError as error:
-        raise MasksfmError(error if "--set" in str(error) else f"--set: {error}") from None
-    # Bad data answers in a second, before torch loads (the trainer reads the split again).
-    if not args.data.is_dir():
-        raise MasksfmError(f"{args.data}: no such dataset folder")
-    load_split(args.data, config.data.train_split)
-
-    from masksfm.training import configure_from_args, run_training
-
-    run_training(args.data, args.out, configure_from_args(config, args), resume=args.resume, device=args.device)
+    config = training_config(args.out, args.config, args.overrides, resume=args.resume,
+                             **{flag: getattr(args, flag) for flag in TRAIN_FLAGS})
+    run_training(args.data, args.out, config, resume=args.resume, device=args.device)
 
 
 def _console():

@@ -1,6 +1,6 @@
 """`masksfm demo`: render a synthetic street, train on it for a time budget, evaluate depth and
 pose on the held-out scenes beside the trivial baselines, predict on a test scene, and write one
-self-contained `report.html` (DESIGN §1, "Demo").
+self-contained `report.html` (docs/design.md §1, "Demo").
 
 The pipeline composes the project's own entry points (`render_dataset`, `run_training`,
 `run_eval_depth`, `run_eval_pose`, `run_predict`), so the demo's numbers are the ones the

@@ -1,4 +1,4 @@
-"""Evaluation protocols, to the constant (DESIGN §6): depth metrics, snippet ATE, full-trajectory
+"""Evaluation protocols, to the constant (docs/design.md §6): depth metrics, snippet ATE, full-trajectory
 ATE / RPE (with evo) and KITTI's odometry metric.
 
 - Depth: monodepth2's `evaluate_depth.py` / `compute_errors` on the Eigen split: disparity resized

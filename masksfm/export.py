@@ -1,6 +1,6 @@
 """`masksfm export`: the depth net (and the pose net) as an ONNX model or a `torch.export` program.
 
-The exported depth net's interface is DESIGN §1's: input `image`, (B, 3, H, W) RGB in [0, 1] at the
+The exported depth net's interface is docs/design.md §1's: input `image`, (B, 3, H, W) RGB in [0, 1] at the
 exported size (the net normalises internally, so nothing is to be done to the pixels); output
 `depth`, (B, 1, H, W), 1 / the finest disparity: for a frame of size H x W, the same values `masksfm
 predict` writes to `.npy` (in the model's scale; `predict --camera-height` multiplies by a metric
@@ -34,7 +34,7 @@ from masksfm.errors import MasksfmError
 
 FORMATS = ("onnx", "pt2")
 METADATA_FILE = "masksfm.json"  # the extra file of a pt2 archive
-MIN_SIZE = 32  # the nets' smallest input (DESIGN §2)
+MIN_SIZE = 32  # the nets' smallest input (docs/design.md §2)
 MAX_BATCH = 4096  # the dynamic batch axis' declared bound (torch.export needs one; ONNX keeps it symbolic)
 
 

@@ -1,6 +1,6 @@
 """Camera model and SE(3): intrinsics updates, backproject, transform, project, pose vectors, warping.
 
-Conventions (DESIGN §2): camera x right, y down, z forward; depth is z-depth in metres; pixel
+Conventions (docs/design.md §2): camera x right, y down, z forward; depth is z-depth in metres; pixel
 (u, v) has its centre at integer coordinates, u in [0, W-1]; `K` is 3x3 in those units;
 `T_t2s` (4x4) maps points from the target camera frame to the source camera frame.
 
@@ -30,7 +30,7 @@ def _copy(K):
     return K.clone() if isinstance(K, torch.Tensor) else np.array(K, dtype=np.float64, copy=True)
 
 
-# --- intrinsics updates (exact; DESIGN §2) -------------------------------------------------------
+# --- intrinsics updates (exact; docs/design.md §2) -------------------------------------------------------
 
 
 def scale_intrinsics(K, sx: float, sy: float):
@@ -135,7 +135,7 @@ def project(points: torch.Tensor, K: torch.Tensor) -> tuple[torch.Tensor, torch.
 def pixels_to_grid(pixels: torch.Tensor) -> torch.Tensor:
     """Pixel coordinates (B, 2, H, W) to a `grid_sample` grid (B, H, W, 2) for align_corners=True.
 
-    x_norm = 2u/(W−1) − 1, y_norm = 2v/(H−1) − 1 (DESIGN §2).
+    x_norm = 2u/(W−1) − 1, y_norm = 2v/(H−1) − 1 (docs/design.md §2).
     """
     h, w = pixels.shape[-2:]
     scale = pixels.new_tensor([2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)]).view(1, 2, 1, 1)

@@ -1,5 +1,5 @@
 """From a trained model to numbers and files: disparity of frames, relative poses of a sequence,
-and the depth / pose evaluations of `masksfm eval` (DESIGN §6)."""
+and the depth / pose evaluations of `masksfm eval` (docs/design.md §6)."""
 
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def scene_items(scenes: Sequence[Scene]) -> list[DepthItem]:
 
 
 def eigen_items(data: Path, split: str) -> list[DepthItem]:
-    """The prepared Eigen test images (`DATA/eigen_test/` or `DATA/eigen_benchmark/`, DESIGN §5)."""
+    """The prepared Eigen test images (`DATA/eigen_test/` or `DATA/eigen_benchmark/`, docs/design.md §5)."""
     folder = Path(data) / ("eigen_test" if split == "eigen" else "eigen_benchmark")
     listing = folder / "files.txt"
     if not listing.is_file():
@@ -138,7 +138,7 @@ def evaluate_depth_items(
     progress: bool = False,
     batch_size: int = 8,
 ) -> dict[str, float]:
-    """Depth metrics over test items (DESIGN §6): each prediction (disparity or depth, any size) is
+    """Depth metrics over test items (docs/design.md §6): each prediction (disparity or depth, any size) is
     resized to its ground truth's size and scored with `depth_metrics`; mean over images + `count`.
 
     Images whose ground truth has no valid pixel are skipped; `max_images` spreads that many
@@ -226,7 +226,7 @@ def run_eval_depth(run: Path, data: Path, split: str = "test", crop: str | None 
                    device: str | None = None, progress: bool = True, median_scaling: bool = True) -> dict[str, float]:
     """`masksfm eval depth`: the seven metrics and `count` of a run (or a prediction folder) on a split.
 
-    The Garg crop is the default only for `kitti-raw` data (DESIGN §6). `median_scaling=False` scores
+    The Garg crop is the default only for `kitti-raw` data (docs/design.md §6). `median_scaling=False` scores
     metric depth as it is (e.g. `predict --camera-height` output).
     """
     from masksfm.data.layout import read_dataset_info
@@ -284,7 +284,7 @@ def run_eval_pose(run: Path, data: Path, split: str = "test", out: Path | None =
                   progress: bool = True) -> dict:
     """`masksfm eval pose`: snippet ATE over all test scenes, and per scene the full trajectory
     chained from pairwise predictions (ATE RMSE, RPE, KITTI t_rel / r_rel), its KITTI and TUM files
-    and a plot (DESIGN §1, §6)."""
+    and a plot (docs/design.md §1, §6)."""
     from masksfm.model import load_model, pick_device
 
     dev = pick_device(device)

@@ -1,4 +1,4 @@
-"""Loss terms (DESIGN §3): photometric error, SSIM, the masked mean, smoothness, depth normalisation,
+"""Loss terms (docs/design.md §3): photometric error, SSIM, the masked mean, smoothness, depth normalisation,
 and the baselines' pieces (SfMLearner's explainability regulariser, monodepth2's auto-mask).
 
 Each function is pure, batched and device-agnostic; the trainer composes them.
@@ -218,6 +218,15 @@ def min_reprojection(errors: torch.Tensor) -> torch.Tensor:
     return errors.min(dim=1, keepdim=True).values
 
 
+# monodepth2 adds 1e-5 noise to the identity error to break exact ties (e.g. flat sky); a
+# deterministic tiny offset does the same without consuming random numbers.
+IDENTITY_TIE_OFFSET = 1e-5
+
+
+def _identity_min(identity: torch.Tensor) -> torch.Tensor:
+    return identity.min(dim=1, keepdim=True).values + IDENTITY_TIE_OFFSET
+
+
 @torch.no_grad()
 def identity_automask(reprojection: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
     """monodepth2's auto-mask: keep pixels whose warped error beats the unwarped one.
@@ -231,10 +240,20 @@ def identity_automask(reprojection: torch.Tensor, identity: torch.Tensor) -> tor
     Returns:
         (B, 1, H, W) float 0/1: min over sources of reprojection < min over sources of identity.
     """
-    # monodepth2 adds 1e-5 noise to the identity error to break exact ties (e.g. flat sky);
-    # a deterministic tiny offset does the same without consuming random numbers.
-    identity_min = identity.min(dim=1, keepdim=True).values + 1e-5
-    return (reprojection.min(dim=1, keepdim=True).values < identity_min).to(reprojection.dtype)
+    return (min_reprojection(reprojection) < _identity_min(identity)).to(reprojection.dtype)
+
+
+def automasked_reprojection(reprojection: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
+    """monodepth2's per-pixel loss: the minimum reprojection error where `identity_automask` keeps
+    the pixel, else the (gradient-free) minimum identity error.
+
+    Args:
+        reprojection: (B, S, H, W) error of each warped source; identity: (B, S, H, W) error of
+            each source compared unwarped.
+    Returns:
+        (B, 1, H, W) min(min over sources of reprojection, min over sources of identity).
+    """
+    return torch.minimum(min_reprojection(reprojection), _identity_min(identity))
 
 
 def scale_weight(scale: int, base: float = 2.0) -> float:

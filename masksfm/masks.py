@@ -1,4 +1,4 @@
-"""The paper's geometric masks: edge, overlap, blank, and repeated masking (DESIGN §4).
+"""The paper's geometric masks: edge, overlap, blank, and repeated masking (docs/design.md §4).
 
 For a target frame t and a source frame s with depths D_t, D_s, relative pose T_t2s and shared
 intrinsics K, every target pixel is projected into the source and every source pixel into the
@@ -96,7 +96,7 @@ def overlap_mask(pixels: torch.Tensor, points: torch.Tensor, edge: torch.Tensor,
     Euclidean, ‖X‖ in the other camera's frame. A pixel is kept when its distance is at most
     (1 + tolerance) times its cell's minimum (ties within 1e-6 relative are always kept).
     tolerance = 0 is the paper; a small tolerance keeps neighbours of one surface that contract into
-    one cell when the other frame is farther away (DESIGN §4).
+    one cell when the other frame is farther away (docs/design.md §4).
 
     Args:
         pixels: (B, 2, H, W) landing points in the other image.
@@ -195,7 +195,7 @@ def compute_masks(
     repeats: int = 0,
     overlap_tolerance: float = 0.0,
 ) -> tuple[Masks, Masks]:
-    """The edge, overlap, blank and combined masks of a target and a source frame (DESIGN §4).
+    """The edge, overlap, blank and combined masks of a target and a source frame (docs/design.md §4).
 
     Args:
         depth_t: (B, 1, H, W) target z-depth, metres; <= 0 or non-finite = invalid.

@@ -7,7 +7,6 @@ masks and the reverse direction need the sources' depth too) and the pose net on
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -16,19 +15,7 @@ from masksfm.checkpoints import load_checkpoint, load_weights, resolve_checkpoin
 from masksfm.config import Config, from_dict
 from masksfm.errors import MasksfmError
 from masksfm.networks import PairPoseNet, PoseNet, build_depth_net
-
-
-class ModelOutput(NamedTuple):
-    """What the nets predict for a batch of snippets (B snippets of L frames, S = L − 1 sources).
-
-    disparities: per scale, finest first, (B·L, 1, h, w), frames of a snippet consecutive.
-    poses: (B, S, 6) [t, axis-angle] of T_t2s for each source in snippet order (target skipped).
-    explainability: per scale (B, S, h, w) in (0, 1), or None.
-    """
-
-    disparities: list[torch.Tensor]
-    poses: torch.Tensor
-    explainability: list[torch.Tensor] | None
+from masksfm.objective import ModelOutput
 
 
 class SfMModel(nn.Module):

@@ -1,12 +1,13 @@
-"""The training objective of DESIGN §3 for a batch of snippets, composed from the pure functions.
+"""The training objective of docs/design.md §3 for a batch of snippets, composed from the pure functions.
 
-For every (target, source) pair of a snippet, the target is reconstructed from the source with the
-target's depth and T_t2s and, bidirectionally, the source from the target with the source's depth
-and inv(T_t2s). All pairs and both directions go through one batched warp per scale. What weights
-each pixel is `loss.mask`:
+For every (target, source) pair of a snippet (`pair_frames`), the target is reconstructed from the
+source with the target's depth and T_t2s and, for the modes that warp both directions, the source
+from the target with the source's depth and inv(T_t2s). All pairs and directions go through one
+batched warp per scale. What weights each pixel is the `loss.mask` mode, a `MaskStrategy`:
 
-- `multimask` (the paper): the combined edge · overlap · blank mask of each frame, computed once
-  per pair from the finest-scale depth, reused at every scale, with the paper's normaliser.
+- `multimask` (the paper): the combined edge · overlap · blank mask of each pair, computed once per
+  batch from the finest-scale depth, reused at every scale, with the paper's normaliser; pixels the
+  masks drop keep the weight of the floor guard (`floor_weights`).
 - `none`: every pixel, border padding.
 - `explainability` (SfMLearner): the pose net's soft mask, target direction only, + regulariser.
 - `automask` (monodepth2): per-pixel minimum over sources and the identity auto-mask, target only.
@@ -15,35 +16,43 @@ each pixel is `loss.mask`:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from masksfm.config import LossConfig
-from masksfm.geometry import (
-    backproject,
-    invert_pose,
-    inverse_warp,
-    pose_vec_to_mat,
-    scale_intrinsics,
-    transform_points,
-)
+from masksfm.geometry import backproject, invert_pose, inverse_warp, pose_vec_to_mat, scale_intrinsics, transform_points
 from masksfm.losses import (
+    automasked_reprojection,
     below_mean_mask,
     depth_inconsistency,
     explainability_regularizer,
+    identity_automask,
     masked_mean,
-    min_reprojection,
     normalize_disparity,
     photometric_error,
     scale_weight,
     smoothness_loss,
 )
 from masksfm.masks import compute_masks
-from masksfm.model import ModelOutput
 
-MULTIMASK = ("multimask", "multimask+automask")
+MASK_NAMES = ("edge", "overlap", "blank", "combined")
+
+
+class ModelOutput(NamedTuple):
+    """What the nets predict for a batch of snippets (B snippets of L frames, S = L − 1 sources).
+
+    disparities: per scale, finest first, (B·L, 1, h, w), frames of a snippet consecutive.
+    poses: (B, S, 6) [t, axis-angle] of T_t2s for each source in snippet order (target skipped).
+    explainability: per scale (B, S, h, w) in (0, 1), or None.
+    """
+
+    disparities: list[torch.Tensor]
+    poses: torch.Tensor
+    explainability: list[torch.Tensor] | None
 
 
 @dataclass
@@ -55,12 +64,200 @@ class Objective:
     visuals: dict[str, torch.Tensor] | None = None
 
 
+def pair_frames(x: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A per-frame tensor as per-pair tensors: the target and the source of each (target, source) pair.
+
+    Pair b·S + s is snippet b's target (frame L // 2) with its s-th source (the other frames in
+    snippet order), the order of `ModelOutput.poses` flattened.
+
+    Args:
+        x: (B·L, ...) per frame, the L frames of a snippet consecutive.
+        length: L.
+    Returns:
+        (target of each pair, source of each pair), each (B·S, ...).
+    """
+    center, num_src = length // 2, length - 1
+    x = x.view(-1, length, *x.shape[1:])
+    sources = [i for i in range(length) if i != center]
+    return x[:, center:center + 1].expand(-1, num_src, *x.shape[2:]).flatten(0, 1), x[:, sources].flatten(0, 1)
+
+
+def floor_weights(mask: torch.Tensor, floor: float, in_view: torch.Tensor | None = None) -> torch.Tensor:
+    """The floor guard: a pixel the masks drop weighs `floor` instead of 0; a kept pixel still weighs 1.
+
+    With 0/1 masks a dropped pixel gets no photometric gradient, and which pixels drop depends on
+    the predicted depth, so a depth pushed wrong can stay wrong until it collapses (docs/design.md §4); the
+    floor keeps such pixels correctable. A pixel out of view (`in_view` 0) has nothing to compare
+    with and is not lifted: it keeps the mask's weight.
+
+    Args:
+        mask: (N, 1, H, W) mask weights in [0, 1].
+        floor: the weight of a dropped pixel, in [0, 1].
+        in_view: (N, 1, H, W) 0/1, 1 where the pixel lands inside the other view; None: every pixel.
+    Returns:
+        (N, 1, H, W) floor·in_view + (1 − floor)·mask.
+    """
+    lifted = 1.0 if in_view is None else in_view
+    return floor * lifted + (1 - floor) * mask
+
+
+@dataclass
+class Reconstruction:
+    """One scale's warped pairs (target direction first, then the reverse one if warped), N of them."""
+
+    scale: int
+    snippets: int  # B
+    error: torch.Tensor  # (N, 1, h, w) photometric error of each reconstruction
+    compare: torch.Tensor  # (N, 3, h, w) the frames reconstructed
+    unwarped: torch.Tensor  # (N, 3, h, w) the frames warped into them, as they are (the identity auto-mask's)
+    warped: torch.Tensor  # (N, 3, h, w) the reconstructions
+    masks: torch.Tensor | None = None  # (N, 1, h, w) the paper's combined mask of each pair
+    in_view: torch.Tensor | None = None  # (N, 1, h, w) the edge mask, where the floor spares out-of-view pixels
+    explainability: torch.Tensor | None = None  # (B, S, h, w) the pose net's mask at this scale
+    depth_inconsistency: torch.Tensor | None = None  # (N, 1, h, w) with loss.consistency_weight: `depth_inconsistency`
+
+
+def _masked_term(error: torch.Tensor, weights: torch.Tensor | None, cfg: LossConfig) -> torch.Tensor:
+    if cfg.below_mean_mask:
+        weights = below_mean_mask(error.detach(), torch.ones_like(error) if weights is None else weights)
+    return masked_mean(error, weights).mean()
+
+
+def _identity_error(rec: Reconstruction, cfg: LossConfig) -> torch.Tensor:
+    return photometric_error(rec.compare, rec.unwarped, cfg.ssim, cfg.rho, cfg.ssim_weight)
+
+
+def _guarded(weights: torch.Tensor, rec: Reconstruction, cfg: LossConfig) -> torch.Tensor:
+    floor = guard_floor(cfg)
+    return floor_weights(weights, floor, rec.in_view) if floor else weights
+
+
+def _every_pixel(rec: Reconstruction, cfg: LossConfig) -> torch.Tensor:
+    return _masked_term(rec.error, None, cfg)
+
+
+def _multimask(rec: Reconstruction, cfg: LossConfig) -> torch.Tensor:
+    return _masked_term(rec.error, _guarded(rec.masks, rec, cfg), cfg)
+
+
+def _multimask_automask(rec: Reconstruction, cfg: LossConfig) -> torch.Tensor:
+    # Each pair on its own (a "source" dimension of 1), as the paper's masks are per pair.
+    moving = identity_automask(rec.error, _identity_error(rec, cfg))
+    return _masked_term(rec.error, _guarded(rec.masks * moving, rec, cfg), cfg)
+
+
+def _explainability(rec: Reconstruction, cfg: LossConfig) -> torch.Tensor:
+    return (rec.explainability.flatten(0, 1).unsqueeze(1) * rec.error).mean()
+
+
+def _automask(rec: Reconstruction, cfg: LossConfig) -> torch.Tensor:
+    batch_shape = (rec.snippets, -1, *rec.error.shape[-2:])
+    return automasked_reprojection(rec.error.view(batch_shape), _identity_error(rec, cfg).view(batch_shape)).mean()
+
+
+@dataclass(frozen=True)
+class MaskStrategy:
+    """What one `loss.mask` mode does."""
+
+    name: str
+    term: Callable[[Reconstruction, LossConfig], torch.Tensor]  # one scale's photometric term, a scalar
+    geometric: bool = False  # weighs pixels by the paper's masks (and so the floor guard applies)
+    both_directions: bool = False  # with loss.bidirectional, also reconstructs each source from the target
+    explainability: bool = False  # needs the pose net's explainability decoder, and adds its regulariser
+
+
+MASK_STRATEGIES = {
+    strategy.name: strategy
+    for strategy in (
+        MaskStrategy("multimask", _multimask, geometric=True, both_directions=True),
+        MaskStrategy("none", _every_pixel, both_directions=True),
+        MaskStrategy("explainability", _explainability, explainability=True),
+        MaskStrategy("automask", _automask),
+        MaskStrategy("multimask+automask", _multimask_automask, geometric=True, both_directions=True),
+    )
+}
+
+
+def mask_strategy(mode: str, use_masks: bool = True) -> MaskStrategy:
+    """The strategy of `loss.mask` = `mode`; during the warm-up guard (`use_masks` False) the
+    geometric modes use every pixel, as `none`."""
+    strategy = MASK_STRATEGIES[mode]
+    return strategy if use_masks or not strategy.geometric else MASK_STRATEGIES["none"]
+
+
+def guard_floor(cfg: LossConfig) -> float:
+    """The weight of dropped pixels under `cfg`'s guard for a geometric mode (0: no floor)."""
+    return cfg.floor if cfg.guard == "floor" else 0.0
+
+
 def _resize(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     if mode == "bilinear":
         return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
     return F.interpolate(x, size=size, mode=mode)
+
+
+@dataclass
+class _Pairs:
+    """What the warps of every scale share: the pairs' frames, poses and intrinsics at full size,
+    and the masks, in the batched warp's order (target direction, then the reverse one if warped)."""
+
+    snippets: int
+    length: int
+    target: torch.Tensor  # (B·S, 3, H, W)
+    source: torch.Tensor  # (B·S, 3, H, W)
+    T: torch.Tensor  # (B·S, 4, 4) T_t2s, or (2·B·S, 4, 4) with inv(T_t2s) after it when both directions
+    K: torch.Tensor  # (B·S, 3, 3) at (H, W)
+    both_directions: bool
+    padding: str
+    masks: torch.Tensor | None = None
+    in_view: torch.Tensor | None = None
+    consistency: bool = False  # also warp the other depth map (loss.consistency_weight > 0)
+
+
+def consistency_term(rec: Reconstruction, cfg: LossConfig) -> torch.Tensor:
+    """One scale's depth scale consistency (SC-SfMLearner), weighted as the photometric term's pixels:
+    by the paper's masks under the floor guard where the mode uses them, every pixel otherwise."""
+    weights = None if rec.masks is None else _guarded(rec.masks, rec, cfg)
+    return cfg.consistency_weight * masked_mean(rec.depth_inconsistency, weights).mean()
+
+
+def _reconstruct(pairs: _Pairs, scale: int, disp: torch.Tensor, disp_full: torch.Tensor, cfg: LossConfig,
+                 explainability: torch.Tensor | None) -> Reconstruction:
+    """Warp every pair at one scale: at full size (`loss.scales=upsample`) or at the scale's own."""
+    h, w = pairs.target.shape[-2:]
+    if cfg.scales == "upsample":
+        size, K_s, disp_s = (h, w), pairs.K, disp_full
+        explainability = None if explainability is None else _resize(explainability, (h, w), "bilinear")
+    else:
+        size = tuple(disp.shape[-2:])
+        K_s, disp_s = scale_intrinsics(pairs.K, size[1] / w, size[0] / h), disp
+    tgt = _resize(pairs.target, size, "area")
+    src = _resize(pairs.source, size, "area")
+    depth_t, depth_s = pair_frames(1.0 / disp_s, pairs.length)
+    if pairs.both_directions:
+        unwarped, depth, K_w, compare = torch.cat([src, tgt]), torch.cat([depth_t, depth_s]), torch.cat([K_s, K_s]), \
+            torch.cat([tgt, src])
+    else:
+        unwarped, depth, K_w, compare = src, depth_t, K_s, tgt
+    inconsistency = None
+    if pairs.consistency:
+        # The other frame's depth map is warped along with its image (one more channel, one warp).
+        other_depth = torch.cat([depth_s, depth_t]) if pairs.both_directions else depth_s
+        warped, _ = inverse_warp(torch.cat([unwarped, other_depth], dim=1), depth, pairs.T, K_w,
+                                 padding_mode=pairs.padding)
+        warped, sampled = warped[:, :-1], warped[:, -1:]
+        projected = transform_points(pairs.T, backproject(depth, K_w))[:, 2:3]
+        inconsistency = depth_inconsistency(projected, sampled)
+    else:
+        warped, _ = inverse_warp(unwarped, depth, pairs.T, K_w, padding_mode=pairs.padding)
+    error = photometric_error(compare, warped, cfg.ssim, cfg.rho, cfg.ssim_weight)
+    return Reconstruction(
+        scale, pairs.snippets, error, compare, unwarped, warped, depth_inconsistency=inconsistency,
+        masks=None if pairs.masks is None else _resize(pairs.masks, size, "nearest"),
+        in_view=None if pairs.in_view is None else _resize(pairs.in_view, size, "nearest"),
+        explainability=explainability)
 
 
 def compute_objective(
@@ -83,138 +280,65 @@ def compute_objective(
     Returns:
         An `Objective`.
     """
+    strategy = mask_strategy(cfg.mask, use_masks)
     b, length, _, h, w = images.shape
-    center = length // 2
     num_src = length - 1
-    src_idx = [i for i in range(length) if i != center]
-    geometric = cfg.mask in MULTIMASK and use_masks
-
     disparities = normalize_disparity(out.disparities, cfg.dn, length)[: cfg.num_scales]
     disp_full = [_resize(d, (h, w), "bilinear") for d in disparities]
 
-    # Pairs flattened as (B·S): target t repeated per source, the source frames, T_t2s.
     T = pose_vec_to_mat(out.poses.reshape(b * num_src, 6)).to(images.dtype)
-    T_inv = invert_pose(T)
     K_pairs = K.repeat_interleave(num_src, dim=0)
-
-    def pair_frames(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B·L, ...) per-frame tensor -> (target per pair, source per pair), each (B·S, ...)."""
-        x = x.view(b, length, *x.shape[1:])
-        return x[:, center:center + 1].expand(-1, num_src, *x.shape[2:]).flatten(0, 1), x[:, src_idx].flatten(0, 1)
-
+    both = cfg.bidirectional and strategy.both_directions
+    floor = guard_floor(cfg) if strategy.geometric else 0.0
+    img_t, img_s = pair_frames(images.flatten(0, 1), length)
+    # Without the floor a masked-out pixel samples zeros; with it, its error counts, so border
+    # padding as in the unmasked loss.
+    pairs = _Pairs(b, length, img_t, img_s, torch.cat([T, invert_pose(T)]) if both else T, K_pairs, both,
+                   padding="zeros" if strategy.geometric and floor == 0.0 else "border",
+                   consistency=cfg.consistency_weight > 0 and strategy.both_directions)
     masks_t = masks_s = None
-    if geometric:
-        depth_t0, depth_s0 = pair_frames(1.0 / disp_full[0].detach())
-        masks_t, masks_s = compute_masks(depth_t0, depth_s0, T.detach(), K_pairs, cfg.repeats, cfg.overlap_tolerance)
+    if strategy.geometric:
+        depth_t, depth_s = pair_frames(1.0 / disp_full[0].detach(), length)
+        masks_t, masks_s = compute_masks(depth_t, depth_s, T.detach(), K_pairs, cfg.repeats, cfg.overlap_tolerance)
 
-    img_t, img_s = pair_frames(images.flatten(0, 1))
-    bidirectional = cfg.bidirectional and cfg.mask in ("multimask", "multimask+automask", "none")
-    # The floor guard (the default; README, "The collapse and its guard"). With the paper's 0/1
-    # masks, a pixel the masks drop gets no photometric gradient, and which pixels drop depends on
-    # the predicted depth: a pixel pushed too near leaves the view or hides its neighbours, then
-    # stays wrong, and smoothness drags its neighbours after it, until the depth has collapsed to
-    # near everywhere (measured: 2-3x worse than a constant depth after 600 steps from scratch; a
-    # 300-step unmasked warm-up only delays it). Weighting dropped pixels by `floor` instead of 0
-    # keeps them correctable, while the masks still halve the weight of what the geometry calls
-    # occluded. Their error is then taken with border padding, as in the unmasked loss.
-    # Out of view (the edge mask) is the exception (`loss.floor_out_of_view=false`, the default):
-    # such a pixel has nothing to compare with, and half the weight on its border-padded error pulls
-    # the bottom rows, out of view in the next frame, towards "far", where they stay in view
-    # (measured, 600 steps: abs_rel of the bottom eighth 0.84 with the floor on them, 0.23 without).
-    # A pixel pushed out of one source's view still learns from the other source.
-    floor = cfg.floor if geometric and cfg.guard == "floor" else 0.0
-    padding = "zeros" if geometric and floor == 0.0 else "border"
-    # The masks of the warped pairs, in the batched warp's order (both directions when bidirectional).
-    combined_pairs = in_view_pairs = None
-    if geometric:
-        def warped_pairs(key: str) -> torch.Tensor:
-            return torch.cat([getattr(masks_t, key), getattr(masks_s, key)]) if bidirectional else getattr(masks_t, key)
+        def warped_order(key: str) -> torch.Tensor:
+            return torch.cat([getattr(masks_t, key), getattr(masks_s, key)]) if both else getattr(masks_t, key)
 
-        combined_pairs = warped_pairs("combined")
+        pairs.masks = warped_order("combined")
         if floor and not cfg.floor_out_of_view:
-            in_view_pairs = warped_pairs("edge")
+            pairs.in_view = warped_order("edge")
+
     photometric = images.new_zeros(())
     smoothness = images.new_zeros(())
     consistency = images.new_zeros(())
-    # The depth scale consistency term (loss.consistency_weight) warps each pair's other depth map
-    # along with its image: the multimask and unmasked modes, which warp both directions.
-    consistent = cfg.consistency_weight > 0 and cfg.mask in ("multimask", "multimask+automask", "none")
     visuals = None
-
     for scale, disp in enumerate(disparities):
-        if cfg.scales == "upsample":
-            size, K_s, disp_s = (h, w), K_pairs, disp_full[scale]
-        else:
-            size = tuple(disp.shape[-2:])
-            K_s, disp_s = scale_intrinsics(K_pairs, size[1] / w, size[0] / h), disp
-        tgt = _resize(img_t, size, "area")
-        src = _resize(img_s, size, "area")
-        depth_t, depth_s = pair_frames(1.0 / disp_s)
-
-        if bidirectional:
-            warp_from = torch.cat([src, tgt])
-            warp_depth = torch.cat([depth_t, depth_s])
-            warp_T, warp_K = torch.cat([T, T_inv]), torch.cat([K_s, K_s])
-            compare = torch.cat([tgt, src])
-        else:
-            warp_from, warp_depth, warp_T, warp_K, compare = src, depth_t, T, K_s, tgt
-        if consistent:
-            other_depth = torch.cat([depth_s, depth_t]) if bidirectional else depth_s
-            warped, _ = inverse_warp(torch.cat([warp_from, other_depth], dim=1), warp_depth, warp_T, warp_K,
-                                     padding_mode=padding)
-            warped, sampled_depth = warped[:, :-1], warped[:, -1:]
-            projected_depth = transform_points(warp_T, backproject(warp_depth, warp_K))[:, 2:3]
-        else:
-            warped, _ = inverse_warp(warp_from, warp_depth, warp_T, warp_K, padding_mode=padding)
-        error = photometric_error(compare, warped, cfg.ssim, cfg.rho, cfg.ssim_weight)
-
-        if cfg.mask == "automask" or (cfg.mask == "multimask+automask" and use_masks):
-            identity = photometric_error(compare, warp_from, cfg.ssim, cfg.rho, cfg.ssim_weight)
-        if cfg.mask == "automask":
-            reprojection = error.view(b, num_src, size[0], size[1])
-            identity_min = identity.view(b, num_src, size[0], size[1]).min(dim=1, keepdim=True).values + 1e-5
-            term = torch.minimum(min_reprojection(reprojection), identity_min).mean()
-        elif cfg.mask == "explainability":
-            exp = out.explainability[scale]
-            exp = exp if cfg.scales == "downsample" else _resize(exp, (h, w), "bilinear")
-            term = (exp.flatten(0, 1).unsqueeze(1) * error).mean()
-        else:
-            mask = None
-            if geometric:
-                mask = _resize(combined_pairs, size, "nearest")
-                if cfg.mask == "multimask+automask":
-                    mask = mask * (error < identity + 1e-5).detach().to(mask.dtype)
-                if floor:
-                    lifted = 1.0 if in_view_pairs is None else _resize(in_view_pairs, size, "nearest")
-                    mask = floor * lifted + (1 - floor) * mask
-            if cfg.below_mean_mask:
-                mask = below_mean_mask(error.detach(), torch.ones_like(error) if mask is None else mask)
-            term = masked_mean(error, mask).mean()
-            if consistent:
-                inconsistency = depth_inconsistency(projected_depth, sampled_depth)
-                consistency = consistency + cfg.consistency_weight * masked_mean(inconsistency, mask).mean()
-        photometric = photometric + term
+        explainability = out.explainability[scale] if strategy.explainability else None
+        rec = _reconstruct(pairs, scale, disp, disp_full[scale], cfg, explainability)
+        photometric = photometric + strategy.term(rec, cfg)
+        if pairs.consistency:
+            consistency = consistency + consistency_term(rec, cfg)
 
         img_frames = _resize(images.flatten(0, 1), tuple(disp.shape[-2:]), "area")
         weight = cfg.smoothness_weight * scale_weight(scale, cfg.smoothness_scale_base)
         smoothness = smoothness + weight * smoothness_loss(disp, img_frames)
 
         if with_visuals and scale == 0:
-            visuals = {"target": tgt[0], "warped": warped[0], "disparity": disparities[0][center]}
+            visuals = {"target": rec.compare[0], "warped": rec.warped[0], "disparity": disparities[0][length // 2]}
             if masks_t is not None:
-                visuals.update({f"mask_{k}": getattr(masks_t, k)[0] for k in ("edge", "overlap", "blank", "combined")})
+                visuals.update({f"mask_{k}": getattr(masks_t, k)[0] for k in MASK_NAMES})
             visuals = {k: v.detach() for k, v in visuals.items()}
 
     loss = photometric + smoothness + consistency
     terms = {"photometric": photometric.detach(), "smoothness": smoothness.detach()}
-    if consistent:
+    if pairs.consistency:
         terms["consistency"] = consistency.detach()
-    if cfg.mask == "explainability":
+    if strategy.explainability:
         regularizer = cfg.explainability_weight * explainability_regularizer(out.explainability[: cfg.num_scales])
         loss = loss + regularizer
         terms["explainability"] = regularizer.detach()
     if masks_t is not None:
-        for key in ("edge", "overlap", "blank", "combined"):
+        for key in MASK_NAMES:
             terms[f"mask_{key}"] = torch.cat([getattr(masks_t, key), getattr(masks_s, key)]).mean()
     terms["total"] = loss.detach()
     return Objective(loss, terms, visuals)

@@ -1,6 +1,6 @@
 """`masksfm predict`: depth maps, point clouds, metric scale and trajectories from a trained model.
 
-What it writes is fixed by DESIGN §1 ("What predict writes"), per input frame `<frame>` (the frame's
+What it writes is fixed by docs/design.md §1 ("What predict writes"), per input frame `<frame>` (the frame's
 file stem; a video's frames are numbered by their index in the video, as `prepare video` does):
 `depth/<frame>.png` (uint16, depth × 256, 0 = invalid), `depth/<frame>.npy` (float32 at the frame's
 resolution), `color/<frame>.png` (colourised disparity), `points/<frame>.ply` with `--ply`; per
@@ -349,7 +349,7 @@ def _images(paths: list[Path]) -> Callable[[], Iterator[tuple[str, np.ndarray]]]
 
 def _scene_sequence(folder: Path, scene: str | None, K_given: np.ndarray | None, size_given) -> FrameSequence:
     frames = sorted((f for f in folder.iterdir() if f.suffix.lower() in FRAME_SUFFIXES and f.is_file()),
-                    key=lambda f: f.name)  # the layout's order (DESIGN §5)
+                    key=lambda f: f.name)  # the layout's order (docs/design.md §5)
     if not frames:
         raise MasksfmError(f"{folder}: a scene folder (it has cam.txt) without frames")
     if K_given is None:
@@ -596,7 +596,7 @@ def run_predict(
     Args:
         run: run folder or checkpoint file.
         input: image, folder of images, video, prepared scene or prepared dataset (see :func:`open_input`).
-        out: the output folder (DESIGN §1 "What predict writes"; a dataset's scenes in `out/<scene>/`).
+        out: the output folder (docs/design.md §1 "What predict writes"; a dataset's scenes in `out/<scene>/`).
         save: which of png16, npy, color to write (comma list or names).
         ply: a coloured point cloud per frame (and `cloud.ply` in the world frame with `trajectory`).
         trajectory: chain the pose net's predictions into a trajectory (KITTI, TUM, plot).

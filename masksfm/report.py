@@ -467,7 +467,7 @@ def render_html(data: ReportData) -> str:
             "there is nothing there to compare with.</dd>"
             "<dt>overlap</dt><dd>when several target pixels land on the same source pixel, keeps only the nearest "
             "point; the others are hidden behind it in the source (occlusion). With τ = 0 and forward motion this "
-            "also drops some visible neighbours on one surface (DESIGN §4).</dd>"
+            "also drops some visible neighbours on one surface (docs/design.md §4).</dd>"
             "<dt>blank</dt><dd>projects the source back into the target and drops the target pixels that no source "
             "pixel lands on: regions that appear only in the target (disocclusion).</dd>"
             "<dt>combined</dt><dd>edge × overlap × blank: the pixels the loss actually uses.</dd></dl>")

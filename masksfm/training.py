@@ -1,14 +1,10 @@
 """The trainer: data, model, objective, Adam; checkpoints, TensorBoard, validation; DDP via torchrun.
 
-Reads top to bottom as the method: for each step, a batch of snippets goes through the depth net
-(every frame) and the pose net, `compute_objective` builds the masked bidirectional loss, Adam
-steps. Rank 0 logs, validates and writes checkpoints; `--resume` restores weights, optimizer, RNG
-and the data position, so a resumed run continues bit for bit.
-
-What can go wrong on a long run is handled in the loop: a step whose loss or gradient is not finite
-is skipped (a warning, and `train/skipped_steps` in TensorBoard), and too many in a row stop the run
-with the last good weights saved; SIGINT / SIGTERM finish the step in progress, save `last` and
-exit; a process of a DDP job that dies ends the others with a message instead of a hang.
+`Trainer.train` reads top to bottom as the method: for each step, a batch of snippets goes through
+the depth net (every frame) and the pose net, `compute_objective` builds the masked bidirectional
+loss, Adam steps. Rank 0 logs, validates and writes checkpoints; `--resume` restores weights,
+optimizer, RNG and the data position, so a resumed run continues bit for bit. What can go wrong on
+a long run (non-finite steps, stop signals, a dead DDP process) is handled by `masksfm.faults`.
 """
 
 from __future__ import annotations
@@ -17,15 +13,15 @@ import math
 import os
 import signal
 import sys
-import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from masksfm import faults
 from masksfm.checkpoints import (
     BEST,
     CHECKPOINT_DIR,
@@ -42,19 +38,16 @@ from masksfm.checkpoints import (
     save_checkpoint,
     unprefixed,
 )
-from masksfm.config import Config, dump_yaml, from_dict
+from masksfm.config import Config, apply_overrides, dump_yaml, from_dict, load_config
 from masksfm.data.dataset import SnippetDataset, make_loader
 from masksfm.data.layout import load_split, split_path
-from masksfm.errors import MasksfmError, TrainingInterrupted
+from masksfm.errors import MasksfmError
 from masksfm.inference import evaluate_depth
 from masksfm.model import build_model, pick_device
-from masksfm.objective import compute_objective
+from masksfm.objective import Objective, compute_objective
 from masksfm.progress import progress_bar
 
 LR_DECAY = 0.1
-# Non-finite steps in a row that stop a run: one bad batch is noise, ten in a row is divergence.
-MAX_NONFINITE_IN_A_ROW = 10
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # Where torch's fused Adam runs (elsewhere, e.g. on MPS, the default multi-tensor Adam).
 FUSED_ADAM_DEVICES = ("cpu", "cuda")
 
@@ -76,7 +69,7 @@ def learning_rate(config: Config, step: int) -> float:
     return config.optim.lr * LR_DECAY ** sum(step >= s for s in config.optim.lr_decay_steps)
 
 
-def build_optimizer(model: torch.nn.Module, config: Config, device: torch.device) -> torch.optim.Adam:
+def build_optimizer(model: nn.Module, config: Config, device: torch.device) -> torch.optim.Adam:
     """Adam over both nets; the pose net in a group of its own when `optim.pose_lr_scale` != 1
     (one group otherwise, so that checkpoints of either kind resume as they were written)."""
     groups: list[dict] = [{"params": list(model.parameters())}]
@@ -90,12 +83,26 @@ def build_optimizer(model: torch.nn.Module, config: Config, device: torch.device
                             weight_decay=config.optim.weight_decay, fused=device.type in FUSED_ADAM_DEVICES)
 
 
+def mean_over_processes(terms: dict[str, torch.Tensor], world: int) -> dict[str, torch.Tensor]:
+    """The loss terms averaged over the processes of a DDP job (what one process with the whole
+    batch would log)."""
+    if world == 1:
+        return terms
+    keys = sorted(terms)
+    stacked = torch.stack([terms[k].float() for k in keys])
+    dist.all_reduce(stacked)
+    return dict(zip(keys, stacked / world))
+
+
 class Trainer:
-    """One training run in `run_dir` on the data in `data_root` (DESIGN §1, "Runs and checkpoints")."""
+    """One training run in `run_dir` on the data in `data_root` (docs/design.md §1, "Runs and checkpoints")."""
 
     def __init__(self, data_root: Path, run_dir: Path, config: Config, resume: bool = False, device: str | None = None,
                  progress: bool = True):
         self.data_root, self.run_dir, self.config = Path(data_root), Path(run_dir), config
+        self.last_path = self.run_dir / CHECKPOINT_DIR / LAST
+        # The data first: a bad dataset is the likeliest mistake, and it answers before anything is written.
+        scenes = load_split(self.data_root, config.data.train_split)
         self.rank, self.world, local_rank = distributed_context()
         self.progress = progress and self.rank == 0
         if self.world > 1 and not dist.is_initialized():
@@ -113,13 +120,13 @@ class Trainer:
             except OSError as error:
                 raise MasksfmError(f"{self.run_dir}: cannot write the run folder ({error.strerror or error})") from None
 
-        self.step, self.best_abs_rel, self.skipped_steps = 0, math.inf, 0
+        self.step, self.best_abs_rel, self.skipped = 0, math.inf, faults.SkippedSteps()
         checkpoint = resume_checkpoint(self.run_dir) if resume else None
         tensors = None
         if checkpoint is not None:
             tensors, meta = load_checkpoint(checkpoint)
             self.step, self.best_abs_rel = meta["step"], meta.get("best_abs_rel") or math.inf
-            self.skipped_steps = meta.get("skipped_steps", 0)
+            self.skipped = faults.SkippedSteps(meta.get("skipped_steps", 0))
 
         torch.manual_seed(config.train.seed)
         self.model = build_model(config).to(self.device)
@@ -136,7 +143,6 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DistributedDataParallel(self.model, device_ids=ids)
 
-        scenes = load_split(self.data_root, config.data.train_split)
         self.dataset = SnippetDataset(scenes, config.data.height, config.data.width, config.data.snippet_length,
                                       augment=config.data.augment, seed=config.train.seed,
                                       source=str(split_path(self.data_root, config.data.train_split)))
@@ -154,7 +160,127 @@ class Trainer:
             remove_stale_temp_files(self.run_dir / CHECKPOINT_DIR)
             self.writer = SummaryWriter(str(self.run_dir))
 
-    # --- checkpoints ---------------------------------------------------------------------------
+    @property
+    def skipped_steps(self) -> int:
+        """Steps skipped for a non-finite loss or gradient, over the whole run."""
+        return self.skipped.total
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def train(self, time_limit: float | None = None) -> dict[str, float]:
+        """Run until `optim.steps`, or until `time_limit` seconds have passed (the step then reached
+        is validated and checkpointed as if it were the last); returns the last step's loss terms."""
+        cfg = self.config
+        self.final_step = cfg.optim.steps
+        start = time.monotonic()
+        loader = make_loader(self.dataset, cfg.optim.batch_size, cfg.train.seed, workers=cfg.data.workers,
+                             rank=self.rank, world_size=self.world, start_step=self.step, max_steps=cfg.optim.steps)
+        self.model.train()
+        bar = progress_bar(cfg.optim.steps, "train", "step", enabled=self.progress, initial=self.step)
+        last_terms: dict[str, float] = {}
+        try:
+            with faults.stop_signals(announce=self.rank == 0) as received, \
+                    faults.peer_failures(self.rank, self.world, lambda: self.step, self.last_path):
+                for batch in self._batches(loader, received):
+                    objective, finite, stop = self._step(batch, interrupted=bool(received))
+                    self.step += 1
+                    if time_limit is not None and self._out_of_time(start, time_limit):
+                        self.final_step = self.step
+                    terms = mean_over_processes(objective.terms, self.world) if finite else None
+                    if terms is not None:
+                        last_terms = {k: float(v) for k, v in terms.items()}
+                    saved = self._report(terms, objective.visuals) if self.rank == 0 else False
+                    if self.skipped.too_many:
+                        self._stop(faults.diverged(self.step, self.skipped.in_a_row, self.last_path), saved)
+                    if stop and self.step < self.final_step:  # a signal during the last step: the run is done anyway
+                        signum = received[0] if received else signal.SIGTERM
+                        self._stop(faults.interrupted(signum, self.step, self.last_path), saved)
+                    bar.update(1)
+                    if last_terms:
+                        bar.set_postfix(loss=f"{last_terms['total']:.4f}", refresh=False)
+        finally:
+            bar.close()
+            if self.writer is not None:
+                self.writer.flush()
+                self.writer.close()
+        return last_terms
+
+    def _batches(self, loader, received: list[int]):
+        """The loader's batches until the last step."""
+        batches = iter(loader)
+        while self.step < self.final_step:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except RuntimeError:
+                # A signal sent to every process of the job (a scheduler's) also ends the loader's
+                # workers; between two steps the state is whole, so save it.
+                if not received:
+                    raise
+                self._stop(faults.interrupted(received[0], self.step, self.last_path), saved=False)
+            yield batch
+
+    def _step(self, batch: dict[str, torch.Tensor], interrupted: bool) -> tuple[Objective, bool, bool]:
+        """One optimisation step: (its objective, whether it was finite and taken, whether any
+        process received a stop signal). A non-finite step changes nothing and is counted."""
+        cfg = self.config
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(cfg, self.step) * group.get("lr_scale", 1.0)
+        images = batch["images"].to(self.device, non_blocking=True)
+        images_raw = batch["images_raw"].to(self.device, non_blocking=True)
+        K = batch["K"].to(self.device, non_blocking=True)
+        with_visuals = self.rank == 0 and self.step % cfg.train.image_every == 0
+        out = self.net(images)
+        objective = compute_objective(out, images_raw, K, cfg.loss, use_masks=masks_active(cfg, self.step),
+                                      with_visuals=with_visuals)
+        self.optimizer.zero_grad(set_to_none=True)
+        finite, stop = faults.agree(objective.loss, interrupted, self.world)
+        if finite:
+            objective.loss.backward()
+            finite = faults.gradients_finite(self.model)
+        elif self.world > 1:
+            faults.zero_backward(self.model)
+        if finite:
+            self.optimizer.step()
+        self.skipped.record(finite)
+        if not finite and self.rank == 0:
+            print(self.skipped.warning(self.step, objective.loss), file=sys.stderr)
+            self.writer.add_scalar("train/skipped_steps", self.skipped.total, self.step)
+        return objective, finite, stop
+
+    def _report(self, terms: dict[str, torch.Tensor] | None, visuals: dict[str, torch.Tensor] | None) -> bool:
+        """Rank 0 after a step: log it (if it was taken), validate and checkpoint when due; whether
+        `last` was saved."""
+        cfg = self.config
+        final = self.step == self.final_step
+        if terms is not None and ((self.step - 1) % cfg.train.log_every == 0 or final):
+            self.log_scalars(terms)
+        if terms is not None and visuals is not None:  # visuals come on the steps that log images
+            self.log_images(visuals)
+        if self.val_scenes and (self.step % cfg.train.val_every == 0 or final):
+            self.validate()
+        if self.step % cfg.train.checkpoint_every == 0 or final:
+            self.save(LAST)
+            return True
+        return False
+
+    def _stop(self, error: MasksfmError, saved: bool) -> None:
+        """End the run with `error`, `last` saved (by rank 0, once every process got here)."""
+        if self.rank == 0 and not saved:
+            self.save(LAST)
+        if self.world > 1:
+            dist.barrier()
+        raise error
+
+    def _out_of_time(self, start: float, time_limit: float) -> bool:
+        """Whether the budget is spent; rank 0's clock decides for every process."""
+        out = torch.tensor(float(time.monotonic() - start >= time_limit), device=self.device)
+        if self.world > 1:
+            dist.broadcast(out, 0)
+        return bool(out)
+
+    # --- checkpoints and logs ------------------------------------------------------------------
 
     def save(self, name: str = LAST) -> Path:
         tensors = prefixed(self.model.state_dict(), "model")
@@ -163,12 +289,10 @@ class Trainer:
         tensors.update(rng_to_tensors())
         best = None if math.isinf(self.best_abs_rel) else self.best_abs_rel
         meta = {"step": self.step, "config": self.config.to_dict(), "optimizer": optim_meta, "best_abs_rel": best,
-                "skipped_steps": self.skipped_steps}
+                "skipped_steps": self.skipped.total}
         path = self.run_dir / CHECKPOINT_DIR / name
         save_checkpoint(path, tensors, meta)
         return path
-
-    # --- logging -------------------------------------------------------------------------------
 
     def log_scalars(self, terms: dict[str, torch.Tensor]) -> None:
         for key, value in terms.items():
@@ -199,219 +323,6 @@ class Trainer:
             self.save(BEST)
         self.model.train()
 
-    def _out_of_time(self, start: float, time_limit: float) -> bool:
-        """Whether the budget is spent; rank 0's clock decides for every process."""
-        out = torch.tensor(float(time.monotonic() - start >= time_limit), device=self.device)
-        if self.world > 1:
-            dist.broadcast(out, 0)
-        return bool(out)
-
-    # --- the loop ------------------------------------------------------------------------------
-
-    def train(self, time_limit: float | None = None) -> dict[str, float]:
-        """Run until `optim.steps`, or until `time_limit` seconds have passed (the step then reached
-        is validated and checkpointed as if it were the last); returns the last step's loss terms."""
-        cfg = self.config
-        steps = cfg.optim.steps
-        start = time.monotonic()
-        loader = make_loader(self.dataset, cfg.optim.batch_size, cfg.train.seed, workers=cfg.data.workers,
-                             rank=self.rank, world_size=self.world, start_step=self.step,
-                             max_steps=steps)
-        self.model.train()
-        bar = progress_bar(steps, "train", "step", enabled=self.progress, initial=self.step)
-        last_terms: dict[str, float] = {}
-        nonfinite_in_a_row = 0
-        try:
-            with self._stop_signals() as received, self._peer_failures():
-                batches = iter(loader)
-                while self.step < steps:
-                    try:
-                        batch = next(batches)
-                    except StopIteration:
-                        break
-                    except RuntimeError:
-                        # A signal sent to every process of the job (a scheduler's) also ends the
-                        # loader's workers; between two steps the state is whole, so save it.
-                        if not received:
-                            raise
-                        self._stop_interrupted(received[0], saved=False)
-                    for group in self.optimizer.param_groups:
-                        group["lr"] = learning_rate(cfg, self.step) * group.get("lr_scale", 1.0)
-                    images = batch["images"].to(self.device, non_blocking=True)
-                    images_raw = batch["images_raw"].to(self.device, non_blocking=True)
-                    K = batch["K"].to(self.device, non_blocking=True)
-                    log_images = self.rank == 0 and self.step % cfg.train.image_every == 0
-                    out = self.net(images)
-                    objective = compute_objective(out, images_raw, K, cfg.loss,
-                                                  use_masks=masks_active(cfg, self.step), with_visuals=log_images)
-                    self.optimizer.zero_grad(set_to_none=True)
-                    finite, stop = self._agree(objective.loss, bool(received))
-                    if finite:
-                        objective.loss.backward()
-                        finite = self._gradients_finite()
-                    elif self.world > 1:
-                        # DDP waits for every parameter's gradient once a forward ran: give it zeros.
-                        sum(p.sum() for p in self.model.parameters()).mul(0).backward()
-                    if finite:
-                        self.optimizer.step()
-                        nonfinite_in_a_row = 0
-                    else:
-                        nonfinite_in_a_row += 1
-                        self._skip(objective.loss, nonfinite_in_a_row)
-                    self.step += 1
-                    if time_limit is not None and self._out_of_time(start, time_limit):
-                        steps = self.step
-
-                    if finite:
-                        terms = {k: v.detach() for k, v in objective.terms.items()}
-                        if self.world > 1:
-                            keys = sorted(terms)
-                            stacked = torch.stack([terms[k].float() for k in keys])
-                            dist.all_reduce(stacked)
-                            terms = dict(zip(keys, stacked / self.world))
-                        last_terms = {k: float(v) for k, v in terms.items()}
-                    saved = False
-                    if self.rank == 0:
-                        if finite and ((self.step - 1) % cfg.train.log_every == 0 or self.step == steps):
-                            self.log_scalars(terms)
-                        if finite and log_images and objective.visuals is not None:
-                            self.log_images(objective.visuals)
-                        if self.val_scenes and (self.step % cfg.train.val_every == 0 or self.step == steps):
-                            self.validate()
-                        if self.step % cfg.train.checkpoint_every == 0 or self.step == steps:
-                            self.save(LAST)
-                            saved = True
-                    if nonfinite_in_a_row >= MAX_NONFINITE_IN_A_ROW:
-                        self._stop_diverged(nonfinite_in_a_row, saved)
-                    if stop and self.step < steps:  # a signal during the last step: the run is done anyway
-                        self._stop_interrupted(received[0] if received else signal.SIGTERM, saved)
-                    bar.update(1)
-                    if last_terms:
-                        bar.set_postfix(loss=f"{last_terms['total']:.4f}", refresh=False)
-        finally:
-            bar.close()
-            if self.writer is not None:
-                self.writer.flush()
-                self.writer.close()
-        return last_terms
-
-    # --- what can go wrong ---------------------------------------------------------------------
-
-    def _agree(self, loss: torch.Tensor, interrupted: bool) -> tuple[bool, bool]:
-        """(the loss is finite, a stop signal came), as all processes see it, before the backward.
-
-        The loss and the signals are per process: one all-reduce (max) of both flags keeps every
-        process on the same path, so none waits forever in a collective the others skipped. A
-        non-finite loss gets no backward at all: with NaN coordinates, grid_sample's CPU backward
-        reads out of bounds (a segfault, not a NaN).
-        """
-        finite = torch.isfinite(loss.detach()).all()
-        flags = torch.stack([~finite, torch.tensor(interrupted, device=finite.device)]).float()
-        if self.world > 1:
-            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        bad, stop = flags.tolist()
-        return not bad, bool(stop)
-
-    def _gradients_finite(self) -> bool:
-        """Whether every gradient is finite (after DDP's all-reduce, the same answer in every process)."""
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        return not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
-
-    def _skip(self, loss: torch.Tensor, in_a_row: int) -> None:
-        """A step with a non-finite loss or gradient changes nothing: warn and count it."""
-        self.skipped_steps += 1
-        if self.rank == 0:
-            print(f"masksfm: warning: step {self.step}: non-finite loss or gradient (loss {float(loss.detach()):.4g}); "
-                  f"step skipped ({in_a_row} in a row, {self.skipped_steps} in all)", file=sys.stderr)
-            self.writer.add_scalar("train/skipped_steps", self.skipped_steps, self.step)
-
-    def _stop_diverged(self, in_a_row: int, saved: bool) -> None:
-        path = self.run_dir / CHECKPOINT_DIR / LAST
-        if self.rank == 0 and not saved:
-            self.save(LAST)
-        if self.world > 1:
-            dist.barrier()
-        raise MasksfmError(
-            f"stopped at step {self.step}: {in_a_row} steps in a row had a non-finite loss or gradient (a diverging "
-            f"run, or bad data in those batches); the last good weights, from before step {self.step - in_a_row}, "
-            f"are saved in {path}; lower optim.lr or check the data, then continue with --resume")
-
-    def _stop_interrupted(self, signum: int, saved: bool) -> None:
-        path = self.run_dir / CHECKPOINT_DIR / LAST
-        if self.rank == 0 and not saved:
-            self.save(LAST)
-        if self.world > 1:
-            dist.barrier()
-        raise TrainingInterrupted(f"{signal.Signals(signum).name} at step {self.step}: checkpoint saved in {path}; "
-                                  "continue with --resume", signum)
-
-    @contextmanager
-    def _stop_signals(self):
-        """SIGINT / SIGTERM: finish the step in progress, save `last`, stop (yields the signals received).
-
-        A second SIGINT stops at once (the atomic save keeps the previous checkpoint whole); a second
-        SIGTERM does not, since torchrun and schedulers send one after a user's Ctrl-C and follow up
-        with SIGKILL after their grace period anyway.
-        """
-        received: list[int] = []
-        if threading.current_thread() is not threading.main_thread():
-            yield received  # signal handlers can only be set from the main thread
-            return
-
-        def handler(signum, frame):
-            if received and signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            if not received:
-                # Loader workers may die of the same signal: the step in progress must not be broken
-                # off by the loader's SIGCHLD handler raising in the middle of it.
-                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                if self.rank == 0:
-                    # os.write, not print: a handler can run in the middle of another write to stderr.
-                    os.write(2, f"masksfm: {signal.Signals(signum).name}: stopping after this step, with a "
-                             "checkpoint\n".encode())
-            received.append(signum)
-
-        previous = {signum: signal.getsignal(signum) for signum in (signal.SIGCHLD, *STOP_SIGNALS)}
-        for signum in STOP_SIGNALS:
-            signal.signal(signum, handler)
-        try:
-            yield received
-        finally:
-            for signum, old in previous.items():
-                if old is not None:  # None: a handler not set from Python; nothing to restore
-                    signal.signal(signum, old)
-
-    @contextmanager
-    def _peer_failures(self):
-        """Another process of a DDP job died: end this one with a message, not a collective's traceback."""
-        try:
-            yield
-        except RuntimeError as error:
-            text = str(error)
-            lost = isinstance(error, dist.DistError) or any(
-                word in text for word in ("gloo", "Gloo", "NCCL", "Connection", "connection", "peer", "Timed out"))
-            if self.world == 1 or not lost:
-                raise
-            last = self.run_dir / CHECKPOINT_DIR / LAST
-            first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
-            # gloo: "[.../pair.cc:537] Read error [127.0.0.1]:4257: Connection reset by peer. This is ..."
-            first = first.split("] ", 1)[1] if first.startswith("[") and "] " in first else first
-            first = first.split(". ")[0][:160]
-            raise MasksfmError(
-                f"process {self.rank} of {self.world}: another process of the job died at step {self.step} "
-                f"({first}); restart the job with --resume to continue from {last}") from None
-
-
-def configure_from_args(config: Config, args) -> Config:
-    """Apply the train command's flags (they win over the YAML and --set)."""
-    for flag, (section, key) in {"steps": ("optim", "steps"), "batch_size": ("optim", "batch_size"),
-                                 "height": ("data", "height"), "width": ("data", "width"),
-                                 "seed": ("train", "seed"), "checkpoint_every": ("train", "checkpoint_every")}.items():
-        value = getattr(args, flag, None)
-        if value is not None:
-            setattr(getattr(config, section), key, value)
-    return config
-
 
 def run_training(data: Path, out: Path, config: Config, resume: bool = False, device: str | None = None,
                  progress: bool = True, time_limit: float | None = None) -> dict[str, float]:
@@ -430,7 +341,42 @@ def run_training(data: Path, out: Path, config: Config, resume: bool = False, de
     return terms
 
 
-def resumed_config(run: Path) -> Config | None:
+# The train command's flags and the config keys they set; a flag wins over the YAML and --set.
+TRAIN_FLAGS = {"steps": ("optim", "steps"), "batch_size": ("optim", "batch_size"), "height": ("data", "height"),
+               "width": ("data", "width"), "seed": ("train", "seed"), "checkpoint_every": ("train", "checkpoint_every")}
+
+
+def training_config(run: Path, config: str | Path | None = None, overrides: list[str] = (), resume: bool = False,
+                    **flags) -> Config:
+    """The configuration of a `masksfm train` run, resolved in one place.
+
+    A resumed run continues with the config stored in its last checkpoint (`config` must then be
+    None); otherwise the defaults, then `config` (a YAML path or a shipped name). Then the
+    `a.b=value` overrides, then the flags of `TRAIN_FLAGS` that are not None.
+    """
+    resolved = _resumed_config(run) if resume else None
+    if resolved is not None and config is not None:
+        raise MasksfmError(f"--resume continues {run} with its own config; drop --config (use --set to change a value)")
+    if resolved is None:
+        try:
+            resolved = load_config(config)
+        except MasksfmError as error:
+            raise MasksfmError(error if str(config) in str(error) else f"--config {config}: {error}") from None
+    try:
+        resolved = apply_overrides(resolved, overrides)
+    except MasksfmError as error:
+        raise MasksfmError(error if "--set" in str(error) else f"--set: {error}") from None
+    unknown = set(flags) - set(TRAIN_FLAGS)
+    if unknown:
+        raise TypeError(f"training_config: unknown flags {sorted(unknown)}")
+    for flag, value in flags.items():
+        if value is not None:
+            section, key = TRAIN_FLAGS[flag]
+            setattr(getattr(resolved, section), key, value)
+    return resolved
+
+
+def _resumed_config(run: Path) -> Config | None:
     """The configuration stored in a run's last checkpoint (what `--resume` continues with)."""
     last = Path(run) / CHECKPOINT_DIR / LAST
     if not last.is_file():
@@ -440,4 +386,3 @@ def resumed_config(run: Path) -> Config | None:
         return from_dict(meta["config"])
     except MasksfmError as error:
         raise MasksfmError(f"{last}: the configuration stored in the checkpoint does not load ({error})") from None
-

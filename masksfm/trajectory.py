@@ -1,6 +1,6 @@
 """Camera trajectories: chaining pairwise poses, Sim(3) alignment, TUM files and top-view plots.
 
-Conventions (DESIGN §2): a trajectory is (N, 4, 4) camera-to-world poses P_i, KITTI style (x right,
+Conventions (docs/design.md §2): a trajectory is (N, 4, 4) camera-to-world poses P_i, KITTI style (x right,
 y down, z forward, so the ground plane is x–z). A relative pose `T_rel[i] = inv(P_i) @ P_{i+1}` is
 the pose of frame i+1 in frame i's camera, i.e. `T_t2s` with target t = i+1 and source s = i: it
 maps points of frame i+1 into frame i. KITTI files are read and written by

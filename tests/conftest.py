@@ -1,5 +1,5 @@
 """Shared fixtures. Heavy things (a rendered dataset, a trained run) are session-scoped so the suite
-renders and trains once (DESIGN §7)."""
+renders and trains once (docs/design.md §7)."""
 
 from __future__ import annotations
 

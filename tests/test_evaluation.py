@@ -1,4 +1,4 @@
-"""Evaluation protocols against cases worked out by hand (DESIGN §6)."""
+"""Evaluation protocols against cases worked out by hand (docs/design.md §6)."""
 
 import math
 

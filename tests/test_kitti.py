@@ -160,7 +160,7 @@ def prepared(raw, tmp_path_factory):
 
 
 def scaled(K, h0=SIZE[0], w0=SIZE[1]):
-    """Hand-written half-pixel-centre scaling (DESIGN §2) of a 3x4 projection's K."""
+    """Hand-written half-pixel-centre scaling (docs/design.md §2) of a 3x4 projection's K."""
     K = np.array(K, dtype=np.float64)[:, :3]
     sx, sy = OUT_W / w0, OUT_H / h0
     return np.array([[sx * K[0, 0], 0, sx * (K[0, 2] + 0.5) - 0.5], [0, sy * K[1, 1], sy * (K[1, 2] + 0.5) - 0.5],

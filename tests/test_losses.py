@@ -152,6 +152,8 @@ class TestBaselines:
         assert L.min_reprojection(reproj).flatten().tolist() == pytest.approx([0.2, 0.1])
         # pixel 0: 0.2 < 0.3 kept; pixel 1: 0.1 > 0.05 (looks the same unwarped) dropped
         assert L.identity_automask(reproj, identity).flatten().tolist() == [1.0, 0.0]
+        # monodepth2's per-pixel loss: the kept pixel's reprojection error, the dropped one's identity error
+        assert L.automasked_reprojection(reproj, identity).flatten().tolist() == pytest.approx([0.2, 0.05 + 1e-5])
 
     def test_scale_weight(self):
         assert L.scale_weight(0) == 1.0 and L.scale_weight(2) == 0.25

@@ -1,4 +1,4 @@
-"""The masks against analytic scenes and an obviously-correct loop implementation (DESIGN §4)."""
+"""The masks against analytic scenes and an obviously-correct loop implementation (docs/design.md §4)."""
 
 import math
 

@@ -111,7 +111,7 @@ class TestDepthNets:
 
 
 class TestDispNetWithoutBatchNorm:
-    """The DDP tests (DESIGN §1) rely on DispNet's training-mode output depending on its own image only."""
+    """The DDP tests (docs/design.md §1) rely on DispNet's training-mode output depending on its own image only."""
 
     def test_no_normalisation_layers(self, depth_nets):
         norms = (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm)

@@ -18,7 +18,7 @@ from masksfm.cli import main
 from masksfm.data.layout import read_cam, read_image, read_scene, write_image
 from masksfm.errors import MasksfmError
 
-CAMERA_HEIGHT = 1.65  # the synthetic street's camera (DESIGN §5)
+CAMERA_HEIGHT = 1.65  # the synthetic street's camera (docs/design.md §5)
 
 
 def read_ply(path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -609,10 +609,11 @@ def test_nonfinite_steps_are_skipped_and_too_many_in_a_row_stop_the_run(synth_da
     """Step 0: a NaN image batch; 1: an infinite loss; 2: a good step; 3: a finite loss with NaN
     gradients; 4, 5: NaN losses. Each bad step is skipped with a warning and counted; 0-1 are two in a
     row, under the limit (3); 3-5 are three: the run stops with the weights of after step 2 saved."""
+    import masksfm.faults
     import masksfm.training as T
     from masksfm.config import load_config
 
-    monkeypatch.setattr(T, "MAX_NONFINITE_IN_A_ROW", 3)
+    monkeypatch.setattr(masksfm.faults, "MAX_NONFINITE_IN_A_ROW", 3)
     config = load_config(None, ["data.height=32", "data.width=104", "optim.batch_size=1", "data.workers=0",
                                 "optim.steps=20", "train.checkpoint_every=1000", "train.log_every=1"])
     trainer = T.Trainer(synth_dataset, tmp_path / "run", config, device="cpu", progress=False)
@@ -680,7 +681,7 @@ def degenerate_batch(case: str, explainability: bool):
     explainability = [torch.rand(b, length - 1, h >> s, w >> s).clamp(0.05, 0.95).requires_grad_()
                       for s in range(4)] if explainability else None
     K = torch.tensor([[0.58 * w, 0, w / 2], [0, 1.92 * h, h / 2], [0, 0, 1]]).expand(b, 3, 3)
-    from masksfm.model import ModelOutput
+    from masksfm.objective import ModelOutput
 
     return ModelOutput(disparities, poses, explainability), images, K
 

@@ -1,5 +1,5 @@
 """The synthetic street: ray casting and visibility against cases worked out by hand, then the rendered
-dataset's ground truth against itself (DESIGN §5: warping and reprojection figures), splits, determinism
+dataset's ground truth against itself (docs/design.md §5: warping and reprojection figures), splits, determinism
 and the command line."""
 
 from __future__ import annotations
@@ -267,7 +267,7 @@ class TestDataset:
                 assert (depth == 0).mean() < 0.3  # sky well under half a frame
 
     def test_ground_truth_is_exact_on_every_neighbouring_pair(self, synth_dataset):
-        # DESIGN §5: warping with the true depth and pose leaves under half the no-warp photometric
+        # docs/design.md §5: warping with the true depth and pose leaves under half the no-warp photometric
         # error on visible pixels, and reprojected depth agrees to within 1% (median).
         for name in ("scene_000", "scene_001", "scene_002"):
             for i, j, ratio, depth_error in _warp_figures(layout.read_scene(synth_dataset / name)):

@@ -19,8 +19,8 @@ from masksfm.data.layout import load_split
 from masksfm.errors import MasksfmError
 from masksfm.geometry import pose_vec_to_mat
 from masksfm.masks import compute_masks
-from masksfm.model import ModelOutput, build_model
-from masksfm.objective import compute_objective
+from masksfm.model import build_model
+from masksfm.objective import ModelOutput, compute_objective
 
 from conftest import TINY_TRAIN_SETTINGS
 

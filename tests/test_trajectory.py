@@ -77,7 +77,7 @@ class TestChaining:
         np.testing.assert_allclose(gt[0] @ chained, gt, atol=1e-9)
 
     def test_relative_matches_geometry_convention(self):
-        # relative_poses is T_t2s = inv(P_s) @ P_t with t = i+1, s = i (DESIGN §2).
+        # relative_poses is T_t2s = inv(P_s) @ P_t with t = i+1, s = i (docs/design.md §2).
         from masksfm.geometry import relative_pose
 
         gt = curved_drive(5)

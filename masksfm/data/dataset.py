@@ -1,4 +1,4 @@
-"""Training snippets from the sequence-folder layout (DESIGN §3, §5): resizing to the training size
+"""Training snippets from the sequence-folder layout (docs/design.md §3, §5): resizing to the training size
 with exact intrinsics, augmentation applied identically to every frame of a snippet, and
 reproducible, resumable, DDP-sharded batches.
 

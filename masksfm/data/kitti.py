@@ -1,4 +1,4 @@
-"""KITTI raw and KITTI odometry -> the sequence-folder layout (DESIGN §5), and the Eigen test ground truth.
+"""KITTI raw and KITTI odometry -> the sequence-folder layout (docs/design.md §5), and the Eigen test ground truth.
 
 What `prepare kitti-raw` reads (other parts of a KITTI download may be absent):
 
@@ -130,7 +130,7 @@ def intrinsics_from_projection(P: np.ndarray, path: Path, key: str) -> np.ndarra
 def load_velodyne_points(path: Path) -> np.ndarray:
     """Read a velodyne scan (float32 N x 4: forward, left, up, reflectance) as homogeneous points.
 
-    The reflectance column is replaced by 1 (monodepth2's convention, DESIGN §5).
+    The reflectance column is replaced by 1 (monodepth2's convention, docs/design.md §5).
 
     Returns:
         (N, 4) float64 [x, y, z, 1], metres, velodyne frame.
@@ -172,7 +172,7 @@ def velodyne_to_image(cam_to_cam: dict, velo_to_cam: dict, cam: str = "02",
 
 def project_velodyne(points: np.ndarray, P_velo_to_image: np.ndarray, size: tuple[int, int],
                      velodyne_depth: bool = True) -> np.ndarray:
-    """Sparse depth map of a velodyne scan, monodepth2's `generate_depth_map` (DESIGN §5).
+    """Sparse depth map of a velodyne scan, monodepth2's `generate_depth_map` (docs/design.md §5).
 
     Points with forward x < 0 are dropped; pixel = round(u) − 1, round(v) − 1 (KITTI's MATLAB
     indexing, kept so the ground truth is the published one), kept inside the image; where several

@@ -1,4 +1,4 @@
-"""The sequence-folder layout (DESIGN §5): what `synth` and `prepare` write and `train` / `eval` read.
+"""The sequence-folder layout (docs/design.md §5): what `synth` and `prepare` write and `train` / `eval` read.
 
 ```
 DATA/dataset.json           {"kind": "synthetic" | "kitti-raw" | "kitti-odometry" | "video", ...}
@@ -366,7 +366,7 @@ def read_scene(path: Path) -> Scene:
 def load_split(root: Path, split: str, allow_empty: bool = False) -> list[Scene]:
     """Read every scene a split file names.
 
-    A split that a command uses may not be empty (DESIGN §5); pass `allow_empty=True` for one that
+    A split that a command uses may not be empty (docs/design.md §5); pass `allow_empty=True` for one that
     may (a validation split of a tiny dataset).
     """
     names = read_split(root, split)

@@ -1,4 +1,4 @@
-"""Your own video -> the sequence-folder layout (DESIGN §5): `masksfm prepare video`.
+"""Your own video -> the sequence-folder layout (docs/design.md §5): `masksfm prepare video`.
 
 INPUT is a video file (decoded with PyAV) or a folder of images (natural sort order = time:
 `img2.png` before `img10.png`). Each frame, in turn (one in memory at a time):
@@ -67,7 +67,7 @@ FISHEYE_MODELS = ("fisheye", "equidistant", "kannala_brandt", "kannala-brandt")
 
 def intrinsics_from_fov(fov: float, height: int, width: int) -> np.ndarray:
     """Pinhole intrinsics from a horizontal field of view: fx = fy = (W/2) / tan(fov/2), principal
-    point at the image centre ((W−1)/2, (H−1)/2 with pixel centres at integers, DESIGN §2).
+    point at the image centre ((W−1)/2, (H−1)/2 with pixel centres at integers, docs/design.md §2).
 
     Args:
         fov: horizontal field of view, degrees, in (0, 180).

@@ -1,4 +1,4 @@
-"""The depth and pose networks (DESIGN §3): `build_depth_net` for `model.depth`, and `PoseNet`."""
+"""The depth and pose networks (docs/design.md §3): `build_depth_net` for `model.depth`, and `PoseNet`."""
 
 from masksfm.networks.depth import DispNet, ResNetDepthNet, build_depth_net
 from masksfm.networks.pose import PairPoseNet, PoseNet

@@ -1,4 +1,4 @@
-"""Pose network: the target and its sources in, one 6-vector T_t2s per source out (DESIGN §2, §3).
+"""Pose network: the target and its sources in, one 6-vector T_t2s per source out (docs/design.md §2, §3).
 
 SfMLearner's PoseExpNet (Zhou et al., CVPR 2017) with its optional explainability decoder. The output
 `[tx, ty, tz, rx, ry, rz]` is a translation (model units) and an axis-angle rotation (radians) of the

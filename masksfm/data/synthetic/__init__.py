@@ -3,7 +3,7 @@
 Modules: `raycast` (primitives and the vectorized ray caster), `textures` (scikit-image photos as
 mip pyramids), `street` (the procedural street, the drive, KITTI-like intrinsics), `render` (a
 frame, and visibility between frames). This file writes them out in the sequence-folder layout
-(DESIGN §5):
+(docs/design.md §5):
 
     OUT/dataset.json  train.txt  val.txt  test.txt
     OUT/scene_000/000000.png ... cam.txt poses.txt depth/ visibility/ moving/
@@ -38,7 +38,7 @@ MIN_SIZE = 16
 
 
 def split_scenes(names: list[str], rng: np.random.Generator) -> dict[str, list[str]]:
-    """Split scenes into train / val / test (DESIGN §5).
+    """Split scenes into train / val / test (docs/design.md §5).
 
     With N ≥ 3 scenes, val and test get max(1, round(0.15 N)) each; N = 2 gives one train and one
     test scene; N = 1 one train scene. Which scene goes where is drawn from `rng`.

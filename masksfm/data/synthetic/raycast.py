@@ -1,7 +1,7 @@
 """Analytic ray casting of the street's primitives: a ground plane, oriented boxes, vertical cylinders, spheres.
 
 World frame: x right across the street, y down, z along the street (the camera frame of a camera
-looking down the street, DESIGN §2); the road surface is the plane y = 0.
+looking down the street, docs/design.md §2); the road surface is the plane y = 0.
 
 All rays of one cast share an origin (a camera centre) and come as directions (3, N); a hit is the
 smallest t > 0 with o + t·d on a surface. With d = R K⁻¹ [u, v, 1] (camera-frame z = 1) t *is* the

@@ -1,4 +1,4 @@
-"""A procedurally generated street and a drive down it (DESIGN §5).
+"""A procedurally generated street and a drive down it (docs/design.md §5).
 
 World frame as in `raycast`: x across the street (right), y down, z along the street; the road is
 y = 0 and the street's centre line x = 0. Right-hand traffic: the camera drives in the lane at
@@ -33,7 +33,7 @@ GLASS = (0.12, 0.14, 0.18)
 
 
 def kitti_intrinsics(height: int, width: int) -> np.ndarray:
-    """KITTI camera 2's intrinsics scaled to a `height` x `width` image (DESIGN §2 resizing rule).
+    """KITTI camera 2's intrinsics scaled to a `height` x `width` image (docs/design.md §2 resizing rule).
 
     Returns:
         (3, 3) float64, pixels.

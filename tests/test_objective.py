@@ -1,0 +1,152 @@
+"""The training objective on exact cases: the pairing, the mask strategies, the floor guard (docs/design.md §3, §4)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from masksfm.config import MASK_MODES, load_config
+from masksfm.data.dataset import SnippetDataset
+from masksfm.data.layout import load_split
+from masksfm.losses import depth_inconsistency
+from masksfm.objective import MASK_STRATEGIES, ModelOutput, compute_objective, floor_weights, mask_strategy, pair_frames
+
+H, W = 32, 104
+
+
+@pytest.fixture(scope="module")
+def still_snippet(synth_dataset):
+    """A real rendered frame repeated as a 3-frame snippet (B = 1), its intrinsics, and a constant
+    depth of 10 m at every scale: what a camera standing still before a wall would see."""
+    item = SnippetDataset(load_split(synth_dataset, "train"), H, W, augment=False, seed=0)[0]
+    frame = item["images_raw"][1]
+    images = frame.expand(3, -1, -1, -1).unsqueeze(0).contiguous()
+    disparities = [torch.full((3, 1, H >> s, W >> s), 0.1) for s in range(4)]
+    return images, item["K"].unsqueeze(0), disparities
+
+
+def outputs(disparities, poses, mode):
+    explainability = [torch.ones(1, 2, H >> s, W >> s) * 0.5 for s in range(4)] if mode == "explainability" else None
+    return ModelOutput(disparities, poses, explainability)
+
+
+def test_pair_frames_pairs_each_target_with_its_sources_in_pose_order():
+    frames = torch.arange(2 * 5).view(10, 1).float()  # B = 2 snippets of L = 5 frames, numbered
+    target, source = pair_frames(frames, 5)
+    assert target.flatten().tolist() == [2, 2, 2, 2, 7, 7, 7, 7]
+    assert source.flatten().tolist() == [0, 1, 3, 4, 5, 6, 8, 9]
+    images = torch.rand(6, 3, 4, 5)  # B = 2, L = 3: the shape after the frame axis is kept
+    target, source = pair_frames(images, 3)
+    assert target.shape == source.shape == (4, 3, 4, 5)
+    assert torch.equal(target[3], images[4]) and torch.equal(source[3], images[5])
+
+
+@pytest.mark.parametrize("mode", MASK_MODES)
+def test_identical_frames_and_identity_pose_give_zero_photometric_error(mode, still_snippet):
+    images, K, disparities = still_snippet
+    cfg = load_config(None, [f"loss.mask={mode}"]).loss
+    still = compute_objective(outputs(disparities, torch.zeros(1, 2, 6), mode), images, K, cfg)
+    # Not 0 to the bit: the pixel -> point -> pixel round trip in float32 lands ~1e-5 px off.
+    assert still.terms["photometric"].item() == pytest.approx(0.0, abs=2e-5)
+    assert still.terms["smoothness"].item() == 0.0  # a constant disparity has no gradient
+    # The control: the same frames with the camera moving 0.5 m sideways do not match, except under
+    # the auto-mask: unwarped, the frames match, so almost every pixel is dropped and weighs its
+    # identity error plus the tie offset, 1e-5 at each of the 4 scales.
+    moved = torch.tensor([[[0.5, 0, 0, 0, 0, 0], [-0.5, 0, 0, 0, 0, 0]]])
+    photometric = compute_objective(outputs(disparities, moved, mode), images, K, cfg).terms["photometric"].item()
+    if mode == "automask":
+        assert photometric == pytest.approx(4e-5, rel=0.01)
+    else:
+        assert photometric > 1e-3
+
+
+def test_floor_weights_exactly():
+    mask = torch.tensor([1.0, 0.0, 0.0, 1.0]).view(1, 1, 1, 4)  # kept, dropped, out of view, kept
+    in_view = torch.tensor([1.0, 1.0, 0.0, 1.0]).view(1, 1, 1, 4)
+    assert floor_weights(mask, 0.25, in_view).flatten().tolist() == [1.0, 0.25, 0.0, 1.0]
+    assert floor_weights(mask, 0.25).flatten().tolist() == [1.0, 0.25, 0.25, 1.0]
+    assert floor_weights(mask, 0.0, in_view).flatten().tolist() == mask.flatten().tolist()
+    assert floor_weights(mask, 1.0, in_view).flatten().tolist() == in_view.flatten().tolist()
+
+
+def test_a_floor_of_one_weighs_every_pixel_as_the_unmasked_loss(synth_dataset):
+    """With floor 1 lifting out-of-view pixels too, every pixel weighs 1 whatever the masks: the
+    paper's normaliser Σe / (HW + 1) against the unmasked mean Σe / HW, at every scale (upsample)."""
+    dataset = SnippetDataset(load_split(synth_dataset, "train"), H, W, augment=False, seed=0)
+    images = torch.stack([dataset[i]["images_raw"] for i in range(2)])
+    K = torch.stack([dataset[i]["K"] for i in range(2)])
+    torch.manual_seed(0)
+    disparities = [0.05 + 0.2 * torch.rand(6, 1, H >> s, W >> s) for s in range(4)]
+    poses = torch.tensor([[[0.0, 0.0, -0.4, 0.0, 0.01, 0.0], [0.0, 0.0, 0.4, 0.0, -0.01, 0.0]]]).repeat(2, 1, 1)
+    out = ModelOutput(disparities, poses, None)
+    unmasked = compute_objective(out, images, K, load_config(None, ["loss.mask=none"]).loss)
+    floored = compute_objective(out, images, K, load_config(None, ["loss.floor=1.0",
+                                                                   "loss.floor_out_of_view=true"]).loss)
+    assert 0 < floored.terms["mask_combined"] < 1  # the masks do drop pixels here
+    expected = unmasked.terms["photometric"] * (H * W) / (H * W + 1)
+    assert floored.terms["photometric"].item() == pytest.approx(expected.item(), rel=1e-5)
+    halved = compute_objective(out, images, K, load_config(None, ["loss.floor=0.5"]).loss)
+    assert halved.terms["photometric"] != pytest.approx(expected.item(), rel=1e-3)
+
+
+def test_every_mask_mode_has_a_strategy():
+    assert set(MASK_STRATEGIES) == set(MASK_MODES)
+    assert [m for m, s in MASK_STRATEGIES.items() if s.explainability] == ["explainability"]
+    assert {m for m, s in MASK_STRATEGIES.items() if s.geometric} == {"multimask", "multimask+automask"}
+    assert {m for m, s in MASK_STRATEGIES.items() if not s.both_directions} == {"explainability", "automask"}
+    for mode in MASK_MODES:  # the warm-up guard: geometric modes weigh every pixel, the others are unchanged
+        expected = "none" if MASK_STRATEGIES[mode].geometric else mode
+        assert mask_strategy(mode, use_masks=False).name == expected
+        assert mask_strategy(mode).name == mode
+
+
+@pytest.mark.parametrize("mode, bidirectional, warps_sources", [
+    ("none", True, True), ("multimask", True, True), ("none", False, False), ("automask", True, False),
+    ("explainability", True, False)])
+def test_which_directions_are_warped(mode, bidirectional, warps_sources, synth_dataset):
+    """A mode that warps both directions also reconstructs each source from the target, with the
+    source's depth: its photometric term changes when only a source frame's depth does."""
+    dataset = SnippetDataset(load_split(synth_dataset, "train"), H, W, augment=False, seed=0)
+    images, K = dataset[0]["images_raw"].unsqueeze(0), dataset[0]["K"].unsqueeze(0)
+    torch.manual_seed(0)
+    disparities = [0.05 + 0.2 * torch.rand(3, 1, H >> s, W >> s) for s in range(4)]
+    other = [d.clone() for d in disparities]
+    for d in other:
+        d[0] *= 2  # the first source frame only
+    poses = torch.tensor([[[0.0, 0.0, -0.4, 0.0, 0.0, 0.0], [0.0, 0.0, 0.4, 0.0, 0.0, 0.0]]])
+    cfg = load_config(None, [f"loss.mask={mode}", f"loss.bidirectional={str(bidirectional).lower()}",
+                             "loss.smoothness_weight=0"]).loss
+    a = compute_objective(outputs(disparities, poses, mode), images, K, cfg).terms["photometric"]
+    b = compute_objective(outputs(other, poses, mode), images, K, cfg).terms["photometric"]
+    assert (a != b) == warps_sources, (a, b)
+
+
+def test_depth_inconsistency_exactly():
+    projected = torch.tensor([10.0, 10.0, 5.0, 0.0]).view(1, 1, 1, 4)
+    sampled = torch.tensor([10.0, 20.0, 15.0, 0.0]).view(1, 1, 1, 4)
+    assert depth_inconsistency(projected, sampled).flatten().tolist() == pytest.approx([0.0, 1 / 3, 0.5, 0.0])
+    # The same at any global scale: it measures the frames' depth scales against each other.
+    assert torch.allclose(depth_inconsistency(7 * projected, 7 * sampled), depth_inconsistency(projected, sampled))
+
+
+@pytest.mark.parametrize("mode", ["none", "multimask"])
+def test_the_consistency_term_sees_a_source_at_another_depth_scale(mode, still_snippet):
+    """A still camera before a wall 10 m away: with every frame at 10 m the depth maps agree (term 0);
+    with the sources at 20 m every pixel disagrees by |10 − 20| / 30 = 1/3, in both directions, at
+    each of the 4 scales."""
+    images, K, disparities = still_snippet
+    cfg = load_config(None, [f"loss.mask={mode}", "loss.consistency_weight=0.5", "loss.floor_out_of_view=true"]).loss
+    still = torch.zeros(1, 2, 6)
+    agree = compute_objective(outputs(disparities, still, mode), images, K, cfg)
+    assert agree.terms["consistency"].item() == pytest.approx(0.0, abs=1e-5)
+    far_sources = [d.clone() for d in disparities]
+    for d in far_sources:
+        d[[0, 2]] = 0.05  # frames 0 and 2 of the snippet (the sources) at 20 m
+    disagree = compute_objective(outputs(far_sources, still, mode), images, K, cfg)
+    # masked_mean's +1 in the denominator: Σ w·e / (Σ w + 1) with every weight 1 (nothing is
+    # masked for a still camera), so (1/3) · HW / (HW + 1) per pixel grid.
+    expected = 0.5 * sum((1 / 3) * (H * W) / (H * W + (mode == "multimask")) for _ in range(4))
+    assert disagree.terms["consistency"].item() == pytest.approx(expected, rel=1e-4)
+    # Off by default: no term, no extra warp.
+    assert "consistency" not in compute_objective(outputs(far_sources, still, mode), images, K,
+                                                  load_config(None, [f"loss.mask={mode}"]).loss).terms
