@@ -276,8 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = kinds.add_parser("video", help="a video file or image folder -> training folders",
                          description="Frames where the camera stands still are dropped: the median motion of "
                          "corners tracked (Lucas-Kanade) since the last kept frame is under --min-motion output "
-                         "pixels. Scenes are cut every --scene-length frames and after more than 10 still frames "
-                         "in a row. Without --fov / --intrinsics / --calib a 70 degree horizontal field of view is "
+                         "pixels. Scenes are cut at hard cuts (shot changes), every --scene-length frames and after "
+                         "more than 10 still frames in a row. Without --fov / --intrinsics / --calib a 70 degree horizontal field of view is "
                          "assumed, with a warning; with a calibration that has distortion, frames are undistorted.",
                          formatter_class=_formatter)
     p.add_argument("input", type=Path, help="video file (mp4, mov, ...) or folder of images")
