@@ -94,7 +94,9 @@ def cmd_prepare_video(args) -> None:
 def cmd_train(args) -> None:
     from masksfm.config import apply_overrides, load_config
     from masksfm.data.layout import load_split
+    from masksfm.runlock import check_run_folder
 
+    check_run_folder(args.out)  # another training in this run folder: refused in a second, not after torch loads
     config = None
     if args.resume:
         from masksfm.training import resumed_config

@@ -50,6 +50,7 @@ from masksfm.inference import evaluate_depth
 from masksfm.model import build_model, pick_device
 from masksfm.objective import compute_objective
 from masksfm.progress import progress_bar
+from masksfm.runlock import hold_run_folder
 
 LR_DECAY = 0.1
 # Non-finite steps in a row that stop a run: one bad batch is noise, ten in a row is divergence.
@@ -98,6 +99,8 @@ class Trainer:
                 (self.run_dir / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
             except OSError as error:
                 raise MasksfmError(f"{self.run_dir}: cannot write the run folder ({error.strerror or error})") from None
+        # One training per run folder; rank 0 writes for the whole job, so it holds it (masksfm/runlock.py).
+        self.run_lock = hold_run_folder(self.run_dir) if self.rank == 0 else None
 
         self.step, self.best_abs_rel, self.skipped_steps = 0, math.inf, 0
         checkpoint = resume_checkpoint(self.run_dir) if resume else None
@@ -285,6 +288,8 @@ class Trainer:
             if self.writer is not None:
                 self.writer.flush()
                 self.writer.close()
+            if self.run_lock is not None:
+                self.run_lock.release()
         return last_terms
 
     # --- what can go wrong ---------------------------------------------------------------------
