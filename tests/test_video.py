@@ -374,3 +374,39 @@ class TestGreyscale:
         frame = layout.read_image(out / "grey_000" / "000002.png")
         assert frame.shape == (OUT_H, OUT_W, 3) and np.array_equal(frame[..., 0], frame[..., 2])
         assert frame.std() > 10  # the picture, not a blank
+
+
+@pytest.mark.slow
+def test_a_real_clip_through_every_command(tmp_path, capsys):
+    """bikes.mp4, a real edited clip with a moving camera, through prepare, train, eval, predict and
+    export. It has no ground truth: the test checks that every command works on it and agrees with the
+    others, not that the depth is right."""
+    import onnxruntime as ort
+
+    data, run, pred, onnx = tmp_path / "data", tmp_path / "run", tmp_path / "pred", tmp_path / "depth.onnx"
+    main(["prepare", "video", str(bikes_clip()), str(data), "--height", "64", "--width", "160", "--fov", "60"])
+    scenes = layout.read_split(data, "train")
+    assert len(scenes) >= 4
+    main(["train", str(data), "--out", str(run), "--steps", "2", "--batch-size", "2", "--height", "64", "--width",
+          "160", "--set", "data.workers=0", "--set", "train.image_every=1"])
+    assert (run / "checkpoints" / "last.safetensors").is_file()
+    for what in ("depth", "pose"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["eval", what, str(run), str(data)])
+        assert exit_info.value.code == 2
+        assert f"{data}: prepared from a video, which has no ground-truth" in capsys.readouterr().err
+    main(["predict", str(run), str(data), "--out", str(pred), "--trajectory", "--ply"])
+    main(["export", str(run), "--format", "onnx", "--out", str(onnx)])
+    runtime = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
+    for name in scenes:
+        frames = layout.read_scene(data / name).stems
+        depth_files = sorted((pred / name / "depth").glob("*.npy"))
+        assert [f.stem for f in depth_files] == list(frames)
+        assert len((pred / name / "trajectory.kitti.txt").read_text().splitlines()) == len(frames)
+        assert (pred / name / "cloud.ply").stat().st_size > 0
+        depth = np.load(depth_files[0])
+        assert depth.shape == (64, 160) and np.all(np.isfinite(depth) & (depth > 0))
+        # The exported net gives the depth predict wrote, from the same real frame.
+        image = layout.read_image(data / name / f"{frames[0]}.png").astype(np.float32) / 255
+        (exported,) = runtime.run(None, {"image": image.transpose(2, 0, 1)[None]})
+        assert np.allclose(exported[0, 0], depth, rtol=1e-3, atol=1e-5)
