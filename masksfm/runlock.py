@@ -115,7 +115,10 @@ def hold_run_folder(run_dir: Path) -> RunLock:
 
 def _lock(run_dir: Path) -> int | None:
     """Lock `run_dir/.lock` and write this process into it: the open descriptor (None: unguarded)."""
-    fd = os.open(run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+    try:
+        fd = os.open(run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+    except OSError as error:
+        raise MasksfmError(f"{run_dir}: cannot write the run folder ({error.strerror or error})") from None
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as error:
