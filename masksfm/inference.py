@@ -22,7 +22,7 @@ from masksfm.evaluation import (
     prediction_to_depth_at,
 )
 from masksfm.errors import MasksfmError
-from masksfm.geometry import invert_pose, pose_vec_to_mat
+from masksfm.geometry import invert_pose, pose_vec_to_mat, scale_intrinsics
 from masksfm.progress import progress_bar
 
 
@@ -277,11 +277,18 @@ def sequence_pose_results(scene: Scene, rel: np.ndarray, folder: Path | None = N
 
 
 def run_eval_pose(run: Path, data: Path, split: str = "test", out: Path | None = None, device: str | None = None,
-                  progress: bool = True) -> dict:
+                  progress: bool = True, refine: int | None = None) -> dict:
     """`masksfm eval pose`: snippet ATE over all test scenes, and per scene the full trajectory
     chained from pairwise predictions (ATE RMSE, RPE, KITTI t_rel / r_rel), its KITTI and TUM files
-    and a plot (DESIGN §1, §6)."""
+    and a plot (DESIGN §1, §6).
+
+    With `refine` (LM iterations per pyramid level), the pose net's relative poses are also refined
+    photometrically against the depth net's depth (:func:`masksfm.refine.refine_relative_poses`)
+    and scored alike: `refined` beside the pose net's own figures (overall and per scene; its
+    trajectory files in OUT/<scene>/refined/), which stay as they are.
+    """
     from masksfm.model import load_model, pick_device
+    from masksfm.refine import refine_relative_poses
 
     dev = pick_device(device)
     model, config, _ = load_model(run, dev)
@@ -291,7 +298,7 @@ def run_eval_pose(run: Path, data: Path, split: str = "test", out: Path | None =
     run = Path(run)
     if out is None:
         out = run / "eval" / f"pose-{split}" if run.is_dir() else run.parent / f"{run.stem}-pose-{split}"
-    all_ates, sequences = [], {}
+    all_ates, all_refined, sequences = [], [], {}
     bar = progress_bar(len(scenes), "eval pose", "scene", enabled=progress)
     for scene in scenes:
         bar.update()
@@ -301,8 +308,17 @@ def run_eval_pose(run: Path, data: Path, split: str = "test", out: Path | None =
         rel = predict_relative_poses(model.pose_net, frames, config.data.snippet_length, dev)
         ates, sequences[scene.name] = sequence_pose_results(scene, rel, out / scene.name)
         all_ates.append(ates)
+        if refine is not None:
+            K = scale_intrinsics(scene.K, config.data.width / scene.size[1], config.data.height / scene.size[0])
+            rel = refine_relative_poses(model.depth_net, frames, rel, K, dev, iterations=refine)
+            ates, sequences[scene.name]["refined"] = sequence_pose_results(scene, rel, out / scene.name / "refined")
+            all_refined.append(ates)
     if not all_ates:
         raise MasksfmError(f"{data}: no scene of split {split!r} is long enough for 5-frame snippets")
     bar.close()
     ates = np.concatenate(all_ates)
-    return {"ate_mean": float(ates.mean()), "ate_std": float(ates.std()), "sequences": sequences, "out": str(out)}
+    results = {"ate_mean": float(ates.mean()), "ate_std": float(ates.std()), "sequences": sequences, "out": str(out)}
+    if refine is not None:
+        ates = np.concatenate(all_refined)
+        results["refined"] = {"ate_mean": float(ates.mean()), "ate_std": float(ates.std()), "iterations": refine}
+    return results
