@@ -140,7 +140,7 @@ def cmd_eval_pose(args) -> None:
 
     from masksfm.inference import run_eval_pose
 
-    results = run_eval_pose(args.run, args.data, args.split, args.out, args.device)
+    results = run_eval_pose(args.run, args.data, args.split, args.out, args.device, refine=args.refine)
     keys = ["ate_mean", "ate_std", "ate3_mean", "ate3_std", "ate_rmse", "rpe_trans", "rpe_rot", "t_rel", "r_rel"]
     table = Table(title=f"pose, split {args.split} (snippet ATE: 5 frames (ate) and 3 frames (ate3), metres; "
                         f"trajectories in {results.pop('out')})")
@@ -148,8 +148,12 @@ def cmd_eval_pose(args) -> None:
     for key in keys:
         table.add_column(key, justify="right")
     for name, seq in results["sequences"].items():
-        table.add_row(name, *(f"{seq[k]:.4f}" if k in seq else "-" for k in keys))
-    table.add_row("all", *(f"{results[k]:.4f}" for k in keys[:4]), *["" for _ in keys[4:]])
+        for label, row in ((name, seq), (f"{name} refined", seq.get("refined"))):
+            if row is not None:
+                table.add_row(label, *(f"{row[k]:.4f}" if k in row else "-" for k in keys))
+    for label, row in (("all", results), ("all refined", results.get("refined"))):
+        if row is not None:
+            table.add_row(label, *(f"{row[k]:.4f}" for k in keys[:4]), *["" for _ in keys[4:]])
     _console().print(table)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -161,7 +165,7 @@ def cmd_predict(args) -> None:
 
     summaries = run_predict(args.run, args.input, args.out, save=args.save, ply=args.ply, trajectory=args.trajectory,
                             camera_height=args.camera_height, batch_size=args.batch_size, device=args.device,
-                            intrinsics=args.intrinsics, fov=args.fov)
+                            intrinsics=args.intrinsics, fov=args.fov, refine=args.refine)
     frames = sum(s["frames"] for s in summaries.values())
     scales = [f" (median scale {s['scale_median']:.4g} m per model unit)"
               for s in summaries.values() if "scale_median" in s]
@@ -190,6 +194,12 @@ def cmd_demo(args) -> None:
 
 def _add_device(p) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
+
+
+def _add_refine(p) -> None:
+    p.add_argument("--refine", type=_positive_int, nargs="?", const=10, default=None, metavar="ITERATIONS",
+                   help="also refine each consecutive pair's pose photometrically against the depth net's depth "
+                        "(robust Levenberg-Marquardt, coarse to fine; ITERATIONS per pyramid level, default 10)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -328,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, default=None,
                    help="write ate_mean, ate_std and per-scene trajectory metrics to this JSON file")
     p.add_argument("--out", type=Path, default=None, help="folder for trajectories and plots")
+    _add_refine(p)
     _add_device(p)
     p.set_defaults(func=cmd_eval_pose)
 
@@ -346,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save", default="png16,npy,color", help="comma list of png16, npy, color")
     p.add_argument("--ply", action="store_true", help="coloured point cloud per frame")
     p.add_argument("--trajectory", action="store_true", help="chain poses into a trajectory (KITTI + TUM + plot)")
+    _add_refine(p)
     p.add_argument("--camera-height", type=_positive_float, default=None,
                    help="metres above the road: fit the road plane and write metric depth")
     p.add_argument("--batch-size", type=_positive_int, default=8, help="frames per forward pass (default 8)")

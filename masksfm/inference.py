@@ -23,7 +23,7 @@ from masksfm.evaluation import (
     snippet_ates,
 )
 from masksfm.errors import MasksfmError
-from masksfm.geometry import invert_pose, pose_vec_to_mat
+from masksfm.geometry import invert_pose, pose_vec_to_mat, scale_intrinsics
 from masksfm.progress import progress_bar
 
 
@@ -277,11 +277,8 @@ def sequence_pose_results(scene: Scene, rel: np.ndarray, folder: Path | None = N
     from masksfm.evaluation import kitti_odometry_metrics, trajectory_metrics
     from masksfm.trajectory import chain_relative_poses, plot_trajectories, write_tum
 
-    ates = snippet_ates(rel, scene.poses)
-    ates3 = snippet_ates(rel, scene.poses, 3)
     trajectory = scene.poses[0] @ chain_relative_poses(rel)
-    result = {"ate_mean": float(ates.mean()), "ate_std": float(ates.std()),
-              "ate3_mean": float(ates3.mean()), "ate3_std": float(ates3.std())}
+    result = snippet_summary([(rel, scene.poses)])
     result.update(trajectory_metrics(scene.poses, trajectory))
     result.update(kitti_odometry_metrics(scene.poses, trajectory) or {})
     if folder is not None:
@@ -289,15 +286,37 @@ def sequence_pose_results(scene: Scene, rel: np.ndarray, folder: Path | None = N
         write_poses(folder / "trajectory.kitti.txt", trajectory)
         write_tum(folder / "trajectory.tum.txt", trajectory)
         plot_trajectories(folder / "trajectory.png", scene.poses, trajectory, title=f"{scene.name}: predicted vs true")
-    return ates, result
+    return snippet_ates(rel, scene.poses), result
+
+
+def snippet_summary(sequences: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+    """Mean and std of the snippet ATE over every snippet of every sequence: `ate_mean`, `ate_std`
+    (5 frames, the protocol) and `ate3_mean`, `ate3_std` (3 frames, as the authors' `test_pose.py`
+    with their 3-frame net).
+
+    Args:
+        sequences: (rel_poses (N-1, 4, 4), gt_poses (N, 4, 4)) per sequence, as `snippet_ates` takes them.
+    """
+    out = {}
+    for key, length in (("ate", 5), ("ate3", 3)):
+        ates = np.concatenate([snippet_ates(rel, gt, length) for rel, gt in sequences])
+        out[f"{key}_mean"], out[f"{key}_std"] = float(ates.mean()), float(ates.std())
+    return out
 
 
 def run_eval_pose(run: Path, data: Path, split: str = "test", out: Path | None = None, device: str | None = None,
-                  progress: bool = True) -> dict:
+                  progress: bool = True, refine: int | None = None) -> dict:
     """`masksfm eval pose`: snippet ATE over all test scenes, and per scene the full trajectory
     chained from pairwise predictions (ATE RMSE, RPE, KITTI t_rel / r_rel), its KITTI and TUM files
-    and a plot (docs/design.md §1, §6)."""
+    and a plot (docs/design.md §1, §6).
+
+    With `refine` (LM iterations per pyramid level), the pose net's relative poses are also refined
+    photometrically against the depth net's depth (:func:`masksfm.refine.refine_relative_poses`)
+    and scored alike: `refined` beside the pose net's own figures (overall and per scene; its
+    trajectory files in OUT/<scene>/refined/), which stay as they are.
+    """
     from masksfm.model import load_model, pick_device
+    from masksfm.refine import refine_relative_poses
 
     refuse_video_without_truth(data, split, "poses")
     dev = pick_device(device)
@@ -308,7 +327,7 @@ def run_eval_pose(run: Path, data: Path, split: str = "test", out: Path | None =
     run = Path(run)
     if out is None:
         out = run / "eval" / f"pose-{split}" if run.is_dir() else run.parent / f"{run.stem}-pose-{split}"
-    all_ates, all_ates3, sequences = [], [], {}
+    predicted, refined, sequences = [], [], {}
     bar = progress_bar(len(scenes), "eval pose", "scene", enabled=progress)
     for scene in scenes:
         bar.update()
@@ -316,12 +335,17 @@ def run_eval_pose(run: Path, data: Path, split: str = "test", out: Path | None =
             continue
         frames = sequence_frames(scene, config.data.height, config.data.width)
         rel = predict_relative_poses(model.pose_net, frames, config.data.snippet_length, dev)
-        ates, sequences[scene.name] = sequence_pose_results(scene, rel, out / scene.name)
-        all_ates.append(ates)
-        all_ates3.append(snippet_ates(rel, scene.poses, 3))
-    if not all_ates:
+        _, sequences[scene.name] = sequence_pose_results(scene, rel, out / scene.name)
+        predicted.append((rel, scene.poses))
+        if refine is not None:
+            K = scale_intrinsics(scene.K, config.data.width / scene.size[1], config.data.height / scene.size[0])
+            rel = refine_relative_poses(model.depth_net, frames, rel, K, dev, iterations=refine)
+            _, sequences[scene.name]["refined"] = sequence_pose_results(scene, rel, out / scene.name / "refined")
+            refined.append((rel, scene.poses))
+    if not predicted:
         raise MasksfmError(f"{data}: no scene of split {split!r} is long enough for 5-frame snippets")
     bar.close()
-    ates, ates3 = np.concatenate(all_ates), np.concatenate(all_ates3)
-    return {"ate_mean": float(ates.mean()), "ate_std": float(ates.std()), "ate3_mean": float(ates3.mean()),
-            "ate3_std": float(ates3.std()), "sequences": sequences, "out": str(out)}
+    results = {**snippet_summary(predicted), "sequences": sequences, "out": str(out)}
+    if refine is not None:
+        results["refined"] = {**snippet_summary(refined), "iterations": refine}
+    return results

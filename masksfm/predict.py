@@ -489,8 +489,9 @@ class _FrameWriter:
 
 def _predict_sequence(model, config, sequence: FrameSequence, folder: Path, save: frozenset[str], ply: bool,
                       trajectory: bool, camera_height: float | None, batch_size: int, device: torch.device,
-                      progress: bool) -> dict:
+                      progress: bool, refine: int | None = None) -> dict:
     from masksfm.inference import frames_to_tensor, predict_disparity, predict_relative_poses
+    from masksfm.refine import refine_relative_poses
     from masksfm.trajectory import chain_relative_poses, plot_trajectories, write_tum
 
     height, width = config.data.height, config.data.width
@@ -500,6 +501,7 @@ def _predict_sequence(model, config, sequence: FrameSequence, folder: Path, save
     scales: dict[str, tuple[float, float]] = {}  # stem -> (scale, fitted camera height in model units)
     pending = []  # frames without a road plane: written once the median scale of the others is known
     intrinsics: dict[str, np.ndarray] = {}
+    net_K: list[np.ndarray] = []  # each frame's intrinsics at the net's size
     bar = progress_bar(sequence.count, f"predict {Path(sequence.label).name}", "frame", enabled=progress)
     for batch in _batches(sequence.frames(), batch_size):
         x = torch.cat([frames_to_tensor(rgb[None], height, width) for _, rgb in batch])
@@ -510,6 +512,7 @@ def _predict_sequence(model, config, sequence: FrameSequence, folder: Path, save
             if stem in intrinsics:
                 raise MasksfmError(f"{sequence.label}: two frames named '{stem}'")
             intrinsics[stem] = sequence.intrinsics(*rgb.shape[:2])
+            net_K.append(scale_intrinsics(intrinsics[stem], width / rgb.shape[1], height / rgb.shape[0]))
             stems.append(stem)
         if camera_height is not None:
             # The plane is fitted at the net's size (cheaper, and the same geometry): the frame's K
@@ -556,8 +559,11 @@ def _predict_sequence(model, config, sequence: FrameSequence, folder: Path, save
         if len(stems) < config.data.snippet_length:  # a video's length is known only once decoded
             raise MasksfmError(f"{sequence.label}: --trajectory needs a sequence of at least "
                                f"{config.data.snippet_length} frames (the pose net's snippet), got {len(stems)}")
-        rel = predict_relative_poses(model.pose_net, _UnitFrames(torch.cat(net_frames)), config.data.snippet_length,
-                                     device)
+        frames = _UnitFrames(torch.cat(net_frames))
+        rel = predict_relative_poses(model.pose_net, frames, config.data.snippet_length, device)
+        if refine is not None:  # before the metric scale: refined translations are in the depth net's unit
+            rel = refine_relative_poses(model.depth_net, frames, rel, np.stack(net_K), device, batch_size,
+                                        iterations=refine)
         if camera_height is not None:
             # One scale for the whole path: per-frame scales would bend it with their noise.
             rel[:, :3, 3] *= summary["scale_median"]
@@ -590,6 +596,7 @@ def run_predict(
     intrinsics: str | None = None,
     fov: float | None = None,
     progress: bool = True,
+    refine: int | None = None,
 ) -> dict:
     """`masksfm predict`: depth (and point clouds, metric scale, trajectories) for every frame of INPUT.
 
@@ -605,6 +612,8 @@ def run_predict(
         device: cpu, cuda, cuda:N or None (cuda when available).
         intrinsics: "fx,fy,cx,cy" in the input's pixels; fov: horizontal field of view, degrees.
         progress: a progress bar on stderr.
+        refine: with `trajectory`, refine the pose net's relative poses photometrically against the
+            depth net's depth, this many LM iterations per pyramid level (:mod:`masksfm.refine`).
     Returns:
         A summary per sequence (keyed by its label): frames, out, and the scale / trajectory figures.
     """
@@ -615,6 +624,8 @@ def run_predict(
         raise MasksfmError(f"--camera-height must be a positive number of metres, got {camera_height}")
     if batch_size < 1:
         raise MasksfmError(f"--batch-size must be a positive integer, got {batch_size}")
+    if refine is not None and not trajectory:
+        raise MasksfmError("--refine refines the poses of --trajectory: add --trajectory")
     sequences = open_input(input, intrinsics, fov)
     dev = pick_device(device)
     model, config, _ = load_model(run, dev)
@@ -629,5 +640,5 @@ def run_predict(
     for sequence in sequences:
         folder = out / sequence.scene if sequence.scene is not None else out
         summaries[sequence.label] = _predict_sequence(model, config, sequence, folder, save, ply, trajectory,
-                                                      camera_height, batch_size, dev, progress)
+                                                      camera_height, batch_size, dev, progress, refine)
     return summaries

@@ -325,6 +325,39 @@ class TestPredictInputs:
         assert np.loadtxt(out / "trajectory.kitti.txt").shape == (5, 12)
 
 
+class TestRefine:
+    def test_refined_trajectory_through_the_command(self, tiny_run, scene_dir, tmp_path):
+        """`predict --trajectory --refine 3` in a real process, on the scene's first 6 frames at twice
+        the net's size (cam.txt scaled): the trajectory is the chain of
+        `refine_relative_poses` on the frames at the net's size with cam.txt scaled back, and not the
+        pose net's own."""
+        from masksfm.data.layout import read_poses, write_cam
+        from masksfm.geometry import scale_intrinsics
+        from masksfm.inference import frames_to_tensor, predict_relative_poses
+        from masksfm.model import load_model
+        from masksfm.refine import refine_relative_poses
+        from masksfm.trajectory import chain_relative_poses
+
+        scene = read_scene(scene_dir)
+        big = tmp_path / "big"
+        frames = [cv2.resize(scene.read_frame(i), (416, 128), interpolation=cv2.INTER_LINEAR) for i in range(6)]
+        for i, frame in enumerate(frames):
+            write_image(big / f"{i:06d}.png", frame)
+        write_cam(big / "cam.txt", scale_intrinsics(scene.K, 2.0, 2.0))
+        out = tmp_path / "out"
+        result = subprocess.run([sys.executable, "-m", "masksfm", "predict", str(tiny_run), str(big), "--out", str(out),
+                                 "--save", "npy", "--trajectory", "--refine", "3"],
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr
+        model, config, _ = load_model(tiny_run)
+        x = frames_to_tensor(np.stack(frames), config.data.height, config.data.width)
+        rel = predict_relative_poses(model.pose_net, x, config.data.snippet_length, torch.device("cpu"))
+        refined = refine_relative_poses(model.depth_net, x, rel, scene.K, iterations=3)
+        written = read_poses(out / "trajectory.kitti.txt")
+        assert np.allclose(written, chain_relative_poses(refined), atol=1e-4)
+        assert not np.allclose(written, chain_relative_poses(rel), atol=1e-2)
+
+
 class TestMetricScale:
     def test_scale_file_and_metric_depth(self, tiny_run, scene_dir, full_prediction, tmp_path):
         out = tmp_path / "out"
@@ -403,6 +436,9 @@ class TestBadInput:
                                            "--intrinsics", "1,2,3"], capsys)
         assert "--camera-height" in self.run(["predict", str(tiny_run), str(scene_dir), "--out", out,
                                               "--camera-height", "-1"], capsys)
+        assert "--refine" in self.run(["predict", str(tiny_run), str(scene_dir), "--out", out, "--trajectory",
+                                       "--refine", "0"], capsys)
+        assert "--trajectory" in self.run(["predict", str(tiny_run), str(scene_dir), "--out", out, "--refine"], capsys)
 
     def test_one_line_from_a_real_process(self, tiny_run, tmp_path):
         (tmp_path / "empty").mkdir()
