@@ -54,6 +54,12 @@ class LossConfig:
     num_scales: int = 4  # how many of the depth net's 4 scales enter the loss
     bidirectional: bool = True  # reconstruct t from s and s from t
     below_mean_mask: bool = False  # keep only pixels below the masked mean error (authors' command)
+    below_mean_factor: float = 1.0  # below_mean_mask: threshold = factor x masked mean (the authors' code: 3)
+    below_mean_per_channel: bool = False  # below_mean_mask: compare each colour channel's error (the authors' code)
+    image_range: str = "unit"  # the images the loss sees: unit [0, 1] | signed [-1, 1] (the authors' Normalize(0.5, 0.5))
+    smoothness_on: str = "disparity_mean_normalised"  # disparity_mean_normalised (monodepth2) | depth (the authors)
+    smoothness_frames: str = "all"  # all frames of a snippet | target (the authors)
+    combine_sources: str = "mean"  # photometric term over a snippet's sources: mean | sum (the authors)
     smoothness_weight: float = 1e-3
     consistency_weight: float = 0.0  # SC-SfMLearner's geometric (depth scale) consistency; 0 = off
     smoothness_scale_base: float = 2.0  # the smoothness weight is divided by base^scale
@@ -105,6 +111,10 @@ CHOICES = {
     "loss.rho": ("l1", "robust"),
     "loss.scales": ("upsample", "downsample"),
     "loss.guard": GUARDS,
+    "loss.image_range": ("unit", "signed"),
+    "loss.smoothness_on": ("disparity_mean_normalised", "depth"),
+    "loss.smoothness_frames": ("all", "target"),
+    "loss.combine_sources": ("mean", "sum"),
     "model.depth": ("dispnet", "resnet18"),
     "model.pose": ("snippet", "pairs"),
 }
@@ -175,6 +185,11 @@ def validate(config: Config) -> None:
         raise MasksfmError(f"config key loss.num_scales: 1 to 4, got {config.loss.num_scales}")
     if config.model.pose == "pairs" and config.loss.mask == "explainability":
         raise MasksfmError("config key model.pose: pairs has no explainability decoder; use snippet with loss.mask=explainability")
+    if config.loss.below_mean_factor <= 0:
+        raise MasksfmError(f"config key loss.below_mean_factor: must be positive, got {config.loss.below_mean_factor}")
+    if config.loss.combine_sources == "sum" and config.loss.mask == "automask":
+        raise MasksfmError("config key loss.combine_sources: sum adds per-source terms; loss.mask=automask has one "
+                           "term for all sources (the per-pixel minimum); use mean")
     for key in ("optim.batch_size", "optim.steps", "train.checkpoint_every", "train.log_every", "train.val_every"):
         section, name = key.split(".")
         if getattr(getattr(config, section), name) <= 0:

@@ -70,7 +70,8 @@ def ssim_gauss13(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def photometric_error(
-    target: torch.Tensor, reconstruction: torch.Tensor, ssim: str = "box3", rho: str = "l1", alpha: float = SSIM_WEIGHT
+    target: torch.Tensor, reconstruction: torch.Tensor, ssim: str = "box3", rho: str = "l1", alpha: float = SSIM_WEIGHT,
+    per_channel: bool = False,
 ) -> torch.Tensor:
     """Per-pixel photometric error e = (1 − a)·rho(I − Î) + a·s(I, Î), averaged over channels.
 
@@ -78,9 +79,11 @@ def photometric_error(
     authors). `rho="l1"`: |x|; `"robust"`: (|x| + 0.01)^0.4 (the authors).
 
     Args:
-        target, reconstruction: (B, C, H, W) images in [0, 1].
+        target, reconstruction: (B, C, H, W) images (in the loss's range, `loss_image_range`).
+        per_channel: return each channel's error instead of their mean (the authors' below-mean
+            mask compares channels one by one).
     Returns:
-        (B, 1, H, W) error.
+        (B, 1, H, W) error, or (B, C, H, W) with `per_channel`.
     """
     diff = target - reconstruction
     if rho == "l1":
@@ -95,17 +98,19 @@ def photometric_error(
         structure = 1 - ssim_gauss13(target, reconstruction)
     else:
         raise ValueError(f"unknown ssim {ssim!r} (box3, gauss13)")
-    return ((1 - alpha) * penalty + alpha * structure).mean(dim=1, keepdim=True)
+    error = (1 - alpha) * penalty + alpha * structure
+    return error if per_channel else error.mean(dim=1, keepdim=True)
 
 
 def masked_mean(error: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """The paper's masked term per image, `Σ M·e / (Σ M + 1)`; the plain mean without a mask.
 
-    The +1 keeps a fully masked-out image at 0 instead of 0/0.
+    The +1 keeps a fully masked-out image at 0 instead of 0/0. With C channels of error and of
+    mask (the per-channel below-mean mask), the sums run over channels too, as in the authors' code.
 
     Args:
-        error: (B, 1, H, W) per-pixel error.
-        mask: (B, 1, H, W) weights in [0, 1], or None.
+        error: (B, C, H, W) per-pixel error, C = 1 or one per colour channel.
+        mask: (B, C, H, W) weights in [0, 1] (same C as `error`), or None.
     Returns:
         (B,) loss per image.
     """
@@ -132,35 +137,98 @@ def depth_inconsistency(projected: torch.Tensor, sampled: torch.Tensor) -> torch
 
 
 @torch.no_grad()
-def below_mean_mask(error: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Keep only pixels whose error is below the image's masked mean error (the authors' command).
+def below_mean_mask(
+    error: torch.Tensor, mask: torch.Tensor, factor: float = 1.0, compare: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Keep only pixels whose error is below `factor` times the image's masked mean error.
+
+    masksfm's form (factor 1, `compare` None) keeps about half the pixels. The authors' code
+    (`--add-less-than-mean-mask`) sums the error's three colour channels against a one-channel mask
+    in the numerator of the mean, so its threshold is exactly 3 × the masked mean of the
+    channel-mean error, and it compares each channel's error with it: factor 3 with `compare` the
+    per-channel error. That drops only outliers.
 
     Args:
-        error: (B, 1, H, W) per-pixel error; mask: (B, 1, H, W) current mask.
+        error: (B, 1, H, W) per-pixel error (the channel mean); mask: (B, 1, H, W) current weights.
+        factor: the threshold is factor · masked_mean(error, mask), per image.
+        compare: (B, C, H, W) the values held against the threshold; None: `error` itself.
     Returns:
-        (B, 1, H, W) mask · [e < masked_mean(e)], no gradient.
+        (B, C, H, W) mask · [compare < threshold] (C = 1 without `compare`), no gradient.
     """
-    threshold = masked_mean(error, mask).view(-1, 1, 1, 1)
-    return mask * (error < threshold).to(mask.dtype)
+    threshold = factor * masked_mean(error, mask).view(-1, 1, 1, 1)
+    compare = error if compare is None else compare
+    return mask * (compare < threshold).to(mask.dtype)
 
 
-def smoothness_loss(disp: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-    """Edge-aware first-order smoothness of the mean-normalised disparity (monodepth2).
+def loss_image_range(images: torch.Tensor, mode: str) -> torch.Tensor:
+    """The images as the loss sees them: "unit" [0, 1] as loaded; "signed" [-1, 1], 2·I − 1.
 
-    Normalising by the mean keeps the term from pushing the disparity towards 0 (a smaller scale
-    would otherwise always be smoother).
+    The authors normalise every image with mean 0.5 and std 0.5 before the nets and the loss see
+    it. SSIM's constants C1, C2 and the robust penalty's ε do not scale with the range, so the range
+    changes the balance of the SSIM and the robust term, the SSIM of flat regions most; zero padding
+    (warp, Gaussian SSIM) then means mid-grey instead of black.
 
     Args:
-        disp: (B, 1, H, W) disparity; image: (B, 3, H, W) the frame at the same size.
+        images: (..., H, W) in [0, 1].
+        mode: unit | signed.
+    Returns:
+        the images in that range, same shape.
+    """
+    if mode == "unit":
+        return images
+    if mode == "signed":
+        return 2 * images - 1
+    raise ValueError(f"unknown image range {mode!r} (unit, signed)")
+
+
+def edge_aware_smoothness(x: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """Edge-aware first-order smoothness: mean |∂x| · exp(−|∂I|) along x plus the same along y,
+    |∂I| averaged over the image's channels.
+
+    Args:
+        x: (B, 1, H, W) the map made smooth; image: (B, C, H, W) the frame at the same size.
     Returns:
         scalar.
     """
-    disp = disp / (disp.mean(dim=(2, 3), keepdim=True) + 1e-7)
-    grad_disp_x = (disp[..., :, :-1] - disp[..., :, 1:]).abs()
-    grad_disp_y = (disp[..., :-1, :] - disp[..., 1:, :]).abs()
+    grad_x = (x[..., :, :-1] - x[..., :, 1:]).abs()
+    grad_y = (x[..., :-1, :] - x[..., 1:, :]).abs()
     grad_img_x = (image[..., :, :-1] - image[..., :, 1:]).abs().mean(dim=1, keepdim=True)
     grad_img_y = (image[..., :-1, :] - image[..., 1:, :]).abs().mean(dim=1, keepdim=True)
-    return (grad_disp_x * torch.exp(-grad_img_x)).mean() + (grad_disp_y * torch.exp(-grad_img_y)).mean()
+    return (grad_x * torch.exp(-grad_img_x)).mean() + (grad_y * torch.exp(-grad_img_y)).mean()
+
+
+def smoothness_target(disp: torch.Tensor, mode: str) -> torch.Tensor:
+    """What the smoothness term smooths.
+
+    - "disparity_mean_normalised" (monodepth2): the disparity divided by its mean, so shrinking the
+      disparity does not pay (a smaller scale would otherwise always be smoother).
+    - "depth" (the authors, no `--use-disp`): the depth 1 / disp as it is, after any depth
+      normalisation.
+
+    Args:
+        disp: (B, 1, H, W) disparity.
+        mode: disparity_mean_normalised | depth.
+    Returns:
+        (B, 1, H, W).
+    """
+    if mode == "disparity_mean_normalised":
+        return disp / (disp.mean(dim=(2, 3), keepdim=True) + 1e-7)
+    if mode == "depth":
+        return 1.0 / disp
+    raise ValueError(f"unknown smoothness target {mode!r} (disparity_mean_normalised, depth)")
+
+
+def smoothness_loss(disp: torch.Tensor, image: torch.Tensor, on: str = "disparity_mean_normalised") -> torch.Tensor:
+    """Edge-aware first-order smoothness (`edge_aware_smoothness`) of `smoothness_target(disp, on)`;
+    by default of the mean-normalised disparity (monodepth2).
+
+    Args:
+        disp: (B, 1, H, W) disparity; image: (B, 3, H, W) the frame at the same size.
+        on: disparity_mean_normalised | depth.
+    Returns:
+        scalar.
+    """
+    return edge_aware_smoothness(smoothness_target(disp, on), image)
 
 
 def normalize_disparity(disparities: list[torch.Tensor], mode: str, snippet_length: int) -> list[torch.Tensor]:
@@ -254,6 +322,26 @@ def automasked_reprojection(reprojection: torch.Tensor, identity: torch.Tensor) 
         (B, 1, H, W) min(min over sources of reprojection, min over sources of identity).
     """
     return torch.minimum(min_reprojection(reprojection), _identity_min(identity))
+
+
+def source_weight(num_sources: int, mode: str) -> int:
+    """What multiplies a photometric term that is a mean over the (target, source) pairs.
+
+    "mean" (masksfm): 1, the pairs averaged. "sum" (the authors): S, which turns that mean into the
+    sum over a snippet's S sources of each source's mean (every pair weighs the same in the mean),
+    so against the smoothness weight the photometric term counts S times as much.
+
+    Args:
+        num_sources: S = snippet length − 1.
+        mode: mean | sum.
+    Returns:
+        1 or S.
+    """
+    if mode == "mean":
+        return 1
+    if mode == "sum":
+        return num_sources
+    raise ValueError(f"unknown combination of sources {mode!r} (mean, sum)")
 
 
 def scale_weight(scale: int, base: float = 2.0) -> float:

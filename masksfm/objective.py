@@ -31,11 +31,13 @@ from masksfm.losses import (
     depth_inconsistency,
     explainability_regularizer,
     identity_automask,
+    loss_image_range,
     masked_mean,
     normalize_disparity,
     photometric_error,
     scale_weight,
     smoothness_loss,
+    source_weight,
 )
 from masksfm.masks import compute_masks
 
@@ -82,6 +84,18 @@ def pair_frames(x: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tenso
     return x[:, center:center + 1].expand(-1, num_src, *x.shape[2:]).flatten(0, 1), x[:, sources].flatten(0, 1)
 
 
+def target_frames(x: torch.Tensor, length: int) -> torch.Tensor:
+    """A per-frame tensor's target frames (frame L // 2 of each snippet).
+
+    Args:
+        x: (B·L, ...) per frame, the L frames of a snippet consecutive.
+        length: L.
+    Returns:
+        (B, ...).
+    """
+    return x.view(-1, length, *x.shape[1:])[:, length // 2]
+
+
 def floor_weights(mask: torch.Tensor, floor: float, in_view: torch.Tensor | None = None) -> torch.Tensor:
     """The floor guard: a pixel the masks drop weighs `floor` instead of 0; a kept pixel still weighs 1.
 
@@ -115,11 +129,17 @@ class Reconstruction:
     in_view: torch.Tensor | None = None  # (N, 1, h, w) the edge mask, where the floor spares out-of-view pixels
     explainability: torch.Tensor | None = None  # (B, S, h, w) the pose net's mask at this scale
     depth_inconsistency: torch.Tensor | None = None  # (N, 1, h, w) with loss.consistency_weight: `depth_inconsistency`
+    channel_error: torch.Tensor | None = None  # (N, 3, h, w) each channel's error (`error` is their mean), per-channel below-mean mask only
 
 
-def _masked_term(error: torch.Tensor, weights: torch.Tensor | None, cfg: LossConfig) -> torch.Tensor:
+def _masked_term(error: torch.Tensor, weights: torch.Tensor | None, cfg: LossConfig,
+                 channel_error: torch.Tensor | None = None) -> torch.Tensor:
     if cfg.below_mean_mask:
-        weights = below_mean_mask(error.detach(), torch.ones_like(error) if weights is None else weights)
+        compare = None if channel_error is None else channel_error.detach()
+        weights = below_mean_mask(error.detach(), torch.ones_like(error) if weights is None else weights,
+                                  cfg.below_mean_factor, compare)
+        if channel_error is not None:  # the weights are per channel, so is the mean (the authors' normaliser)
+            error = channel_error
     return masked_mean(error, weights).mean()
 
 
@@ -133,17 +153,17 @@ def _guarded(weights: torch.Tensor, rec: Reconstruction, cfg: LossConfig) -> tor
 
 
 def _every_pixel(rec: Reconstruction, cfg: LossConfig) -> torch.Tensor:
-    return _masked_term(rec.error, None, cfg)
+    return _masked_term(rec.error, None, cfg, rec.channel_error)
 
 
 def _multimask(rec: Reconstruction, cfg: LossConfig) -> torch.Tensor:
-    return _masked_term(rec.error, _guarded(rec.masks, rec, cfg), cfg)
+    return _masked_term(rec.error, _guarded(rec.masks, rec, cfg), cfg, rec.channel_error)
 
 
 def _multimask_automask(rec: Reconstruction, cfg: LossConfig) -> torch.Tensor:
     # Each pair on its own (a "source" dimension of 1), as the paper's masks are per pair.
     moving = identity_automask(rec.error, _identity_error(rec, cfg))
-    return _masked_term(rec.error, _guarded(rec.masks * moving, rec, cfg), cfg)
+    return _masked_term(rec.error, _guarded(rec.masks * moving, rec, cfg), cfg, rec.channel_error)
 
 
 def _explainability(rec: Reconstruction, cfg: LossConfig) -> torch.Tensor:
@@ -252,9 +272,15 @@ def _reconstruct(pairs: _Pairs, scale: int, disp: torch.Tensor, disp_full: torch
         inconsistency = depth_inconsistency(projected, sampled)
     else:
         warped, _ = inverse_warp(unwarped, depth, pairs.T, K_w, padding_mode=pairs.padding)
-    error = photometric_error(compare, warped, cfg.ssim, cfg.rho, cfg.ssim_weight)
+    channel_error = None
+    if cfg.below_mean_mask and cfg.below_mean_per_channel:
+        channel_error = photometric_error(compare, warped, cfg.ssim, cfg.rho, cfg.ssim_weight, per_channel=True)
+        error = channel_error.mean(dim=1, keepdim=True)
+    else:
+        error = photometric_error(compare, warped, cfg.ssim, cfg.rho, cfg.ssim_weight)
     return Reconstruction(
         scale, pairs.snippets, error, compare, unwarped, warped, depth_inconsistency=inconsistency,
+        channel_error=channel_error,
         masks=None if pairs.masks is None else _resize(pairs.masks, size, "nearest"),
         in_view=None if pairs.in_view is None else _resize(pairs.in_view, size, "nearest"),
         explainability=explainability)
@@ -272,7 +298,8 @@ def compute_objective(
 
     Args:
         out: the model's predictions for the snippets.
-        images: (B, L, 3, H, W) frames in [0, 1] without colour jitter (what the loss compares).
+        images: (B, L, 3, H, W) frames in [0, 1] without colour jitter (what the loss compares, in the
+            range of `loss.image_range`).
         K: (B, 3, 3) intrinsics of the frames at (H, W).
         cfg: the loss configuration.
         use_masks: False during the warm-up guard: multimask modes use every pixel, border padding.
@@ -281,6 +308,7 @@ def compute_objective(
         An `Objective`.
     """
     strategy = mask_strategy(cfg.mask, use_masks)
+    images = loss_image_range(images, cfg.image_range)
     b, length, _, h, w = images.shape
     num_src = length - 1
     disparities = normalize_disparity(out.disparities, cfg.dn, length)[: cfg.num_scales]
@@ -315,16 +343,22 @@ def compute_objective(
     for scale, disp in enumerate(disparities):
         explainability = out.explainability[scale] if strategy.explainability else None
         rec = _reconstruct(pairs, scale, disp, disp_full[scale], cfg, explainability)
-        photometric = photometric + strategy.term(rec, cfg)
+        photometric = photometric + source_weight(num_src, cfg.combine_sources) * strategy.term(rec, cfg)
         if pairs.consistency:
             consistency = consistency + consistency_term(rec, cfg)
 
         img_frames = _resize(images.flatten(0, 1), tuple(disp.shape[-2:]), "area")
+        smooth_disp = disp
+        if cfg.smoothness_frames == "target":
+            smooth_disp, img_frames = target_frames(disp, length), target_frames(img_frames, length)
         weight = cfg.smoothness_weight * scale_weight(scale, cfg.smoothness_scale_base)
-        smoothness = smoothness + weight * smoothness_loss(disp, img_frames)
+        smoothness = smoothness + weight * smoothness_loss(smooth_disp, img_frames, cfg.smoothness_on)
 
         if with_visuals and scale == 0:
-            visuals = {"target": rec.compare[0], "warped": rec.warped[0], "disparity": disparities[0][length // 2]}
+            # Pictures in [0, 1] whatever range the loss compares in.
+            unit = (lambda x: x) if cfg.image_range == "unit" else (lambda x: (x + 1) / 2)
+            visuals = {"target": unit(rec.compare[0]), "warped": unit(rec.warped[0]),
+                       "disparity": disparities[0][length // 2]}
             if masks_t is not None:
                 visuals.update({f"mask_{k}": getattr(masks_t, k)[0] for k in MASK_NAMES})
             visuals = {k: v.detach() for k, v in visuals.items()}

@@ -1,5 +1,7 @@
 """Loss terms against cases whose answer is known exactly."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -103,6 +105,61 @@ class TestMaskedMean:
         assert L.below_mean_mask(e, m).flatten().tolist() == [1.0, 0.0, 0.0, 0.0]
 
 
+    def test_below_mean_factor_on_a_four_pixel_error(self):
+        e = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64).view(1, 1, 1, 4)
+        m = torch.ones_like(e)
+        # masked mean = (0.1 + 0.2 + 0.3 + 0.4) / (4 + 1) = 0.2
+        assert L.below_mean_mask(e, m).flatten().tolist() == [1.0, 0.0, 0.0, 0.0]
+        assert L.below_mean_mask(e, m, factor=1.75).flatten().tolist() == [1.0, 1.0, 1.0, 0.0]  # 0.35
+        assert L.below_mean_mask(e, m, factor=3.0).flatten().tolist() == [1.0, 1.0, 1.0, 1.0]  # 0.6
+
+    def test_authors_per_channel_form_by_hand(self):
+        # Two pixels with channel errors A = (0.1, 0.2, 0.3), B = (0.9, 0.3, 0.3): channel means 0.2, 0.5.
+        channels = torch.tensor([[0.1, 0.9], [0.2, 0.3], [0.3, 0.3]], dtype=torch.float64).view(1, 3, 1, 2)
+        e = channels.mean(dim=1, keepdim=True)
+        m = torch.ones_like(e)
+        # The authors' threshold: every channel's error summed over a one-channel mask, (0.6 + 1.5) / (2 + 1) = 0.7,
+        # = 3 x masked_mean(e) = 3 x 0.7 / 3. Only B's first channel (0.9) is at or above it.
+        kept = L.below_mean_mask(e, m, factor=3.0, compare=channels)
+        assert kept.shape == (1, 3, 1, 2)
+        assert kept.view(3, 2).tolist() == [[1.0, 0.0], [1.0, 1.0], [1.0, 1.0]]
+        # Their normaliser sums the kept channel errors over the kept channel count + 1: 1.2 / 6.
+        assert L.masked_mean(channels, kept).item() == pytest.approx(0.2, abs=1e-15)
+        # masksfm's form on the same pixels keeps A only (0.2 < 0.7 / 3).
+        assert L.below_mean_mask(e, m).flatten().tolist() == [1.0, 0.0]
+
+
+class TestImageRange:
+    def test_exact(self):
+        x = torch.tensor([0.0, 0.25, 1.0])
+        assert L.loss_image_range(x, "unit") is x
+        assert L.loss_image_range(x, "signed").tolist() == [-1.0, -0.5, 1.0]
+        with pytest.raises(ValueError, match="image range"):
+            L.loss_image_range(x, "byte")
+
+    def test_ssim_and_robust_balance_by_hand(self):
+        # Flat patches 0.5 and 0.6 (27x27, the centre's 13x13 window inside): no variance, so SSIM is its
+        # luminance term (2 mx my + C1) / (mx^2 + my^2 + C1); the robust term is (|d| + 0.01)^0.4.
+        a, b = torch.full((1, 3, 27, 27), 0.5, dtype=torch.float64), torch.full((1, 3, 27, 27), 0.6, dtype=torch.float64)
+
+        def error(mode):
+            x, y = L.loss_image_range(a, mode), L.loss_image_range(b, mode)
+            return L.photometric_error(x, y, "gauss13", "robust")[0, 0, 13, 13].item()
+
+        unit = 0.15 * 0.11**0.4 + 0.85 * (1 - (2 * 0.5 * 0.6 + 1e-4) / (0.5**2 + 0.6**2 + 1e-4))
+        signed = 0.15 * 0.21**0.4 + 0.85 * (1 - (2 * 0.0 * 0.2 + 1e-4) / (0.0**2 + 0.2**2 + 1e-4))
+        assert error("unit") == pytest.approx(unit, abs=1e-9)
+        assert error("signed") == pytest.approx(signed, abs=1e-9)
+
+
+class TestSourceWeight:
+    def test_exact(self):
+        assert [L.source_weight(s, "mean") for s in (2, 4)] == [1, 1]
+        assert [L.source_weight(s, "sum") for s in (2, 4)] == [2, 4]
+        with pytest.raises(ValueError, match="sources"):
+            L.source_weight(2, "max")
+
+
 class TestSmoothness:
     def test_constant_disparity_is_smooth(self):
         assert L.smoothness_loss(torch.full((2, 1, 8, 8), 0.3), textured(2, 3, 8, 8)).item() == 0.0
@@ -119,6 +176,24 @@ class TestSmoothness:
         disp = torch.tensor([[[[1.0, 3.0], [1.0, 3.0]]]])  # mean 2 -> rows [0.5, 1.5]: |grad x| = 1, grad y = 0
         img = torch.zeros(1, 3, 2, 2)
         assert torch.isclose(L.smoothness_loss(disp, img), torch.tensor(1.0))
+
+
+    def test_depth_of_a_known_ramp(self):
+        # Depth 1, 2, 3, 4 along x (disparity 1, 1/2, 1/3, 1/4), the same in both rows; a flat image.
+        disp = (1.0 / torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64)).expand(1, 1, 2, 4).contiguous()
+        flat = torch.zeros(1, 3, 2, 4, dtype=torch.float64)
+        # |d depth / dx| = 1 everywhere, 0 along y.
+        assert L.smoothness_loss(disp, flat, on="depth").item() == pytest.approx(1.0, abs=1e-12)
+        # The mean-normalised disparity: steps 1/2, 1/6, 1/12 (mean 1/4) over the mean 25/48 (+ 1e-7): 12/25.
+        assert L.smoothness_loss(disp, flat).item() == pytest.approx(0.25 / (25 / 48 + 1e-7), abs=1e-12)
+        # An image edge between columns 1 and 2 (|dI| = 1 in every channel) weighs that step by exp(-1).
+        edge = flat.clone()
+        edge[..., 2:] = 1.0
+        assert L.smoothness_loss(disp, edge, on="depth").item() == pytest.approx((2 + math.exp(-1)) / 3, abs=1e-12)
+        # Depth is not scale-free: twice the depth, twice the term.
+        assert L.smoothness_loss(disp / 2, flat, on="depth").item() == pytest.approx(2.0, abs=1e-12)
+        with pytest.raises(ValueError, match="smoothness target"):
+            L.smoothness_target(disp, "log_depth")
 
 
 class TestDepthNormalization:

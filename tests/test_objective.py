@@ -9,7 +9,15 @@ from masksfm.config import MASK_MODES, load_config
 from masksfm.data.dataset import SnippetDataset
 from masksfm.data.layout import load_split
 from masksfm.losses import depth_inconsistency
-from masksfm.objective import MASK_STRATEGIES, ModelOutput, compute_objective, floor_weights, mask_strategy, pair_frames
+from masksfm.objective import (
+    MASK_STRATEGIES,
+    ModelOutput,
+    compute_objective,
+    floor_weights,
+    mask_strategy,
+    pair_frames,
+    target_frames,
+)
 
 H, W = 32, 104
 
@@ -150,3 +158,112 @@ def test_the_consistency_term_sees_a_source_at_another_depth_scale(mode, still_s
     # Off by default: no term, no extra warp.
     assert "consistency" not in compute_objective(outputs(far_sources, still, mode), images, K,
                                                   load_config(None, [f"loss.mask={mode}"]).loss).terms
+
+
+def test_target_frames():
+    frames = torch.arange(2 * 5).view(10, 1).float()  # B = 2 snippets of L = 5 frames, numbered
+    assert target_frames(frames, 5).flatten().tolist() == [2, 7]
+    assert target_frames(torch.rand(6, 1, 4, 5), 3).shape == (2, 1, 4, 5)
+
+
+@pytest.fixture(scope="module")
+def moving_snippets(synth_dataset):
+    """Two real 3-frame snippets, random disparities and a forward motion: frames that do not match."""
+    dataset = SnippetDataset(load_split(synth_dataset, "train"), H, W, augment=False, seed=0)
+    images = torch.stack([dataset[i]["images_raw"] for i in range(2)])
+    K = torch.stack([dataset[i]["K"] for i in range(2)])
+    g = torch.Generator().manual_seed(0)
+    disparities = [0.05 + 0.2 * torch.rand(6, 1, H >> s, W >> s, generator=g) for s in range(4)]
+    poses = torch.tensor([[[0.0, 0.0, -0.4, 0.0, 0.01, 0.0], [0.0, 0.0, 0.4, 0.0, -0.01, 0.0]]]).repeat(2, 1, 1)
+    return images, K, disparities, poses
+
+
+@pytest.mark.parametrize("mode", ["multimask", "none", "explainability", "multimask+automask"])
+def test_summed_sources_weigh_the_photometric_term_by_their_count(mode, moving_snippets):
+    images, K, disparities, poses = moving_snippets
+    explainability = [torch.full((2, 2, H >> s, W >> s), 0.5) for s in range(4)] if mode == "explainability" else None
+    out = ModelOutput(disparities, poses, explainability)
+    mean, summed = (compute_objective(out, images, K,
+                                      load_config(None, [f"loss.mask={mode}", f"loss.combine_sources={how}"]).loss)
+                    for how in ("mean", "sum"))
+    assert summed.terms["photometric"].item() == pytest.approx(2 * mean.terms["photometric"].item(), rel=1e-6)
+    assert summed.terms["smoothness"] == mean.terms["smoothness"]
+
+
+def test_smoothness_on_the_targets_depth_by_hand():
+    """Flat grey frames; the target's depth a ramp 1, 2, ... along x, the sources' constant. The
+    authors' term, depth of the target only at the finest scale: mean |d depth / dx| = 1. Over every
+    frame, the sources' 0 counts too: 1/3."""
+    h, w = 8, 12
+    images = torch.full((1, 3, 3, h, w), 0.5)
+    K = torch.tensor([[[10.0, 0, 5.5], [0, 10.0, 3.5], [0, 0, 1]]])
+    depth = torch.arange(1.0, w + 1).expand(h, w)
+    disp0 = torch.stack([torch.full((h, w), 0.5), 1 / depth, torch.full((h, w), 0.5)]).unsqueeze(1)
+    disparities = [disp0] + [torch.full((3, 1, h >> s, w >> s), 0.5) for s in range(1, 4)]
+    out = ModelOutput(disparities, torch.zeros(1, 2, 6), None)
+    base = ["loss.num_scales=1", "loss.smoothness_weight=1", "loss.smoothness_on=depth", "loss.image_range=signed"]
+    target = compute_objective(out, images, K, load_config(None, base + ["loss.smoothness_frames=target"]).loss)
+    every = compute_objective(out, images, K, load_config(None, base + ["loss.smoothness_frames=all"]).loss)
+    assert target.terms["smoothness"].item() == pytest.approx(1.0, rel=1e-6)
+    assert every.terms["smoothness"].item() == pytest.approx(1 / 3, rel=1e-6)
+
+
+def test_the_signed_range_is_the_unit_loss_of_2i_minus_1(moving_snippets):
+    """`loss.image_range=signed` compares (and warps, and takes the smoothness edges of) 2·I − 1;
+    the pictures stay in [0, 1]."""
+    images, K, disparities, poses = moving_snippets
+    out = outputs(disparities, poses, "multimask")
+    signed = compute_objective(out, images, K, load_config(None, ["loss.image_range=signed"]).loss, with_visuals=True)
+    by_hand = compute_objective(out, 2 * images - 1, K, load_config(None, []).loss)
+    unit = compute_objective(out, images, K, load_config(None, []).loss, with_visuals=True)
+    for term in ("photometric", "smoothness"):
+        assert signed.terms[term].item() == pytest.approx(by_hand.terms[term].item(), rel=1e-6)
+    assert signed.terms["photometric"].item() != pytest.approx(unit.terms["photometric"].item(), rel=1e-2)
+    assert torch.allclose(signed.visuals["target"], unit.visuals["target"], atol=1e-6)
+
+
+def test_the_per_channel_below_mean_mask_normalises_over_channels(moving_snippets):
+    """With a threshold nothing reaches (factor 1e9) every pixel is kept, so the term is the paper's
+    normaliser: Σe / (HW + 1) per image on the channel mean, Σ_c Σe_c / (3HW + 1) per channel. Every
+    pair has the same HW, so the two differ by the factor 3HW / (3HW + 1) · (HW + 1) / HW."""
+    images, K, disparities, poses = moving_snippets
+    base = ["loss.mask=none", "loss.num_scales=1", "loss.below_mean_mask=true", "loss.below_mean_factor=1e9"]
+    channel_mean, per_channel = (compute_objective(outputs(disparities, poses, "none"), images, K,
+                                                   load_config(None, base + [f"loss.below_mean_per_channel={flag}"]).loss)
+                                 for flag in ("false", "true"))
+    n = H * W
+    ratio = (3 * n / (3 * n + 1)) * ((n + 1) / n)
+    assert per_channel.terms["photometric"].item() == pytest.approx(channel_mean.terms["photometric"].item() * ratio,
+                                                                     rel=1e-6)
+    # The authors' factor 3 drops only outliers; masksfm's 1 about half.
+    authors = compute_objective(outputs(disparities, poses, "none"), images, K, load_config(None, [
+        "loss.mask=none", "loss.num_scales=1", "loss.below_mean_mask=true", "loss.below_mean_factor=3",
+        "loss.below_mean_per_channel=true"]).loss)
+    ours = compute_objective(outputs(disparities, poses, "none"), images, K, load_config(None, [
+        "loss.mask=none", "loss.num_scales=1", "loss.below_mean_mask=true"]).loss)
+    assert ours.terms["photometric"] < authors.terms["photometric"] <= per_channel.terms["photometric"]
+
+
+def test_the_authors_below_mean_mask_by_hand():
+    """A still camera (the warp is the identity), L1 only: each pixel's error is the colour difference
+    of the frames. The sources differ from the grey target by (0.3, 0, 0) on the left half and
+    (0.1, 0.1, 0.1) on the right: a channel mean of 0.1 everywhere, so the authors' threshold is
+    3 · 0.1 · n / (n + 1) for n pixels, just under 0.3. It drops the left half's red channel only;
+    the term is the kept channel errors over their count + 1: 0.1 · 3n/2 / (2n/2 + 3n/2 + 1)."""
+    h, w = 8, 12
+    n = h * w
+    target = torch.full((3, h, w), 0.5)
+    source = target.clone()
+    source[0, :, : w // 2] += 0.3
+    source[:, :, w // 2:] += 0.1
+    images = torch.stack([source, target, source]).unsqueeze(0)
+    K = torch.tensor([[[10.0, 0, 5.5], [0, 10.0, 3.5], [0, 0, 1]]])
+    out = ModelOutput([torch.full((3, 1, h >> s, w >> s), 0.1) for s in range(4)], torch.zeros(1, 2, 6), None)
+    cfg = load_config(None, ["loss.mask=none", "loss.num_scales=1", "loss.ssim_weight=0", "loss.bidirectional=false",
+                             "loss.below_mean_mask=true", "loss.below_mean_factor=3",
+                             "loss.below_mean_per_channel=true"]).loss
+    expected = 0.1 * (3 * n / 2) / (n + 3 * n / 2 + 1)
+    assert compute_objective(out, images, K, cfg).terms["photometric"].item() == pytest.approx(expected, rel=1e-4)
+    # masksfm's form: the mean 0.1 · n / (n + 1) is under every pixel's 0.1: nothing kept, the term is 0.
+    cfg.below_mean_factor, cfg.below_mean_per_channel = 1.0, False
+    assert compute_objective(out, images, K, cfg).terms["photometric"].item() == pytest.approx(0.0, abs=1e-6)
