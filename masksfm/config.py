@@ -29,6 +29,8 @@ class DataConfig:
     width: int = 416
     snippet_length: int = 3  # odd; the target is the middle frame
     augment: bool = True  # flip, scale-and-crop, colour jitter
+    colour_jitter: bool = True  # with augment: monodepth2's colour jitter of the nets' input (the authors: none)
+    independent_crop_scale: bool = False  # with augment: x and y enlarged by separate factors (the authors, SfMLearner's code)
     workers: int = 2  # DataLoader worker processes
     train_split: str = "train"
     val_split: str = "val"

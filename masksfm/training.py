@@ -148,7 +148,9 @@ class Trainer:
 
         self.dataset = SnippetDataset(scenes, config.data.height, config.data.width, config.data.snippet_length,
                                       augment=config.data.augment, seed=config.train.seed,
-                                      source=str(split_path(self.data_root, config.data.train_split)))
+                                      source=str(split_path(self.data_root, config.data.train_split)),
+                                      colour_jitter=config.data.colour_jitter,
+                                      independent_crop_scale=config.data.independent_crop_scale)
         self.val_scenes = []
         if split_path(self.data_root, config.data.val_split).exists():
             self.val_scenes = [s for s in load_split(self.data_root, config.data.val_split, allow_empty=True) if s.has_depth]

@@ -105,6 +105,18 @@ class TestGeometry:
         assert np.array_equal(out[0], frames[0, 3:3 + H, 8:8 + W])
         assert np.array_equal(K, np.array([[35.0, 0.0, 11.2], [0.0, 36.0, 11.7], [0.0, 0.0, 1.0]]))
 
+    def test_independent_x_and_y_scale_exact(self):
+        frames = ramp_frame(0)[None]
+        # x enlarged 1.25 (24x32 -> 40 wide = stored, no resampling), y not (30 -> 24 rows), crop at the right:
+        # fx = 35, cx = 19.2 - 8; fy = 36 * 0.8, cy = 0.8 * (14.7 + 0.5) - 0.5.
+        out, K = resize_and_crop(frames, K0, H, W, scale=1.25, crop=(1.0, 0.0), scale_y=1.0)
+        assert np.allclose(K, np.array([[35.0, 0.0, 11.2], [0.0, 28.8, 11.66], [0.0, 0.0, 1.0]]), atol=1e-12)
+        assert np.array_equal(out[0, ..., 0], frames[0, :H, 8:8 + W, 0])  # R encodes u: columns 8.. as stored
+        images, _, K_t = augment_snippet(frames, K0, H, W, Augmentation(scale=1.1, crop=(0.3, 0.6), scale_y=1.0))
+        assert landing_error(images[0], K_t, flip=False) < 0.25
+        # x to round(32 * 1.1) = 35 columns, y to 24 rows: the aspect changed.
+        assert (K_t[0, 0].item(), K_t[1, 1].item()) == (pytest.approx(35.0 * 35 / W0), pytest.approx(36.0 * H / H0))
+
     def test_flip_mirrors_and_updates_cx(self):
         frames = ramp_frame(0)[None]
         plain, _, K_plain = augment_snippet(frames, K0, H, W, None)
@@ -165,6 +177,17 @@ class TestColourJitter:
         for j in jitters:
             assert all(0.8 <= f <= 1.2 for f in (j.brightness, j.contrast, j.saturation)) and abs(j.hue) <= 0.1
             assert sorted(j.order) == [0, 1, 2, 3]
+
+
+    def test_authors_draws_no_jitter_and_a_y_factor_of_its_own(self):
+        for i in range(200):
+            rng_args = [7, i]
+            ours = draw_augmentation(np.random.default_rng(rng_args))
+            theirs = draw_augmentation(np.random.default_rng(rng_args), colour_jitter=False, independent_scale=True)
+            assert ours.scale_y is None and theirs.jitter is None and 1.0 <= theirs.scale_y <= 1.15
+            # The other choices are the same numbers: the y factor is drawn last.
+            assert (theirs.scale, theirs.crop, theirs.flip) == (ours.scale, ours.crop, ours.flip)
+        assert theirs.scale_y != theirs.scale
 
 
 class TestSnippetDataset:

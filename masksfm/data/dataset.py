@@ -22,7 +22,9 @@ from masksfm.data.layout import Scene
 from masksfm.errors import MasksfmError
 from masksfm.geometry import crop_intrinsics, flip_intrinsics, scale_intrinsics
 
-# SfMLearner's scale-and-crop: enlarge by up to 15 %, then crop a window of the training size.
+# SfMLearner's scale-and-crop: enlarge by up to 15 %, then crop a window of the training size. Its
+# PyTorch code (which the authors' train.py uses) draws separate factors for x and y
+# (`independent_crop_scale`); masksfm by default enlarges both by one factor, keeping the aspect.
 SCALE_RANGE = (1.0, 1.15)
 FLIP_PROBABILITY = 0.5
 # monodepth2's colour jitter (torchvision ColorJitter(0.2, 0.2, 0.2, 0.1)), applied half the time.
@@ -59,7 +61,8 @@ class Augmentation:
     """The random choices for one snippet.
 
     Attributes:
-        scale: scale-and-crop enlargement factor (1 = none).
+        scale: scale-and-crop enlargement factor (1 = none), of the width and, unless `scale_y`
+            is given, of the height.
         crop: (x, y) position of the crop window within the enlarged image, each a fraction in
             [0, 1] of the free range (0 = left/top, 1 = right/bottom).
         flip: mirror horizontally.
@@ -70,11 +73,19 @@ class Augmentation:
     crop: tuple[float, float] = (0.0, 0.0)
     flip: bool = False
     jitter: ColourJitter | None = None
+    scale_y: float | None = None  # the height's own enlargement factor; None: `scale`
 
 
-def draw_augmentation(rng: np.random.Generator) -> Augmentation:
+def draw_augmentation(rng: np.random.Generator, colour_jitter: bool = True,
+                      independent_scale: bool = False) -> Augmentation:
     """Draw one snippet's augmentation. Every number is drawn whether used or not, so the stream
-    consumed per item is fixed."""
+    consumed per item is fixed (the height's own factor last, so the other draws do not depend on it).
+
+    Args:
+        rng: the item's generator.
+        colour_jitter: jitter the nets' input half the time (monodepth2); off: never (the authors).
+        independent_scale: enlarge the height by its own factor (the authors), else by the width's.
+    """
     scale = float(rng.uniform(*SCALE_RANGE))
     crop = (float(rng.random()), float(rng.random()))
     flip = bool(rng.random() < FLIP_PROBABILITY)
@@ -87,7 +98,9 @@ def draw_augmentation(rng: np.random.Generator) -> Augmentation:
         hue=float(rng.uniform(-HUE, HUE)),
         order=tuple(int(i) for i in rng.permutation(4)),
     )
-    return Augmentation(scale=scale, crop=crop, flip=flip, jitter=jitter if use_jitter else None)
+    scale_y = float(rng.uniform(*SCALE_RANGE))
+    return Augmentation(scale=scale, crop=crop, flip=flip, jitter=jitter if use_jitter and colour_jitter else None,
+                        scale_y=scale_y if independent_scale else None)
 
 
 def resize_and_crop(
@@ -97,8 +110,10 @@ def resize_and_crop(
     width: int,
     scale: float = 1.0,
     crop: tuple[float, float] = (0.0, 0.0),
+    scale_y: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Resize frames to `scale` × the training size, then crop a (height, width) window.
+    """Resize frames to `scale` × the training size (the height `scale_y` × if given), then crop a
+    (height, width) window.
 
     One resampling from the stored frames (PIL bilinear: half-pixel centres, antialiased when
     shrinking), so `scale_intrinsics` then `crop_intrinsics` give the exact intrinsics.
@@ -109,11 +124,13 @@ def resize_and_crop(
         height, width: training size.
         scale: enlargement before the crop, ≥ 1.
         crop: (x, y) crop position as fractions of the free range (see :class:`Augmentation`).
+        scale_y: the height's enlargement, ≥ 1; None: `scale`.
     Returns:
         (L, height, width, 3) uint8 frames and their (3, 3) float64 intrinsics.
     """
     h0, w0 = frames.shape[1:3]
-    scaled_h, scaled_w = max(height, round(height * scale)), max(width, round(width * scale))
+    scale_y = scale if scale_y is None else scale_y
+    scaled_h, scaled_w = max(height, round(height * scale_y)), max(width, round(width * scale))
     x0 = min(int(crop[0] * (scaled_w - width + 1)), scaled_w - width)
     y0 = min(int(crop[1] * (scaled_h - height + 1)), scaled_h - height)
     resized = np.stack([
@@ -177,7 +194,7 @@ def augment_snippet(
         K: (3, 3) float32 intrinsics of the returned frames.
     """
     augmentation = augmentation or Augmentation()
-    frames, K = resize_and_crop(frames, K, height, width, augmentation.scale, augmentation.crop)
+    frames, K = resize_and_crop(frames, K, height, width, augmentation.scale, augmentation.crop, augmentation.scale_y)
     if augmentation.flip:
         frames, K = frames[:, :, ::-1], flip_intrinsics(K, width)
     images_raw = _to_tensor(frames)
@@ -203,6 +220,8 @@ class SnippetDataset(Dataset):
         snippet_length: frames per snippet, odd, ≥ 3.
         augment: scale-and-crop, flip and colour jitter; off = plain resize.
         seed: augmentation seed, a non-negative integer.
+        colour_jitter: with `augment`, jitter the nets' input (monodepth2); off: the authors' form.
+        independent_crop_scale: with `augment`, enlarge x and y by separate factors (the authors).
         source: what to name in error messages (the split file); by default the scenes' folder.
     """
 
@@ -215,6 +234,8 @@ class SnippetDataset(Dataset):
         augment: bool = True,
         seed: int = 0,
         source: str | None = None,
+        colour_jitter: bool = True,
+        independent_crop_scale: bool = False,
     ) -> None:
         if snippet_length < 3 or snippet_length % 2 == 0:
             raise MasksfmError(f"snippet length must be odd and at least 3 (target in the middle), "
@@ -223,6 +244,7 @@ class SnippetDataset(Dataset):
         self.height, self.width = int(height), int(width)
         self.snippet_length = snippet_length
         self.augment = augment
+        self.colour_jitter, self.independent_crop_scale = colour_jitter, independent_crop_scale
         self.seed = int(seed)
         self.source = source or ", ".join(sorted({str(scene.path.parent) for scene in self.scenes})) or "data"
         self.epoch = 0
@@ -253,7 +275,8 @@ class SnippetDataset(Dataset):
         """The augmentation of item `index` in `epoch` (None when augmentation is off)."""
         if not self.augment:
             return None
-        return draw_augmentation(np.random.default_rng([self.seed, epoch, index, _AUGMENT_STREAM]))
+        return draw_augmentation(np.random.default_rng([self.seed, epoch, index, _AUGMENT_STREAM]),
+                                 self.colour_jitter, self.independent_crop_scale)
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, torch.Tensor | int]:
         """One snippet.
