@@ -90,6 +90,16 @@ def test_yaml_and_overrides(tmp_path):
                          ("loss.mask=magic", "not one of"), ("loss", "KEY=VALUE"), ("model.pose=stack", "not one of")]:
         with pytest.raises(MasksfmError, match=message):
             load_config(None, [bad])
+    for bad, message in [("loss.image_range=byte", "not one of unit, signed"),
+                         ("loss.smoothness_on=log", "not one of disparity_mean_normalised, depth"),
+                         ("loss.smoothness_frames=sources", "not one of all, target"),
+                         ("loss.combine_sources=max", "not one of mean, sum"),
+                         ("loss.below_mean_factor=0", "loss.below_mean_factor: must be positive"),
+                         ("data.colour_jitter=3", "data.colour_jitter")]:
+        with pytest.raises(MasksfmError, match=message):
+            load_config(None, [bad])
+    with pytest.raises(MasksfmError, match="loss.combine_sources: sum adds per-source terms"):
+        load_config(None, ["loss.mask=automask", "loss.combine_sources=sum"])
     with pytest.raises(MasksfmError, match="model.pose: pairs has no explainability decoder"):
         load_config(None, ["model.pose=pairs", "loss.mask=explainability"])
     path.write_text("loss: {repeat: 3}\n")
@@ -102,8 +112,20 @@ def test_shipped_configs_load(name):
     config = load_config(name)
     assert isinstance(config, Config)
     if name.startswith("paper"):
-        assert (config.loss.ssim, config.loss.rho, config.loss.repeats) == ("gauss13", "robust", 3)
+        # The authors' published command (docs/authors-code.md): their code never repeats the masking.
+        assert (config.loss.ssim, config.loss.rho, config.loss.repeats) == ("gauss13", "robust", 0)
         assert (config.data.height, config.data.width, config.optim.batch_size) == (256, 832, 4)
+        loss = config.loss
+        assert (loss.below_mean_mask, loss.below_mean_factor, loss.below_mean_per_channel) == (True, 3.0, True)
+        assert (loss.image_range, loss.smoothness_on, loss.smoothness_frames) == ("signed", "depth", "target")
+        assert (loss.combine_sources, loss.bidirectional, loss.num_scales) == ("sum", False, 1)
+        assert (config.data.colour_jitter, config.data.independent_crop_scale) == (False, True)
+    else:  # the new options' defaults are today's behaviour
+        loss = config.loss
+        assert (loss.below_mean_mask, loss.below_mean_factor, loss.below_mean_per_channel) == (False, 1.0, False)
+        assert (loss.image_range, loss.smoothness_on, loss.smoothness_frames, loss.combine_sources) == \
+            ("unit", "disparity_mean_normalised", "all", "mean")
+        assert (config.data.colour_jitter, config.data.independent_crop_scale) == (True, False)
     if name == "paper_dn":
         assert config.loss.dn == "image_max"
 
