@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from masksfm.networks.depth import NUM_SCALES, check_image, crop_like, normalize_image, xavier_init
+from masksfm.networks.layers import NUM_SCALES, check_image, crop_like, normalize_image, xavier_init
 
 # SfMLearner scales the pose output by 0.01 so that the untrained net predicts near-identity motion.
 POSE_SCALE = 0.01

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -24,6 +22,8 @@ from masksfm.inference import (
 from masksfm.model import load_model
 from masksfm.trajectory import relative_poses
 
+from helpers import run_masksfm
+
 
 def test_eval_depth_json(tiny_run, synth_dataset, tmp_path, capsys):
     out = tmp_path / "depth.json"
@@ -34,6 +34,7 @@ def test_eval_depth_json(tiny_run, synth_dataset, tmp_path, capsys):
     assert "abs_rel" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_external_predictions_give_the_models_numbers(tiny_run, synth_dataset, tmp_path):
     """Someone else's .npy predictions evaluate like the model's own when they are the model's own."""
     model, config, _ = load_model(tiny_run)
@@ -86,8 +87,7 @@ def test_missing_prediction_is_one_line(tiny_run, synth_dataset, tmp_path):
     folder = tmp_path / "few"
     folder.mkdir()
     np.save(folder / "000000.npy", np.ones((4, 4), np.float32))
-    result = subprocess.run([sys.executable, "-m", "masksfm", "eval", "depth", str(folder), str(synth_dataset)],
-                            capture_output=True, text=True)
+    result = run_masksfm("eval", "depth", folder, synth_dataset)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "000001.npy" in result.stderr
 
