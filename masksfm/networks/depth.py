@@ -8,10 +8,9 @@ so depth = 1 / disp lies in (0.1, 100).
 Any size of at least 32x32: every stride-2 layer pads so that n pixels become ceil(n / 2) with output
 pixel i over input pixel 2i, and the decoders upsample x2 and crop to the skip's size (as
 SfmLearner-Pytorch's DispNetS does), so the skips stay aligned at every size without padding the input.
-Padding to the stride multiple (128 for DispNet) instead, as first planned, would make
-DispNet process 128x256 pixels for a 64x208 image (2.5x the pixels; 1.5x the time of a training step
-on the CPU) and 128x512 for KITTI's 128x416 (1.1x the time), and the pose net would average over the
-padding.
+Padding to the stride multiple (128 for DispNet) instead, as first planned, would make DispNet
+process 128x256 pixels for a 64x208 image and 128x512 for KITTI's 128x416 (the cost:
+docs/results.md), and the pose net would average over the padding.
 """
 
 from __future__ import annotations
