@@ -54,10 +54,6 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _not_yet(name: str):
-    raise MasksfmError(f"'{name}' is not implemented yet")
-
-
 # --- commands ------------------------------------------------------------------------------------
 
 
@@ -202,20 +198,8 @@ def _add_refine(p) -> None:
                         "(robust Levenberg-Marquardt, coarse to fine; ITERATIONS per pyramid level, default 10)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="masksfm",
-        description="Self-supervised monocular depth and ego-motion from video with geometric multi-masks "
-        "(Wang et al., ICRA 2019).",
-        epilog=EPILOG,
-        formatter_class=_formatter,
-    )
-    from masksfm import __version__
-
-    parser.add_argument("--version", action="version", version=f"masksfm {__version__}")
-    parser.add_argument("--debug", action="store_true", help="on an error, show the traceback instead of one line")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-
+def _add_synth(commands) -> None:
+    """`synth`."""
     p = commands.add_parser("synth", help="render a synthetic street dataset with exact ground truth",
                             description="Render a seeded, KITTI-like synthetic street drive by analytic ray casting: "
                             "frames, cam.txt, poses.txt, exact depth, visibility between neighbouring frames "
@@ -230,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--moving-cars", type=int, default=0, help="independently moving cars per scene (default 0)")
     p.set_defaults(func=cmd_synth)
 
+
+def _add_prepare(commands) -> None:
+    """`prepare kitti-raw`, `prepare kitti-odometry`, `prepare video`."""
     prepare = commands.add_parser("prepare", help="turn KITTI or your own video into training folders",
                                   formatter_class=_formatter)
     kinds = prepare.add_subparsers(dest="kind", metavar="KIND", parser_class=_Parser, required=True)
@@ -294,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jpeg", action="store_true", help="write frames as JPEG (quality 95), not PNG")
     p.set_defaults(func=cmd_prepare_video)
 
+
+def _add_train(commands) -> None:
+    """`train`."""
     p = commands.add_parser("train", help="learn depth and ego-motion from unlabelled video",
                             formatter_class=_formatter)
     p.add_argument("data", type=Path, help="dataset folder (sequence-folder layout)")
@@ -311,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(p)
     p.set_defaults(func=cmd_train)
 
+
+def _add_eval(commands) -> None:
+    """`eval depth`, `eval pose`."""
     evaluate = commands.add_parser("eval", help="evaluate depth or pose with the field's protocols",
                                    formatter_class=_formatter)
     what = evaluate.add_subparsers(dest="what", metavar="WHAT", parser_class=_Parser, required=True)
@@ -342,6 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(p)
     p.set_defaults(func=cmd_eval_pose)
 
+
+def _add_predict(commands) -> None:
+    """`predict`."""
     p = commands.add_parser("predict", help="depth maps, point clouds and trajectories from a model",
                             description="Per frame: DIR/depth/<frame>.png (uint16, depth x 256, 0 = invalid), "
                             "DIR/depth/<frame>.npy (float32 at the frame's resolution), DIR/color/<frame>.png "
@@ -368,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(p)
     p.set_defaults(func=cmd_predict)
 
+
+def _add_export(commands) -> None:
+    """`export`."""
     p = commands.add_parser("export", help="export the depth (and pose) net to ONNX or torch.export",
                             description="The depth net with input 'image' (B,3,H,W) RGB in [0,1] and output 'depth' "
                             "(B,1,H,W) = 1/disparity, the values predict writes to .npy for a frame of that size; "
@@ -384,6 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pose", action="store_true", help="export the pose net too (beside FILE)")
     p.set_defaults(func=cmd_export)
 
+
+def _add_demo(commands) -> None:
+    """`demo`."""
     p = commands.add_parser("demo", help="synth + train + eval + report.html on synthetic data",
                             description="Render synthetic street drives, train from scratch for --minutes, evaluate\n"
                             "depth and pose on held-out drives beside a constant-depth and a constant-speed baseline,\n"
@@ -402,6 +404,29 @@ def build_parser() -> argparse.ArgumentParser:
     small.add_argument("--width", type=_positive_int, help="frame width, >= 32 (default 208)")
     small.add_argument("--seed", type=int, help="random seed of the drives (default 0)")
     p.set_defaults(func=cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="masksfm",
+        description="Self-supervised monocular depth and ego-motion from video with geometric multi-masks "
+        "(Wang et al., ICRA 2019).",
+        epilog=EPILOG,
+        formatter_class=_formatter,
+    )
+    from masksfm import __version__
+
+    parser.add_argument("--version", action="version", version=f"masksfm {__version__}")
+    parser.add_argument("--debug", action="store_true", help="on an error, show the traceback instead of one line")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    _add_synth(commands)
+    _add_prepare(commands)
+    _add_train(commands)
+    _add_eval(commands)
+    _add_predict(commands)
+    _add_export(commands)
+    _add_demo(commands)
     return parser
 
 

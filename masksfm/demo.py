@@ -128,8 +128,8 @@ def pick_threads(requested: int | None) -> tuple[int, str]:
     """torch's CPU threads for training, and why.
 
     On a machine shared with other work, more threads than free cores make torch's OpenMP barriers
-    wait for descheduled threads: measured here, 1 thread ran 3-5x more steps per minute than 2 on
-    2 busy cores. So by default, as many threads as cores are idle right now (at least 1).
+    wait for descheduled threads (on busy cores, 1 thread ran several times more steps per minute
+    than 2; docs/results.md). So by default, as many threads as cores are idle right now (at least 1).
     """
     if requested is not None:
         return requested, "--threads"

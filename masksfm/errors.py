@@ -1,8 +1,11 @@
-"""The project's error type for problems a user can cause (bad files, bad flags, bad data).
+"""The project's error type for problems a user can cause (bad files, bad flags, bad data), and its
+one-line warnings.
 
 The CLI turns a :class:`MasksfmError` into one line on stderr and exit code 2 (`--debug` shows the
 traceback instead). Programming errors stay ordinary exceptions.
 """
+
+import sys
 
 
 class MasksfmError(Exception):
@@ -37,3 +40,8 @@ def one_line(error: BaseException) -> str:
         last = text.splitlines()[-1]
         text = last.split(": ", 1)[1] if last.startswith(("masksfm.errors.", "MasksfmError")) else last
     return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+def warn(message: str) -> None:
+    """Tell the user something went a way they may not expect (stderr, one line)."""
+    print(f"masksfm: warning: {message}", file=sys.stderr)

@@ -34,8 +34,9 @@ def ssim_box3(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         (B, C, H, W) SSIM, 1 where the images agree.
     """
     x, y = F.pad(x, (1, 1, 1, 1), mode="reflect"), F.pad(y, (1, 1, 1, 1), mode="reflect")
-    # The five local means in one depthwise convolution: on CPU, avg_pool2d is ~5x slower than a
-    # grouped conv2d with a 1/9 kernel (forward + backward), and SSIM runs at every scale and pair.
+    # The five local means in one depthwise convolution: on CPU, avg_pool2d is several times slower
+    # than a grouped conv2d with a 1/9 kernel (forward + backward; docs/results.md), and SSIM runs at
+    # every scale and pair.
     moments = torch.cat([x, y, x * x, y * y, x * y], dim=1)
     channels = moments.shape[1]
     box = moments.new_full((channels, 1, 3, 3), 1.0 / 9.0)

@@ -114,7 +114,7 @@ def overlap_mask(pixels: torch.Tensor, points: torch.Tensor, edge: torch.Tensor,
     # (and no host-device synchronisation) is needed.
     spare = b * h * w
     index = torch.where(edge, _flat_index(cell_x, cell_y, h, w), spare).flatten()
-    # Squared distances order the same way and are ~100x cheaper on CPU than Tensor.norm(dim=1).
+    # Squared distances order the same way and are far cheaper on CPU than Tensor.norm(dim=1).
     distance_sq = (points * points).sum(dim=1, keepdim=True)
     nearest_sq = torch.full((spare + 1,), float("inf"), device=pixels.device, dtype=distance_sq.dtype)
     nearest_sq.scatter_reduce_(0, index, distance_sq.flatten(), reduce="amin", include_self=True)

@@ -354,15 +354,18 @@ def _agreement_text(agreement: dict | None) -> str:
     return text + "; a perfect mask keeps 100% and drops 100%."
 
 
-def render_html(data: ReportData) -> str:
-    """The page as a string."""
-    from masksfm import __version__
+def _warmup_end(data: ReportData) -> int | None:
+    """The step where the masks switch on under the warm-up guard, or None."""
+    loss = data.config["loss"]
+    return loss["warmup_steps"] if loss["guard"] == "warmup" else None
 
-    s, cfg = data.settings, data.config
+
+def _summary_html(data: ReportData) -> list[str]:
+    """The page's head, what was trained, the headline numbers and the warnings."""
+    s, loss = data.settings, data.config["loss"]
     d, dc = data.depth, data.depth_constant
     p, pc = data.pose, data.pose_constant
-    loss = cfg["loss"]
-    warmup_end = loss["warmup_steps"] if loss["guard"] == "warmup" else None
+    warmup_end = _warmup_end(data)
     better = d["abs_rel"] < dc["abs_rel"]
     gain = 100 * (1 - d["abs_rel"] / dc["abs_rel"])
     minutes = data.timings.get("train", 0) / 60
@@ -403,24 +406,34 @@ def render_html(data: ReportData) -> str:
                      "short budget (a machine busy with other work gives fewer steps per minute), or a collapse of the masked loss (depth drifting until the hard pixels leave the "
                      "mask: see the curves below), can leave it there.")
     parts += [f"<div class='warning'>{n}</div>" for n in notes]
+    return parts
 
-    # depth metrics
-    parts.append("<h2>1. Depth on the test drives</h2>")
-    parts.append("<p>A monocular network cannot know the absolute scale of a scene, so each predicted depth map is "
-                 "multiplied by one number per image — median(true) / median(predicted) — before it is scored, as in "
-                 "the KITTI literature. The <b>constant-depth baseline</b> predicts the same depth at every pixel, "
-                 "scaled the same way: it is what one gets knowing nothing about the picture, the bar to clear. "
-                 f"Pixels with true depth in ({MIN_DEPTH:g}, {MAX_DEPTH:g}) m count (the sky does not); metrics are "
-                 "per image, then averaged. The better of the two is shaded green.</p>")
+
+def _depth_html(data: ReportData) -> list[str]:
+    """Section 1: the depth metrics against the constant depth."""
+    d, dc = data.depth, data.depth_constant
     rows = "".join(f"<tr><td><code>{k}</code></td><td>{_e(meaning)}</td><td>{b} is better</td>"
                    f"{_cell(d[k], dc[k], b, fmt)}{_cell(dc[k], d[k], b, fmt)}</tr>" for k, meaning, b, fmt in DEPTH_ROWS)
-    parts.append(f"<table><tr><th>metric</th><th>what it measures</th><th>direction</th><th>this model</th>"
-                 f"<th>constant depth</th></tr>{rows}</table>")
-    parts.append(f"<p class='small'>Model: <code>run/checkpoints/{_e(data.checkpoint)}.safetensors</code> "
-                 f"({'the step with the best validation abs_rel, on drives separate from the test' if data.checkpoint == 'best' else 'the last step'}). "
-                 f"The same numbers: <code>masksfm eval depth {_e(data.out)}/run {_e(data.out)}/data --split test</code>.</p>")
+    return [
+        "<h2>1. Depth on the test drives</h2>",
+        "<p>A monocular network cannot know the absolute scale of a scene, so each predicted depth map is "
+        "multiplied by one number per image — median(true) / median(predicted) — before it is scored, as in "
+        "the KITTI literature. The <b>constant-depth baseline</b> predicts the same depth at every pixel, "
+        "scaled the same way: it is what one gets knowing nothing about the picture, the bar to clear. "
+        f"Pixels with true depth in ({MIN_DEPTH:g}, {MAX_DEPTH:g}) m count (the sky does not); metrics are "
+        "per image, then averaged. The better of the two is shaded green.</p>",
+        f"<table><tr><th>metric</th><th>what it measures</th><th>direction</th><th>this model</th>"
+        f"<th>constant depth</th></tr>{rows}</table>",
+        f"<p class='small'>Model: <code>run/checkpoints/{_e(data.checkpoint)}.safetensors</code> "
+        f"({'the step with the best validation abs_rel, on drives separate from the test' if data.checkpoint == 'best' else 'the last step'}). "
+        f"The same numbers: <code>masksfm eval depth {_e(data.out)}/run {_e(data.out)}/data --split test</code>.</p>",
+    ]
 
-    # pose metrics
+
+def _pose_html(data: ReportData) -> list[str]:
+    """Section 2: the camera-motion metrics against driving straight at constant speed."""
+    p, pc = data.pose, data.pose_constant
+    parts = []
     parts.append("<h2>2. Camera motion on the test drives</h2>")
     parts.append("<p>The pose network predicts the motion between neighbouring frames. <b>Snippet ATE</b> (the "
                  "SfMLearner protocol): over every run of 5 consecutive frames, the predicted positions are scaled "
@@ -437,7 +450,14 @@ def render_html(data: ReportData) -> str:
                          f"{_cell(seq[k], base[k], b, fmt)}{_cell(base[k], seq[k], b, fmt)}</tr>")
     parts.append(f"<table><tr><th>metric</th><th>what it measures</th><th>direction</th><th>this model</th>"
                  f"<th>straight, constant speed</th></tr>{rows}</table>")
+    return parts
 
+
+def _figures_html(data: ReportData) -> list[str]:
+    """Sections 3 to 6, where the data has them: depth pictures, masks, trajectories, training curves."""
+    p, pc = data.pose, data.pose_constant
+    warmup_end = _warmup_end(data)
+    parts = []
     # depth strip
     if data.depth_examples:
         parts.append("<h2>3. What the network sees and predicts</h2>")
@@ -497,8 +517,15 @@ def render_html(data: ReportData) -> str:
             f"{_e(data.out)}/run</code> shows them live). Left: the loss minimised (photometric error of the "
             "reconstructed frames plus a small smoothness term, so the two curves nearly coincide; thin: every 10th step, thick: smoothed). Middle: the share of pixels each mask keeps. "
             "Right: abs_rel on the validation drives during training, against the constant depth (dashed)." + warm))
+    return parts
 
-    # files
+
+def _files_html(data: ReportData) -> list[str]:
+    """Section 7: the files, the commands that redo the demo, and the footer."""
+    from masksfm import __version__
+
+    s = data.settings
+    parts = []
     parts.append("<h2>7. Files</h2><p>Relative to this page:</p><ul>")
     parts += [f"<li><code class='path'>{_e(path)}</code> — {_e(text)}</li>" for path, text in data.files]
     parts.append("</ul>")
@@ -516,7 +543,13 @@ def render_html(data: ReportData) -> str:
     parts.append(f"<p class='small'>masksfm {_e(__version__)}. Data: {_e(data.data_note)}. Time: {_e(timing)}"
                  f"{' (' + _e(data.machine) + ')' if data.machine else ''}. "
                  f"Seed {s['seed']}.</p></body></html>")
-    return "\n".join(parts)
+    return parts
+
+
+def render_html(data: ReportData) -> str:
+    """The page as a string."""
+    return "\n".join([*_summary_html(data), *_depth_html(data), *_pose_html(data), *_figures_html(data),
+                      *_files_html(data)])
 
 
 def write_report(path: Path, data: ReportData) -> Path:

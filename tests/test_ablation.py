@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = ("variant", "abs_rel", "a1", "snippet ATE", "mask precision", "mask recall", "seeds")
 
@@ -22,6 +24,7 @@ def _ablation(tmp_path: Path) -> subprocess.CompletedProcess:
         cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_quick_ablation_writes_table_and_resumes(tmp_path):
     result = _ablation(tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -5,29 +5,24 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
+from helpers import run_masksfm
+
 TINY = ["--minutes", "0.02", "--scenes", "3", "--frames", "6", "--height", "32", "--width", "104"]
-
-
-def _masksfm(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "masksfm", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     """One tiny demo run (3 drives x 6 frames at 104x32, ~1 s of training): (process, output folder)."""
     out = tmp_path_factory.mktemp("demo") / "out"
-    done = _masksfm("demo", "--out", str(out), *TINY, cwd=out.parent)
+    done = run_masksfm("demo", "--out", str(out), *TINY, cwd=out.parent)
     assert done.returncode == 0, done.stderr[-3000:]
     return done, out
 
 
+@pytest.mark.slow
 def test_report_is_written_and_announced(demo):
     done, out = demo
     report = out / "report.html"
@@ -39,6 +34,7 @@ def test_report_is_written_and_announced(demo):
     assert metrics["steps"] >= 1
 
 
+@pytest.mark.slow
 def test_report_is_self_contained(demo):
     _, out = demo
     page = (out / "report.html").read_text()
@@ -49,6 +45,7 @@ def test_report_is_self_contained(demo):
     assert all(src.startswith("data:image/png;base64,") for src in images)
 
 
+@pytest.mark.slow
 def test_report_shows_metrics_beside_the_baseline(demo):
     _, out = demo
     page = (out / "report.html").read_text()
@@ -62,6 +59,7 @@ def test_report_shows_metrics_beside_the_baseline(demo):
         assert f"{mask} mask" in page or f"<dt>{mask}</dt>" in page
 
 
+@pytest.mark.slow
 def test_files_the_report_names_exist(demo):
     _, out = demo
     page = (out / "report.html").read_text()
@@ -71,6 +69,7 @@ def test_files_the_report_names_exist(demo):
         assert (out / path).exists(), path
 
 
+@pytest.mark.slow
 def test_rerun_reuses_identical_data_and_rerenders_changed(demo, tmp_path):
     import shutil
 
@@ -89,7 +88,7 @@ def test_rerun_reuses_identical_data_and_rerenders_changed(demo, tmp_path):
 
 @pytest.mark.parametrize("args", [["--bogus"], ["--minutes", "0"], ["--scenes", "2"]])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args):
-    done = _masksfm("demo", "--out", str(tmp_path / "out"), *args, cwd=tmp_path)
+    done = run_masksfm("demo", "--out", str(tmp_path / "out"), *args, cwd=tmp_path)
     assert done.returncode == 2
     assert done.stdout == ""
     lines = done.stderr.strip().splitlines()

@@ -14,6 +14,8 @@ from masksfm.data.layout import read_image
 from masksfm.export import DepthOutput, PoseOutput, pose_path, read_metadata
 from masksfm.model import load_model
 
+from helpers import one_line_error
+
 BATCHES = (1, 3)
 
 
@@ -135,28 +137,21 @@ class TestPt2:
 
 
 class TestBadInput:
-    def run(self, argv, capsys) -> str:
-        with pytest.raises(SystemExit) as exit_info:
-            main(argv)
-        assert exit_info.value.code == 2
-        err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1 and err.startswith("masksfm: error:")
-        return err
 
     def test_too_small(self, tiny_run, tmp_path, capsys):
-        err = self.run(["export", str(tiny_run), "--format", "onnx", "--out", str(tmp_path / "x.onnx"),
+        err = one_line_error(["export", str(tiny_run), "--format", "onnx", "--out", str(tmp_path / "x.onnx"),
                         "--height", "16"], capsys)
         assert "32" in err and not (tmp_path / "x.onnx").exists()
 
     def test_missing_run(self, tmp_path, capsys):
-        assert "nothing" in self.run(["export", str(tmp_path / "nothing"), "--format", "pt2", "--out",
+        assert "nothing" in one_line_error(["export", str(tmp_path / "nothing"), "--format", "pt2", "--out",
                                       str(tmp_path / "x.pt2")], capsys)
 
     def test_out_is_a_folder(self, tiny_run, tmp_path, capsys):
-        assert str(tmp_path) in self.run(["export", str(tiny_run), "--format", "pt2", "--out", str(tmp_path)], capsys)
+        assert str(tmp_path) in one_line_error(["export", str(tiny_run), "--format", "pt2", "--out", str(tmp_path)], capsys)
 
     def test_bad_format(self, tiny_run, tmp_path, capsys):
-        assert "--format" in self.run(["export", str(tiny_run), "--format", "tflite", "--out", str(tmp_path / "x")],
+        assert "--format" in one_line_error(["export", str(tiny_run), "--format", "tflite", "--out", str(tmp_path / "x")],
                                       capsys)
 
     def test_not_an_export(self, tmp_path):

@@ -168,6 +168,7 @@ class TestResNetWeights:
         assert state["layer2.0.downsample.0.weight"].shape == (128, 64, 1, 1)
         assert state["layer4.1.bn2.running_var"].shape == (512,)
 
+    @pytest.mark.slow
     def test_round_trip(self, tmp_path, trained, weights):
         path = tmp_path / "resnet18.safetensors"
         save_file(weights, path)

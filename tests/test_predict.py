@@ -4,8 +4,6 @@ the rendered street's true depth, and the command on every kind of input with th
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -13,10 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from masksfm import predict as P
 from masksfm.cli import main
 from masksfm.data.layout import read_cam, read_image, read_scene, write_image
+from masksfm.data.outputs import depth_to_points, read_depth_png16, write_depth_png16, write_ply
 from masksfm.errors import MasksfmError
+from masksfm.road import fit_road_plane, metric_scale
+
+from helpers import encode_mp4, one_line_error, run_masksfm
 
 CAMERA_HEIGHT = 1.65  # the synthetic street's camera (docs/design.md §5)
 
@@ -68,8 +69,8 @@ class TestPng16:
         depth = rng.uniform(0.5, 250.0, (7, 11)).astype(np.float32)
         depth[0, 0], depth[0, 1], depth[0, 2] = 0.0, np.nan, -3.0  # invalid
         path = tmp_path / "d.png"
-        P.write_depth_png16(path, depth)
-        back = P.read_depth_png16(path)
+        write_depth_png16(path, depth)
+        back = read_depth_png16(path)
         raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)  # an independent 16-bit reader
         assert raw.dtype == np.uint16 and np.array_equal(raw / 256.0, back.astype(np.float64))
         assert back[0, 0] == back[0, 1] == back[0, 2] == 0
@@ -78,7 +79,7 @@ class TestPng16:
 
     def test_clip_and_tiny_values(self, tmp_path):
         path = tmp_path / "d.png"
-        P.write_depth_png16(path, np.array([[1000.0, 1e-4, 255.99, 1.0]]))
+        write_depth_png16(path, np.array([[1000.0, 1e-4, 255.99, 1.0]]))
         raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         # Beyond 65535/256 m: clipped; a positive depth under a step stays valid (1, not 0).
         assert raw.tolist() == [[65535, 1, 65533, 256]]
@@ -87,7 +88,7 @@ class TestPng16:
         path = tmp_path / "d.png"
         path.write_bytes(b"not a png")
         with pytest.raises(MasksfmError, match="d.png"):
-            P.read_depth_png16(path)
+            read_depth_png16(path)
 
 
 class TestPly:
@@ -95,7 +96,7 @@ class TestPly:
         rng = np.random.default_rng(1)
         points = rng.normal(size=(50, 3)).astype(np.float32)
         colors = rng.integers(0, 256, (50, 3)).astype(np.uint8)
-        P.write_ply(tmp_path / "c.ply", points, colors)
+        write_ply(tmp_path / "c.ply", points, colors)
         xyz, rgb = read_ply(tmp_path / "c.ply")
         assert np.array_equal(xyz, points) and np.array_equal(rgb, colors)
 
@@ -104,7 +105,7 @@ class TestPly:
         depth = np.random.default_rng(2).uniform(1, 30, (12, 20)).astype(np.float32)
         depth[3, 4] = 0  # invalid: skipped
         rgb = np.random.default_rng(3).integers(0, 256, (12, 20, 3)).astype(np.uint8)
-        points, colors = P.depth_to_points(depth, K, rgb)
+        points, colors = depth_to_points(depth, K, rgb)
         assert len(points) == 12 * 20 - 1
         uvw = points.astype(np.float64) @ K.T
         v, u = np.nonzero(depth > 0)
@@ -121,7 +122,7 @@ class TestRoadPlane:
         K = kitti_K()
         normal = tilt(pitch, roll)
         depth = plane_depth(normal, CAMERA_HEIGHT, K, (128, 416))
-        plane = P.fit_road_plane(torch.from_numpy(depth)[None, None].to(device),
+        plane = fit_road_plane(torch.from_numpy(depth)[None, None].to(device),
                                  torch.from_numpy(K)[None].to(device))
         assert plane.valid.item()
         assert plane.height.item() == pytest.approx(CAMERA_HEIGHT, rel=1e-6)
@@ -139,7 +140,7 @@ class TestRoadPlane:
         wall = np.broadcast_to(-5.0 / np.where(ray_x < 0, ray_x, -1.0), depth.shape)
         depth = np.where(ray_x * depth < -5.0, wall, depth)
         unit = 7.3  # the model's unknown unit: metres per unit
-        scale, valid = P.metric_scale(torch.from_numpy(depth / unit)[None, None], torch.from_numpy(K)[None],
+        scale, valid = metric_scale(torch.from_numpy(depth / unit)[None, None], torch.from_numpy(K)[None],
                                       CAMERA_HEIGHT)
         assert valid.item() and scale.item() == pytest.approx(unit, rel=1e-3)
 
@@ -150,7 +151,7 @@ class TestRoadPlane:
             scene = read_scene(scene_dir)
             depth = torch.from_numpy(np.stack([scene.read_depth(i) for i in range(len(scene))]))[:, None]
             K = torch.from_numpy(scene.K).float().expand(len(scene), 3, 3)
-            scale, valid = P.metric_scale(depth / unit, K, CAMERA_HEIGHT)
+            scale, valid = metric_scale(depth / unit, K, CAMERA_HEIGHT)
             assert valid.all(), scene.name
             assert torch.allclose(scale, torch.full_like(scale, unit), rtol=0.01), (scene.name, scale)
 
@@ -159,7 +160,7 @@ class TestRoadPlane:
         K = kitti_K()
         depth = plane_depth(tilt(2.0, 1.0), CAMERA_HEIGHT, K, (128, 416))
         noisy = depth * np.random.default_rng(4).uniform(0.97, 1.03, depth.shape)
-        scale, valid = P.metric_scale(torch.from_numpy(noisy / 2.0)[None, None], torch.from_numpy(K)[None],
+        scale, valid = metric_scale(torch.from_numpy(noisy / 2.0)[None, None], torch.from_numpy(K)[None],
                                       CAMERA_HEIGHT)
         assert valid.item() and scale.item() == pytest.approx(2.0, rel=0.02)
 
@@ -167,17 +168,17 @@ class TestRoadPlane:
         # A wall straight ahead (constant depth) and an empty map: nothing plausible below the camera.
         K = torch.from_numpy(kitti_K()).expand(2, 3, 3)
         depth = torch.stack([torch.full((1, 128, 416), 10.0), torch.zeros(1, 128, 416)]).double()
-        plane = P.fit_road_plane(depth, K)
+        plane = fit_road_plane(depth, K)
         assert not plane.valid.any()
 
     def test_batch_and_shapes(self):
         K = kitti_K(64, 208)
         depth = np.stack([plane_depth([0, -1, 0], h, K, (64, 208)) for h in (1.0, 2.0, 3.0)])[:, None]
-        plane = P.fit_road_plane(torch.from_numpy(depth), torch.from_numpy(K).expand(3, 3, 3))
+        plane = fit_road_plane(torch.from_numpy(depth), torch.from_numpy(K).expand(3, 3, 3))
         assert plane.normal.shape == (3, 3) and plane.height.shape == plane.valid.shape == (3,)
         assert torch.allclose(plane.height, torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
         with pytest.raises(ValueError, match="depth"):
-            P.fit_road_plane(torch.from_numpy(depth)[:, 0], torch.from_numpy(K).expand(3, 3, 3))
+            fit_road_plane(torch.from_numpy(depth)[:, 0], torch.from_numpy(K).expand(3, 3, 3))
 
 
 # --- the command ---------------------------------------------------------------------------------
@@ -187,19 +188,6 @@ def frames_of(out: Path, kind: str, suffix: str) -> list[str]:
     return sorted(p.stem for p in (out / kind).glob(f"*{suffix}"))
 
 
-def encode_mp4(path: Path, frames: list[np.ndarray]) -> Path:
-    import av
-
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("mpeg4", rate=10)
-        stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
-        stream.bit_rate = 4_000_000
-        for rgb in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -232,7 +220,7 @@ class TestPredictScene:
             depth = np.load(full_prediction / "depth" / f"{stem}.npy")
             assert depth.dtype == np.float32 and depth.shape == scene.size
             assert np.all(np.isfinite(depth)) and depth.min() > 0
-            png = P.read_depth_png16(full_prediction / "depth" / f"{stem}.png")
+            png = read_depth_png16(full_prediction / "depth" / f"{stem}.png")
             assert np.abs(png - depth).max() <= 1 / 256
             color = read_image(full_prediction / "color" / f"{stem}.png")
             assert color.shape == (*scene.size, 3)
@@ -326,6 +314,7 @@ class TestPredictInputs:
 
 
 class TestRefine:
+    @pytest.mark.slow
     def test_refined_trajectory_through_the_command(self, tiny_run, scene_dir, tmp_path):
         """`predict --trajectory --refine 3` in a real process, on the scene's first 6 frames at twice
         the net's size (cam.txt scaled): the trajectory is the chain of
@@ -345,9 +334,8 @@ class TestRefine:
             write_image(big / f"{i:06d}.png", frame)
         write_cam(big / "cam.txt", scale_intrinsics(scene.K, 2.0, 2.0))
         out = tmp_path / "out"
-        result = subprocess.run([sys.executable, "-m", "masksfm", "predict", str(tiny_run), str(big), "--out", str(out),
-                                 "--save", "npy", "--trajectory", "--refine", "3"],
-                                capture_output=True, text=True, timeout=600)
+        result = run_masksfm("predict", tiny_run, big, "--out", out, "--save", "npy", "--trajectory", "--refine", "3",
+                             timeout=600)
         assert result.returncode == 0, result.stderr
         model, config, _ = load_model(tiny_run)
         x = frames_to_tensor(np.stack(frames), config.data.height, config.data.width)
@@ -395,46 +383,39 @@ class TestMetricScale:
 
 
 class TestBadInput:
-    def run(self, argv, capsys) -> str:
-        with pytest.raises(SystemExit) as exit_info:
-            main(argv)
-        assert exit_info.value.code == 2
-        err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1 and err.startswith("masksfm: error:")
-        return err
 
     def test_not_an_image(self, tiny_run, tmp_path, capsys):
         notes = tmp_path / "notes.txt"
         notes.write_text("hello\n")
-        assert "notes.txt" in self.run(["predict", str(tiny_run), str(notes), "--out", str(tmp_path / "o")], capsys)
+        assert "notes.txt" in one_line_error(["predict", str(tiny_run), str(notes), "--out", str(tmp_path / "o")], capsys)
 
     def test_corrupt_image(self, tiny_run, tmp_path, capsys):
         bad = tmp_path / "bad.png"
         bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
-        assert "bad.png" in self.run(["predict", str(tiny_run), str(bad), "--out", str(tmp_path / "o")], capsys)
+        assert "bad.png" in one_line_error(["predict", str(tiny_run), str(bad), "--out", str(tmp_path / "o")], capsys)
 
     def test_empty_folder(self, tiny_run, tmp_path, capsys):
         (tmp_path / "empty").mkdir()
-        assert "empty" in self.run(["predict", str(tiny_run), str(tmp_path / "empty"), "--out", str(tmp_path / "o")],
+        assert "empty" in one_line_error(["predict", str(tiny_run), str(tmp_path / "empty"), "--out", str(tmp_path / "o")],
                                    capsys)
 
     def test_unreadable_video(self, tiny_run, tmp_path, capsys):
         clip = tmp_path / "clip.mp4"
         clip.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(200))
-        assert "clip.mp4" in self.run(["predict", str(tiny_run), str(clip), "--out", str(tmp_path / "o")], capsys)
+        assert "clip.mp4" in one_line_error(["predict", str(tiny_run), str(clip), "--out", str(tmp_path / "o")], capsys)
 
     def test_trajectory_of_one_image(self, tiny_run, scene_dir, tmp_path, capsys):
         image = sorted(scene_dir.glob("*.png"))[0]
-        err = self.run(["predict", str(tiny_run), str(image), "--out", str(tmp_path / "o"), "--trajectory"], capsys)
+        err = one_line_error(["predict", str(tiny_run), str(image), "--out", str(tmp_path / "o"), "--trajectory"], capsys)
         assert "--trajectory" in err and not (tmp_path / "o").exists()
 
     def test_bad_flags(self, tiny_run, scene_dir, tmp_path, capsys):
         out = str(tmp_path / "o")
-        assert "--save" in self.run(["predict", str(tiny_run), str(scene_dir), "--out", out, "--save", "png,npy"],
+        assert "--save" in one_line_error(["predict", str(tiny_run), str(scene_dir), "--out", out, "--save", "png,npy"],
                                     capsys)
-        assert "--intrinsics" in self.run(["predict", str(tiny_run), str(scene_dir), "--out", out,
+        assert "--intrinsics" in one_line_error(["predict", str(tiny_run), str(scene_dir), "--out", out,
                                            "--intrinsics", "1,2,3"], capsys)
-        assert "--camera-height" in self.run(["predict", str(tiny_run), str(scene_dir), "--out", out,
+        assert "--camera-height" in one_line_error(["predict", str(tiny_run), str(scene_dir), "--out", out,
                                               "--camera-height", "-1"], capsys)
         assert "--refine" in self.run(["predict", str(tiny_run), str(scene_dir), "--out", out, "--trajectory",
                                        "--refine", "0"], capsys)
@@ -442,7 +423,6 @@ class TestBadInput:
 
     def test_one_line_from_a_real_process(self, tiny_run, tmp_path):
         (tmp_path / "empty").mkdir()
-        result = subprocess.run([sys.executable, "-m", "masksfm", "predict", str(tiny_run), str(tmp_path / "empty"),
-                                 "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+        result = run_masksfm("predict", tiny_run, tmp_path / "empty", "--out", tmp_path / "o", timeout=120)
         assert result.returncode == 2
         assert len(result.stderr.strip().splitlines()) == 1 and "empty" in result.stderr

@@ -174,7 +174,7 @@ class TestMasks:
         # (the right view starts 0.914 px into the canvas; the check rounds to the nearest column).
         assert (kept & ~lands).sum() < 0.001 * kept.sum()
         assert recall > 0.97 and precision > 0.99 and dropped_far > 0.95
-        # τ keeps what a surface less than τ nearer hides (neighbours of one surface, DESIGN §4).
+        # τ keeps what a surface less than τ nearer hides (neighbours of one surface, docs/design.md §4).
         assert dropped > (0.95 if tau == 0 else 0.88)
 
 

@@ -24,15 +24,16 @@ import torch
 
 from masksfm.checkpoints import LAST, load_checkpoint, save_checkpoint, unprefixed
 
+from helpers import encode_mp4, run_masksfm
+
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ignore"}
 SMALL = ["--height", "64", "--width", "208", "--batch-size", "2", "--set", "data.workers=0",
          "--set", "train.val_every=1000", "--set", "train.log_every=1", "--set", "loss.warmup_steps=2"]
 
 
-def masksfm(*args, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
-    """The real command line in a subprocess."""
-    return subprocess.run([sys.executable, "-m", "masksfm", *map(str, args)], capture_output=True, text=True,
-                          env=ENV, timeout=timeout, **kwargs)
+def masksfm(*args, **kwargs) -> subprocess.CompletedProcess:
+    """The real command line in a subprocess, one thread, no warnings."""
+    return run_masksfm(*args, env=ENV, **kwargs)
 
 
 def copy_data(data: Path, to: Path, scenes: int | None = None) -> Path:
@@ -45,21 +46,11 @@ def first_scene(data: Path) -> Path:
     return data / (data / "train.txt").read_text().split()[0]
 
 
-def encode_mp4(path: Path, frames: int = 12, size: tuple[int, int] = (64, 96)) -> Path:
-    import av
-
+def sliding_texture(frames: int = 12, size: tuple[int, int] = (64, 96)) -> list[np.ndarray]:
+    """Random texture seen through a window sliding 4 pixels a frame."""
     rng = np.random.default_rng(0)
     texture = rng.integers(0, 256, (size[0], size[1] + 4 * frames, 3), dtype=np.uint8)
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("mpeg4", rate=10)
-        stream.width, stream.height, stream.pix_fmt = size[1], size[0], "yuv420p"
-        for k in range(frames):
-            rgb = np.ascontiguousarray(texture[:, 4 * k:4 * k + size[1]])
-            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+    return [np.ascontiguousarray(texture[:, 4 * k:4 * k + size[1]]) for k in range(frames)]
 
 
 # --- 1. bad input at every entry point -----------------------------------------------------------
@@ -257,7 +248,7 @@ def _bad_video(tmp, data, run):
 
 
 def _truncated_video_for_trajectory(tmp, data, run):
-    clip = encode_mp4(tmp / "clip.mp4", frames=12)
+    clip = encode_mp4(tmp / "clip.mp4", sliding_texture(12))
     clip.write_bytes(clip.read_bytes()[:1500])
     return ["predict", run, clip, "--out", tmp / "pred", "--trajectory"], clip
 
@@ -365,6 +356,7 @@ def bad_input_results(synth_dataset, tiny_run, tmp_path_factory):
     return {case_id: (result, named, argv) for (case_id, argv, named), result in zip(cases, results)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case_id", [case_id for case_id, _ in BAD_INPUTS])
 def test_bad_input_is_one_clear_line(case_id, bad_input_results):
     result, named, argv = bad_input_results[case_id]
@@ -376,6 +368,7 @@ def test_bad_input_is_one_clear_line(case_id, bad_input_results):
     assert str(named) in lines[0], (named, lines[0])
 
 
+@pytest.mark.slow
 def test_debug_shows_the_traceback(synth_dataset, tmp_path):
     result = masksfm("--debug", "eval", "depth", tmp_path / "nothing", synth_dataset)
     assert result.returncode != 0 and "Traceback" in result.stderr and "MasksfmError" in result.stderr
@@ -394,6 +387,7 @@ class Hostile:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.slow
 def test_hostile_pickles_are_refused_and_never_run(synth_dataset, tmp_path):
     marker = tmp_path / "pwned"
     raw = pickle.dumps(Hostile(marker))
@@ -483,6 +477,7 @@ def reference(synth_dataset, tmp_path_factory):
     return out, time.monotonic() - started
 
 
+@pytest.mark.slow
 def test_sigkill_at_a_random_moment_then_resume_is_bitwise_exact(reference, synth_dataset, tmp_path):
     """The run is killed (SIGKILL: no handler runs) at a random moment of its training loop; `--resume`
     finishes it, and the weights and optimizer state equal the uninterrupted run's bit for bit.
@@ -507,6 +502,7 @@ def test_sigkill_at_a_random_moment_then_resume_is_bitwise_exact(reference, synt
         print(f"trial {trial}: seed {seed}, killed after {delay:.2f} s at checkpoint step {killed_at}: bitwise equal")
 
 
+@pytest.mark.slow
 def test_sigterm_saves_exits_cleanly_and_resumes_exactly(reference, synth_dataset, tmp_path):
     reference_run, _ = reference
     run = tmp_path / "run"
@@ -524,6 +520,7 @@ def test_sigterm_saves_exits_cleanly_and_resumes_exactly(reference, synth_datase
     assert_bitwise_equal(weights(run), weights(reference_run))
 
 
+@pytest.mark.slow
 def test_ctrl_c_with_loader_workers_saves_and_exits(synth_dataset, tmp_path):
     """SIGINT to the whole process group, as a terminal's Ctrl-C, with a loader worker process."""
     run = tmp_path / "run"
@@ -544,6 +541,7 @@ def limit_file_size(limit: int):
     return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
 
+@pytest.mark.slow
 def test_disk_full_is_a_clear_error_and_keeps_the_previous_checkpoint(reference, synth_dataset, tmp_path):
     """RLIMIT_FSIZE makes every write past 50 MB fail, as a full disk would (a checkpoint is ~400 MB)."""
     reference_run, _ = reference
@@ -563,6 +561,7 @@ def test_disk_full_is_a_clear_error_and_keeps_the_previous_checkpoint(reference,
     assert not list((run / "checkpoints").glob(".*.tmp"))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder anyway "
                                                "(the out-under-a-file case of the bad-input table covers root)")
 def test_unwritable_output_folder(synth_dataset, tmp_path):
@@ -604,6 +603,7 @@ class NaNGradient(torch.autograd.Function):
         return grad * float("nan")
 
 
+@pytest.mark.slow
 def test_nonfinite_steps_are_skipped_and_too_many_in_a_row_stop_the_run(synth_dataset, tmp_path, monkeypatch,
                                                                          capsys):
     """Step 0: a NaN image batch; 1: an infinite loss; 2: a good step; 3: a finite loss with NaN
@@ -730,6 +730,7 @@ def worker_of_rank(parent: int, rank: int) -> int | None:
     return None
 
 
+@pytest.mark.slow
 def test_ddp_worker_death_ends_the_job_and_resume_with_one_process(reference, synth_dataset, tmp_path):
     """torchrun, 2 processes (gloo, CPU): process 1 is killed after the first checkpoint; the job ends
     with a message, not a hang; `--resume` in a single process finishes the run, close to the

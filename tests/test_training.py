@@ -35,6 +35,7 @@ def fixed_batch(root: Path, height=32, width=104, count=2):
     return {k: torch.stack([item[k] for item in items]) for k in ("images", "images_raw", "K")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mask", MASK_MODES)
 def test_training_lowers_the_loss(mask, synth_dataset):
     """A real model on real rendered frames: 25 Adam steps on one batch lower the objective."""
@@ -143,6 +144,7 @@ def _model_tensors(run: Path) -> dict[str, torch.Tensor]:
     return unprefixed(tensors, "model") | unprefixed(tensors, "optimizer")
 
 
+@pytest.mark.slow
 def test_resume_is_bitwise_exact(synth_dataset, tmp_path):
     straight, halves = tmp_path / "straight", tmp_path / "halves"
     main(["train", str(synth_dataset), "--out", str(straight), "--steps", "4", *SMALL])
@@ -155,12 +157,14 @@ def test_resume_is_bitwise_exact(synth_dataset, tmp_path):
     assert load_checkpoint(halves / "checkpoints" / "last.safetensors")[1]["step"] == 4
 
 
+@pytest.mark.slow
 def test_resume_without_checkpoint_starts_with_a_warning(synth_dataset, tmp_path):
     with pytest.warns(UserWarning, match="no checkpoint to resume from"):
         main(["train", str(synth_dataset), "--out", str(tmp_path / "fresh"), "--steps", "1", "--resume", *SMALL])
     assert load_checkpoint(tmp_path / "fresh" / "checkpoints" / "last.safetensors")[1]["step"] == 1
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_match_one(synth_dataset, tmp_path):
     """torchrun, 2 processes, gloo on CPU vs 1 process with the same global batch: same losses."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -296,6 +300,7 @@ def test_the_floor_guard_keeps_dropped_pixels_learning(guard, synth_dataset):
         assert out_of_view.numel() > 100 and torch.all(out_of_view == 0)
 
 
+@pytest.mark.slow
 def test_time_limit_stops_and_checkpoints(synth_dataset, tmp_path):
     """A spent time budget ends the run after the step in progress, saved like a last step."""
     from masksfm.training import run_training

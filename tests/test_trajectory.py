@@ -8,46 +8,7 @@ from masksfm import trajectory as tr
 from masksfm.data.layout import read_poses, write_poses
 from masksfm.errors import MasksfmError
 
-
-def rot_y(angle):
-    """(..., 3, 3) rotations about the camera's y axis (yaw for a KITTI camera), radians."""
-    angle = np.asarray(angle, dtype=np.float64)
-    c, s = np.cos(angle), np.sin(angle)
-    R = np.zeros(angle.shape + (3, 3))
-    R[..., 0, 0], R[..., 0, 2], R[..., 1, 1], R[..., 2, 0], R[..., 2, 2] = c, s, 1.0, -s, c
-    return R
-
-
-def random_rotation(rng):
-    q = rng.normal(size=4)
-    q /= np.linalg.norm(q)
-    w, x, y, z = q
-    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
-
-
-def curved_drive(n=60, seed=0):
-    """A drive with yaw, pitch wobble and height changes: (n, 4, 4) camera-to-world poses."""
-    rng = np.random.default_rng(seed)
-    poses = np.tile(np.eye(4), (n, 1, 1))
-    yaw = np.cumsum(rng.normal(0.0, 0.03, n))
-    pitch = 0.02 * np.sin(np.arange(n) / 5.0)
-    c, s = np.cos(pitch), np.sin(pitch)
-    R_x = np.zeros((n, 3, 3))
-    R_x[:, 0, 0], R_x[:, 1, 1], R_x[:, 1, 2], R_x[:, 2, 1], R_x[:, 2, 2] = 1.0, c, -s, s, c
-    poses[:, :3, :3] = rot_y(yaw) @ R_x
-    forward = poses[:, :3, 2]  # each camera's z axis in the world
-    poses[:, :3, 3] = np.cumsum(forward * rng.uniform(0.5, 1.5, (n, 1)), axis=0)
-    poses[:, 1, 3] += 0.3 * np.sin(np.arange(n) / 7.0)
-    return poses
-
-
-def similarity(poses, R, t, s):
-    out = poses.copy()
-    out[:, :3, :3] = R @ poses[:, :3, :3]
-    out[:, :3, 3] = s * poses[:, :3, 3] @ R.T + t
-    return out
+from helpers import curved_drive, random_rotation, rot_y, similarity
 
 
 class TestChaining:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -19,6 +17,8 @@ from skimage import data as skdata
 from masksfm.cli import main
 from masksfm.data import layout, video
 from masksfm.errors import MasksfmError
+
+from helpers import encode_mp4, run_masksfm
 
 SOURCE = (120, 160)  # H, W of the clip
 OUT_H, OUT_W = 48, 96
@@ -34,19 +34,6 @@ def texture_frames() -> list[np.ndarray]:
     return [np.ascontiguousarray(photo[100:100 + SOURCE[0], x:x + SOURCE[1]]) for x in offsets]
 
 
-def encode_mp4(path: Path, frames: list[np.ndarray], rate: int = 10) -> Path:
-    import av
-
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("mpeg4", rate=rate)
-        stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
-        stream.bit_rate = 4_000_000
-        for rgb in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -253,9 +240,9 @@ class TestVideoErrors:
         assert len(err.splitlines()) == 1 and "Traceback" not in err
         return err
 
+    @pytest.mark.slow
     def test_bad_intrinsics_subprocess(self, clip, tmp_path):
-        result = subprocess.run([sys.executable, "-m", "masksfm", "prepare", "video", str(clip), str(tmp_path / "o"),
-                                 "--intrinsics", "1,2,3"], capture_output=True, text=True, timeout=120)
+        result = run_masksfm("prepare", "video", clip, tmp_path / "o", "--intrinsics", "1,2,3", timeout=120)
         assert result.returncode == 2
         assert result.stderr.strip() == ("masksfm: error: --intrinsics: expected fx,fy,cx,cy (4 numbers, fx and fy "
                                          "positive), got '1,2,3'")

@@ -332,10 +332,6 @@ class SnippetBatchSampler(Sampler):
         self.steps_per_epoch = num_items // batch_size
         self._permutation_epoch, self._permutation = -1, np.zeros(0, np.int64)
 
-    def epoch_of(self, step: int) -> int:
-        """The epoch that global step `step` belongs to."""
-        return step // self.steps_per_epoch
-
     def batch(self, step: int) -> list[tuple[int, int]]:
         """This process's share of global batch `step`, as (epoch, index) pairs."""
         epoch, k = divmod(step, self.steps_per_epoch)

@@ -23,10 +23,7 @@ The split lists ship in `masksfm/data/kitti_splits/` (SfMLearner's, MIT licence,
 from __future__ import annotations
 
 import re
-import shutil
-import sys
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
 
@@ -34,24 +31,18 @@ import numpy as np
 from PIL import Image
 
 from masksfm.data import layout
-from masksfm.errors import MasksfmError
+from masksfm.data.prepare import MIN_SCENE_FRAMES, report, resize_frame, staged_output
+from masksfm.errors import MasksfmError, warn
 from masksfm.geometry import scale_intrinsics
 from masksfm.progress import progress_bar
 
 CAMERAS = ("02", "03")
 DRIVE_PATTERN = re.compile(r"^(\d{4}_\d{2}_\d{2})_drive_(\d{4})_sync$")
-# A scene needs one snippet (3 frames) to be of any use for training.
-MIN_SCENE_FRAMES = 3
 # Share of the non-test drives that go to val; by drive, so val frames come from unseen streets.
 VAL_FRACTION = 0.1
 # Odometry sequences with public ground-truth poses, and SfMLearner's / the paper's split of them.
 ODOMETRY_TRAIN = tuple(f"{k:02d}" for k in range(9))
 ODOMETRY_TEST = ("09", "10")
-
-
-def warn(message: str) -> None:
-    """Tell the user something went a way they may not expect (stderr, one line)."""
-    print(f"masksfm: warning: {message}", file=sys.stderr)
 
 
 # --- shipped split lists --------------------------------------------------------------------------
@@ -250,14 +241,6 @@ def read_annotated_depth(path: Path) -> np.ndarray:
 # --- frames -------------------------------------------------------------------------------------
 
 
-def resize_frame(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resize an (H, W, 3) uint8 frame with PIL bilinear (half-pixel centres, antialiased when
-    shrinking), the resampler `scale_intrinsics` is exact for and training uses."""
-    if rgb.shape[:2] == (height, width):
-        return rgb
-    return np.asarray(Image.fromarray(rgb).resize((width, height), Image.Resampling.BILINEAR))
-
-
 def list_frames(folder: Path) -> list[Path]:
     """Frame files (png / jpg) of a folder, sorted by name (= temporal order for KITTI's numbers)."""
     return sorted((f for f in folder.iterdir() if f.suffix.lower() in layout.FRAME_SUFFIXES and f.is_file()),
@@ -318,29 +301,7 @@ def write_resized_scene(scene_dir: Path, frames: Iterable[Path], K: np.ndarray, 
     return K_out
 
 
-# --- output folder --------------------------------------------------------------------------------
-
-
-@contextmanager
-def staged_output(out: Path, kind: str) -> Iterator[Path]:
-    """Build a dataset in `OUT.partial` and move it to `out` when the block completes.
-
-    An interrupted or failed run leaves neither a half-written dataset nor the staging folder.
-    """
-    out = Path(out)
-    layout.check_output_folder(out, kind)
-    partial = out.with_name(out.name + ".partial")
-    if partial.exists():
-        shutil.rmtree(partial)
-    partial.mkdir(parents=True)
-    try:
-        yield partial
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    if out.exists():
-        shutil.rmtree(out)
-    partial.rename(out)
+# --- progress -------------------------------------------------------------------------------------
 
 
 def _iterate(items: list, desc: str, unit: str, progress: bool):
@@ -348,11 +309,6 @@ def _iterate(items: list, desc: str, unit: str, progress: bool):
         for item in items:
             yield item
             bar.update()
-
-
-def report(progress: bool, message: str) -> None:
-    if progress:
-        print(message)
 
 
 # --- KITTI raw ------------------------------------------------------------------------------------

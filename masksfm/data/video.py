@@ -50,9 +50,9 @@ from pathlib import Path
 import numpy as np
 
 from masksfm.data import layout
-from masksfm.data.kitti import MIN_SCENE_FRAMES, report, resize_frame, staged_output, warn
+from masksfm.data.prepare import MIN_SCENE_FRAMES, report, resize_frame, staged_output
 from masksfm.progress import progress_bar
-from masksfm.errors import MasksfmError
+from masksfm.errors import MasksfmError, warn
 from masksfm.geometry import crop_intrinsics, scale_intrinsics
 
 # A phone's main camera (26 mm equivalent) covers about 65-75 degrees horizontally in 16:9 video.

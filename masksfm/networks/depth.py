@@ -8,10 +8,9 @@ so depth = 1 / disp lies in (0.1, 100).
 Any size of at least 32x32: every stride-2 layer pads so that n pixels become ceil(n / 2) with output
 pixel i over input pixel 2i, and the decoders upsample x2 and crop to the skip's size (as
 SfmLearner-Pytorch's DispNetS does), so the skips stay aligned at every size without padding the input.
-Padding to the stride multiple (128 for DispNet) instead, as first planned, would make
-DispNet process 128x256 pixels for a 64x208 image (2.5x the pixels; 1.5x the time of a training step
-on the CPU) and 128x512 for KITTI's 128x416 (1.1x the time), and the pose net would average over the
-padding.
+Padding to the stride multiple (128 for DispNet) instead, as first planned, would make DispNet
+process 128x256 pixels for a 64x208 image and 128x512 for KITTI's 128x416 (the cost:
+docs/results.md), and the pose net would average over the padding.
 """
 
 from __future__ import annotations
@@ -23,47 +22,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from masksfm.errors import MasksfmError
+from masksfm.networks.layers import NUM_SCALES, check_image, crop_like, normalize_image, xavier_init
 from masksfm.networks.resnet import RESNET18_CHANNELS, ResNet18Encoder, load_resnet18_weights
 
-# monodepth2's input normalisation, close to ImageNet's per-channel statistics, so that an ImageNet
-# ResNet sees the inputs it was trained on; the other nets use it too, for one convention.
-IMAGE_MEAN = 0.45
-IMAGE_STD = 0.225
 # SfMLearner's disparity activation: disp in (0.01, 10.01), depth in (0.1, 100).
 DISP_SCALE = 10.0
 DISP_MIN = 0.01
-MIN_IMAGE_SIZE = 32
-NUM_SCALES = 4
-
-
-def check_image(name: str, image: torch.Tensor) -> None:
-    """Raise a ValueError unless `image` is (B, 3, H, W) with H, W >= 32."""
-    if image.dim() != 4 or image.shape[1] != 3 or min(image.shape[2], image.shape[3]) < MIN_IMAGE_SIZE:
-        raise ValueError(f"{name} must have shape (B, 3, H, W) with H, W >= {MIN_IMAGE_SIZE}, got {tuple(image.shape)}")
-
-
-def normalize_image(image: torch.Tensor) -> torch.Tensor:
-    """RGB in [0, 1] to the nets' input: (image − 0.45) / 0.225."""
-    return (image - IMAGE_MEAN) / IMAGE_STD
 
 
 def disparity(logits: torch.Tensor) -> torch.Tensor:
     """SfMLearner's disparity activation, `10·sigmoid(x) + 0.01`."""
     return DISP_SCALE * torch.sigmoid(logits) + DISP_MIN
-
-
-def crop_like(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """Crop `x` at the bottom and right to the spatial size of `ref` (upsampling x2 overshoots odd sizes)."""
-    return x[..., : ref.shape[-2], : ref.shape[-1]]
-
-
-def xavier_init(module: nn.Module) -> None:
-    """SfMLearner's initialisation: xavier-uniform weights and zero biases for every (transposed) conv."""
-    for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-            nn.init.xavier_uniform_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
 
 
 # --- DispNet (SfMLearner's DispNetS) ---------------------------------------------------------------

@@ -12,7 +12,7 @@ import torch
 from kornia.geometry.conversions import axis_angle_to_rotation_matrix
 from torch import nn
 
-from masksfm.networks.depth import NUM_SCALES, check_image, crop_like, normalize_image, xavier_init
+from masksfm.networks.layers import NUM_SCALES, check_image, crop_like, normalize_image, xavier_init
 
 # SfMLearner scales the pose output by 0.01 so that the untrained net predicts near-identity motion.
 POSE_SCALE = 0.01

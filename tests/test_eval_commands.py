@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -24,6 +22,8 @@ from masksfm.inference import (
 from masksfm.model import load_model
 from masksfm.trajectory import relative_poses
 
+from helpers import run_masksfm
+
 
 def test_eval_depth_json(tiny_run, synth_dataset, tmp_path, capsys):
     out = tmp_path / "depth.json"
@@ -34,6 +34,7 @@ def test_eval_depth_json(tiny_run, synth_dataset, tmp_path, capsys):
     assert "abs_rel" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_external_predictions_give_the_models_numbers(tiny_run, synth_dataset, tmp_path):
     """Someone else's .npy predictions evaluate like the model's own when they are the model's own."""
     model, config, _ = load_model(tiny_run)
@@ -86,8 +87,7 @@ def test_missing_prediction_is_one_line(tiny_run, synth_dataset, tmp_path):
     folder = tmp_path / "few"
     folder.mkdir()
     np.save(folder / "000000.npy", np.ones((4, 4), np.float32))
-    result = subprocess.run([sys.executable, "-m", "masksfm", "eval", "depth", str(folder), str(synth_dataset)],
-                            capture_output=True, text=True)
+    result = run_masksfm("eval", "depth", folder, synth_dataset)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "000001.npy" in result.stderr
 
@@ -133,13 +133,13 @@ def test_relative_poses_from_snippets_are_consistent(tiny_run, synth_dataset):
     assert np.allclose(rel[0], direct.detach().numpy(), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_eval_pose_refine_through_the_command(tiny_run, synth_dataset, tmp_path):
     """`--refine 2` in a real process: refined figures beside the pose net's, which stay those of a
     run without it; the refined trajectory in OUT/<scene>/refined/."""
     refined_json, plain_json, out_dir = tmp_path / "refined.json", tmp_path / "plain.json", tmp_path / "traj"
-    result = subprocess.run([sys.executable, "-m", "masksfm", "eval", "pose", str(tiny_run), str(synth_dataset),
-                             "--json", str(refined_json), "--out", str(out_dir), "--refine", "2"],
-                            capture_output=True, text=True, timeout=600)
+    result = run_masksfm("eval", "pose", tiny_run, synth_dataset, "--json", refined_json, "--out", out_dir,
+                         "--refine", "2", timeout=600)
     assert result.returncode == 0, result.stderr
     assert "all refined" in result.stdout
     main(["eval", "pose", str(tiny_run), str(synth_dataset), "--json", str(plain_json), "--out", str(tmp_path / "p")])

@@ -8,49 +8,7 @@ import pytest
 from masksfm import evaluation as ev
 from masksfm.trajectory import chain_relative_poses, relative_poses
 
-
-def rot_y(angle):
-    """(..., 3, 3) rotations about the camera's y axis (yaw for a KITTI camera), radians."""
-    from scipy.spatial.transform import Rotation
-
-    angle = np.asarray(angle, dtype=np.float64)
-    return Rotation.from_rotvec(np.multiply.outer(angle.ravel(), [0.0, 1.0, 0.0])).as_matrix().reshape(angle.shape + (3, 3))
-
-
-def random_rotation(rng):
-    from scipy.spatial.transform import Rotation
-
-    return Rotation.random(random_state=rng).as_matrix()
-
-
-def curved_drive(n, seed=0):
-    """A drive with random yaw, pitch wobble, 0.5–1.5 m steps and height changes: (n, 4, 4)."""
-    rng = np.random.default_rng(seed)
-    yaw = np.cumsum(rng.normal(0.0, 0.03, n))
-    pitch = 0.02 * np.sin(np.arange(n) / 5.0)
-    from scipy.spatial.transform import Rotation
-
-    poses = np.tile(np.eye(4), (n, 1, 1))
-    poses[:, :3, :3] = Rotation.from_euler("YX", np.stack([yaw, pitch], 1)).as_matrix()
-    forward = poses[:, :3, 2]
-    poses[:, :3, 3] = np.cumsum(forward * rng.uniform(0.5, 1.5, (n, 1)), axis=0)
-    poses[:, 1, 3] += 0.3 * np.sin(np.arange(n) / 7.0)
-    return poses
-
-
-def similarity(poses, R, t, s):
-    """The poses moved by the similarity x -> s·R·x + t (rotations R·R_i)."""
-    out = poses.copy()
-    out[:, :3, :3] = R @ poses[:, :3, :3]
-    out[:, :3, 3] = s * poses[:, :3, 3] @ R.T + t
-    return out
-
-
-def straight_line(n, step=1.0):
-    """n camera-to-world poses moving `step` metres per frame along z, no rotation."""
-    poses = np.tile(np.eye(4), (n, 1, 1))
-    poses[:, 2, 3] = step * np.arange(n)
-    return poses
+from helpers import curved_drive, random_rotation, rot_y, similarity, straight_line
 
 
 class TestDepthMetrics:
