@@ -417,9 +417,10 @@ class TestBadInput:
                                            "--intrinsics", "1,2,3"], capsys)
         assert "--camera-height" in one_line_error(["predict", str(tiny_run), str(scene_dir), "--out", out,
                                               "--camera-height", "-1"], capsys)
-        assert "--refine" in self.run(["predict", str(tiny_run), str(scene_dir), "--out", out, "--trajectory",
-                                       "--refine", "0"], capsys)
-        assert "--trajectory" in self.run(["predict", str(tiny_run), str(scene_dir), "--out", out, "--refine"], capsys)
+        assert "--refine" in one_line_error(["predict", str(tiny_run), str(scene_dir), "--out", out, "--trajectory",
+                                             "--refine", "0"], capsys)
+        assert "--trajectory" in one_line_error(["predict", str(tiny_run), str(scene_dir), "--out", out, "--refine"],
+                                                capsys)
 
     def test_one_line_from_a_real_process(self, tiny_run, tmp_path):
         (tmp_path / "empty").mkdir()
