@@ -1,0 +1,33 @@
+"""bench/learning.py's smoke test: a tiny set, 4 steps, the real bench in a subprocess; resumes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_bench(tmp_path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "bench" / "learning.py"), "--quick", "--threads", "1",
+                           "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_quick_learning_bench_runs_scores_and_resumes(tmp_path):
+    first = run_bench(tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "0 runs done before, 1 to run" in first.stdout
+    table = json.loads((tmp_path / "out" / "learning.json").read_text())["table"]
+    baseline, default = table["baseline"], table["default"]
+    # The guesses on the set's test scenes, and the run's figures with their ratios to them.
+    assert 0 < baseline["abs_rel"][0] < 1 and baseline["ate5"][0] > 0 and baseline["ate3"][0] > 0
+    assert default["n"] == 1 and default["abs_rel/base"][0] == pytest.approx(default["abs_rel"][0] / baseline["abs_rel"][0])
+    assert "| default | 1 |" in (tmp_path / "out" / "learning.md").read_text()
+    again = run_bench(tmp_path)
+    assert again.returncode == 0 and "1 runs done before, 0 to run" in again.stdout
