@@ -355,6 +355,31 @@ def dataset(args) -> Path:
     return folder
 
 
+def parse_bench_args(parser: argparse.ArgumentParser, argv, quick: dict, variants: dict) -> argparse.Namespace:
+    """Parse a bench's flags: with `--quick`, the `quick` values for every flag not given; `--variants
+    all` as every variant; an unknown variant is a usage error."""
+    args = parser.parse_args(argv)
+    if args.quick:
+        given = {a.split("=")[0] for a in (argv if argv is not None else sys.argv[1:]) if a.startswith("--")}
+        for key, value in quick.items():
+            if f"--{key}" not in given:
+                setattr(args, key, value)
+    if args.variants == "all":
+        args.variants = ",".join(variants)
+    unknown = [v for v in args.variants.split(",") if v not in variants]
+    if unknown:
+        parser.error(f"unknown variant(s) {', '.join(unknown)}; choose among {', '.join(variants)}")
+    return args
+
+
+def list_variants(variants: dict) -> dict:
+    """`--list`: each variant, what it is, and its configuration."""
+    width = max(map(len, variants)) + 2
+    for name, (config, overrides, what) in variants.items():
+        print(f"{name:<{width}} {what}  [{config}.yaml {' '.join(overrides)}]")
+    return {}
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=150, help="training steps per run (batch 4)")
@@ -377,17 +402,7 @@ def parse_args(argv):
                         help=f"smoke test: {QUICK['steps']} steps, {QUICK['width']}x{QUICK['height']}, "
                              f"{QUICK['scenes']} scenes, 1 seed, variants {QUICK['variants']} unless given")
     parser.add_argument("--list", action="store_true", help="list the variants and exit")
-    args = parser.parse_args(argv)
-    if args.quick:
-        given = {a.split("=")[0] for a in (argv if argv is not None else sys.argv[1:]) if a.startswith("--")}
-        for key, value in QUICK.items():
-            if f"--{key}" not in given:
-                setattr(args, key, value)
-    if args.variants == "all":
-        args.variants = ",".join(VARIANTS)
-    unknown = [v for v in args.variants.split(",") if v not in VARIANTS]
-    if unknown:
-        parser.error(f"unknown variant(s) {', '.join(unknown)}; choose among {', '.join(VARIANTS)}")
+    args = parse_bench_args(parser, argv, QUICK, VARIANTS)
     if args.threads is None:
         args.threads = max(1, (os.cpu_count() or 1) // max(args.jobs, 1))
     args.seed_list = list(range(args.seeds))
@@ -397,9 +412,7 @@ def parse_args(argv):
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.list:
-        for name, (config, overrides, what) in VARIANTS.items():
-            print(f"{name:<22} {what}  [{config}.yaml {' '.join(overrides)}]")
-        return {}
+        return list_variants(VARIANTS)
     command = ".venv/bin/python bench/ablation.py " + " ".join(sys.argv[1:] if argv is None else argv)
     variants = args.variants.split(",")
     data = dataset(args)

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ablation import _plain, run_tasks, same_config  # noqa: E402
+from ablation import _plain, list_variants, parse_bench_args, run_tasks, same_config  # noqa: E402
 
 from masksfm.config import Config, load_config  # noqa: E402
 from masksfm.data.layout import load_split  # noqa: E402
@@ -250,26 +250,13 @@ def parse_args(argv):
     parser.add_argument("--keep-checkpoints", action="store_true")
     parser.add_argument("--quick", action="store_true", help="smoke test: a tiny set, 4 steps, 1 seed")
     parser.add_argument("--list", action="store_true", help="list the variants and exit")
-    args = parser.parse_args(argv)
-    if args.quick:
-        given = {a.split("=")[0] for a in (argv if argv is not None else sys.argv[1:]) if a.startswith("--")}
-        for key, value in QUICK.items():
-            if f"--{key}" not in given:
-                setattr(args, key, value)
-    if args.variants == "all":
-        args.variants = ",".join(VARIANTS)
-    unknown = [v for v in args.variants.split(",") if v not in VARIANTS]
-    if unknown:
-        parser.error(f"unknown variant(s) {', '.join(unknown)}; choose among {', '.join(VARIANTS)}")
-    return args
+    return parse_bench_args(parser, argv, QUICK, VARIANTS)
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.list:
-        for name, (config, overrides, what) in VARIANTS.items():
-            print(f"{name:<16} {what}  [{config}.yaml {' '.join(overrides)}]")
-        return {}
+        return list_variants(VARIANTS)
     command = ".venv/bin/python bench/learning.py " + " ".join(sys.argv[1:] if argv is None else argv)
     variants = args.variants.split(",")
     seeds = [args.first_seed + k for k in range(args.seeds)]
