@@ -33,8 +33,8 @@ TARGET_SIZE = "128x416"  # the size the issues' speed targets are stated at
 BENCHES = {
     "masks": ("masks.py", ["--repeat", "20"],
               ["--repeat", "2", "--height", "64", "--width", "208", "--skip-reference"]),
-    "train_step": ("train_step.py", ["--repeat", "3"], ["--repeat", "1", "--height", "64", "--width", "208",
-                                                        "--batch", "2"]),
+    "train_step": ("train_step.py", ["--masks", "--repeat", "3"], ["--masks", "--repeat", "1", "--height", "64",
+                                                                   "--width", "208", "--batch", "2"]),
     "inference": ("inference.py", ["--repeat", "10", "--skip-compile"], ["--repeat", "2", "--skip-compile",
                                                                            "--batches", "1", "--height", "64",
                                                                            "--width", "208"]),

@@ -1,14 +1,29 @@
-"""Training-step cost per `loss.mask`, and the share of it spent in `compute_masks`.
+"""The cost of a training step: the default recipe against SfmLearner-Pytorch's own step, its levers, where
+the time goes, and (with --masks) the cost of each `loss.mask`.
 
     .venv/bin/python bench/train_step.py [--height 128] [--width 416] [--batch 4] [--repeat 5]
-                                         [--threads N] [--device cpu|cuda] [--json FILE]
+        [--sfp FOLDER] [--peers ../shared/peers] [--profile] [--masks] [--threads N] [--device cpu|cuda]
+        [--json FILE]
 
 One full optimisation step (depth net on every frame, pose net, objective, backward, Adam) on a
-fixed batch of rendered synthetic frames, for each configuration, all in one run. The
-configurations take turns step by step (interleaved), so that a machine shared with other work
-slows them alike and the ratios stay meaningful; each figure is the median of --repeat steps
-after one warm-up step. Targets (issue 5): the multi-mask step with repeats 0 costs <= 1.3x the
-no-mask step, and the masks take <= 10% of it.
+fixed batch of rendered synthetic frames, for each case, all in one run. The cases take turns step
+by step (interleaved), so that a machine shared with other work slows them alike and the ratios
+stay meaningful; each figure is the median of --repeat steps after one warm-up step (two with
+torch.compile, whose first call compiles).
+
+Default: the arithmetic levers of the default recipe (channels_last, bf16 autocast of the depth
+net, torch.compile of the photometric error; `train.precision`, `train.compile`), and SfmLearner-
+Pytorch's own default step timed by the peer driver `sfp_step.py` (in --peers, default
+../shared/peers beside the repository) on its code (--sfp: the extracted SfmLearner-Pytorch folder,
+or $SFP), in a subprocess between masksfm's rounds; without them the ratio is not printed and the
+output says why. Target (issue 14): default recipe <= 1.5x SfmLearner's step at 128x416, batch 4.
+
+--profile: where the default recipe's step goes (depth net forward / backward, pose net, warp,
+photometric error, masks, the objective as a whole, optimizer, data loading), each part timed
+alone on the inputs it sees in the step.
+
+--masks: the step per `loss.mask` and the share in `compute_masks` (issue 5: multimask with
+repeats 0 <= 1.3x the no-mask step, masks <= 10% of it).
 
 On a machine shared with other work, pass --threads 1 (see bench/README.md: with more threads
 than free cores, torch's OpenMP barriers wait for descheduled threads and the figures measure
@@ -21,6 +36,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,10 +49,10 @@ from masksfm.config import load_config
 from masksfm.data.dataset import SnippetDataset
 from masksfm.data.layout import load_split
 from masksfm.data.synthetic import render_dataset
-from masksfm.model import build_model
+from masksfm.model import build_model, native_bf16, use_training_arithmetic
 
 # (name, overrides); the first is the baseline of the ratios.
-CASES = [
+MASK_CASES = [
     ("none", ["loss.mask=none"]),
     ("multimask r0", ["loss.mask=multimask", "loss.repeats=0"]),
     ("multimask r3", ["loss.mask=multimask", "loss.repeats=3"]),
@@ -88,6 +104,7 @@ def measure(cases, batch, repeat: int, device: torch.device, sync) -> list[tuple
         if key not in models:
             torch.manual_seed(0)
             model = build_model(config).to(device)
+            use_training_arithmetic(model, config.train.precision, device)
             models[key] = (model, torch.optim.Adam(model.parameters(), lr=1e-4, fused=True))
         steps.append((name, config, *models[key]))
     times = {name: [] for name, _ in cases}
@@ -111,12 +128,237 @@ def measure(cases, batch, repeat: int, device: torch.device, sync) -> list[tuple
             for name, _ in cases]
 
 
+
+
+# The arithmetic levers (issue 14), each on the default recipe's loss: (name, channels_last +
+# precision or None for the plain NCHW float32 model, torch.compile of the photometric error).
+LEVER_CASES = [
+    ("plain fp32 (NCHW, eager)", None, False),
+    ("channels_last fp32", "fp32", False),
+    ("channels_last fp32 + compile", "fp32", True),
+    ("channels_last bf16", "bf16", False),
+    ("channels_last bf16 + compile", "bf16", True),
+]
+
+
+def one_step(model, optimizer, batch, loss_config) -> None:
+    result = objective_module.compute_objective(model(batch["images"]), batch["images_raw"], batch["K"], loss_config)
+    optimizer.zero_grad()
+    result.loss.backward()
+    optimizer.step()
+
+
+def sfp_step_ms(peers: Path, sfp: Path, height: int, width: int, steps: int, threads: int) -> float:
+    """SfmLearner-Pytorch's own default step (batch 4), median ms over `steps`, timed by the peer
+    driver in a subprocess with its code on the path."""
+    env = {**os.environ, "SFP": str(sfp), "OMP_NUM_THREADS": str(threads)}
+    out = subprocess.run([sys.executable, str(peers / "sfp_step.py"), str(height), str(width), str(steps)],
+                         capture_output=True, text=True, env=env, check=True)
+    return 1000 * float(out.stdout.split()[-1])
+
+
+def find_peer(args) -> tuple[Path | None, Path | None, str]:
+    """The peer driver folder and SfmLearner-Pytorch's extracted folder, or why they are not used."""
+    peers = args.peers if args.peers is not None else Path(__file__).resolve().parents[2] / "shared" / "peers"
+    sfp = args.sfp or (Path(os.environ["SFP"]) if os.environ.get("SFP") else None)
+    if not (peers / "sfp_step.py").is_file():
+        return None, None, f"SfmLearner-Pytorch not timed: no peer driver {peers / 'sfp_step.py'} (--peers)"
+    if sfp is None or not (sfp / "loss_functions.py").is_file():
+        return None, None, ("SfmLearner-Pytorch not timed: pass --sfp (or $SFP), its extracted code folder "
+                            f"(made by {peers / 'setup.sh'})")
+    if args.batch != 4 or args.device != "cpu":
+        return None, None, "SfmLearner-Pytorch not timed: its driver runs batch 4 on the CPU"
+    return peers, sfp, f"SfmLearner-Pytorch timed by {peers / 'sfp_step.py'} on {sfp}"
+
+
+def measure_levers(args, batch, device, sync) -> tuple[dict[str, float], float | None, str]:
+    """ms per step for each lever case and SfmLearner's step (or None), interleaved round by round."""
+    base = load_config(None, [f"data.height={args.height}", f"data.width={args.width}"])
+    eager = objective_module._photometric_error
+    objective_module.use_compiled_photometric_error()
+    compiled = objective_module._photometric_error
+    cases = []
+    for name, precision, compile_error in LEVER_CASES:
+        torch.manual_seed(0)
+        model = build_model(base).to(device)
+        if precision is not None:
+            use_training_arithmetic(model, precision)
+        cases.append((name, model, torch.optim.Adam(model.parameters(), lr=1e-4, fused=True),
+                      compiled if compile_error else eager))
+    peers, sfp, peer_note = find_peer(args)
+    times = {name: [] for name, *_ in cases}
+    sfp_times = []
+    for i in range(args.repeat + 2):
+        for name, model, optimizer, error in cases:
+            objective_module._photometric_error = error
+            sync()
+            start = time.perf_counter()
+            one_step(model, optimizer, batch, base.loss)
+            sync()
+            if i >= 2:  # two warm-up rounds: allocators, kernels, and torch.compile's first call
+                times[name].append(time.perf_counter() - start)
+        if peers is not None and i >= 2:
+            sfp_times.append(sfp_step_ms(peers, sfp, args.height, args.width, 2, torch.get_num_threads()))
+    objective_module._photometric_error = eager
+    ms = {name: 1000 * statistics.median(t) for name, t in times.items()}
+    return ms, statistics.median(sfp_times) if sfp_times else None, peer_note
+
+
+def default_recipe_case(device: torch.device) -> str:
+    """The lever case the shipped default configuration runs on `device`."""
+    train = load_config(None, []).train
+    precision = train.precision
+    if precision == "auto":
+        precision = "bf16" if native_bf16(device) else "fp32"
+    return next(name for name, case_precision, compile_error in LEVER_CASES
+                if case_precision == precision and compile_error == train.compile)
+
+
+def timed(fn, sync, repeat: int) -> float:
+    """Median ms of `fn()` over `repeat` calls after one warm-up call."""
+    fn()
+    out = []
+    for _ in range(repeat):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        out.append(time.perf_counter() - start)
+    return 1000 * statistics.median(out)
+
+
+def leaf(t):
+    return t.detach().clone().requires_grad_(t.requires_grad) if isinstance(t, torch.Tensor) else t
+
+
+def replay_backward(fn, calls) -> callable:
+    """A function that reruns every captured call of `fn` on fresh leaf copies of its inputs and
+    back-propagates a unit gradient through each output."""
+    def run():
+        for call_args, call_kwargs in calls:
+            out = fn(*[leaf(a) for a in call_args], **{k: leaf(v) for k, v in call_kwargs.items()})
+            outs = out if isinstance(out, tuple) else (out,)
+            grads = [o for o in outs if isinstance(o, torch.Tensor) and o.requires_grad]
+            if grads:
+                torch.autograd.backward(grads, [torch.ones_like(o) for o in grads])
+    return run
+
+
+def profile(args, batch, device, sync) -> list[tuple[str, float]]:
+    """(part, ms per step) of the default recipe's step; each part timed alone on its inputs."""
+    from masksfm.data.dataset import SnippetDataset
+    from masksfm.data.layout import load_split
+
+    config = load_config(None, [f"data.height={args.height}", f"data.width={args.width}"])
+    torch.manual_seed(0)
+    model = build_model(config).to(device)
+    use_training_arithmetic(model, config.train.precision, device)
+    if config.train.compile:
+        objective_module.use_compiled_photometric_error()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
+    rounds = args.repeat
+    step_ms = timed(lambda: one_step(model, optimizer, batch, config.loss), sync, rounds)
+
+    # Capture what the objective hands to its parts in one step.
+    captured = {"warp": [], "error": [], "masks": []}
+    originals = {"warp": objective_module.inverse_warp, "error": objective_module._photometric_error,
+                 "masks": objective_module.compute_masks}
+
+    def capturing(key):
+        def wrapper(*a, **k):
+            captured[key].append((a, k))
+            return originals[key](*a, **k)
+        return wrapper
+
+    objective_module.inverse_warp, objective_module._photometric_error, objective_module.compute_masks = (
+        capturing("warp"), capturing("error"), capturing("masks"))
+    out = model(batch["images"])
+    objective_module.compute_objective(out, batch["images_raw"], batch["K"], config.loss)
+    objective_module.inverse_warp, objective_module._photometric_error, objective_module.compute_masks = (
+        originals["warp"], originals["error"], originals["masks"])
+
+    center = batch["images"].shape[1] // 2
+
+    def depth_forward():
+        with torch.no_grad():
+            model(batch["images"])
+
+    def depth_forward_backward():
+        disparities = model(batch["images"]).disparities
+        torch.autograd.backward(disparities, [torch.ones_like(d) for d in disparities])
+
+    def pose():
+        sources = torch.cat([batch["images"][:, :center], batch["images"][:, center + 1:]], dim=1)
+        model.pose_net(batch["images"][:, center], sources).sum().backward()
+
+    leaves = ModelOutputLeaves(out)
+
+    def objective():
+        objective_module.compute_objective(leaves.fresh(), batch["images_raw"], batch["K"], config.loss).loss.backward()
+
+    def optimizer_step():
+        optimizer.step()
+
+    dataset = SnippetDataset(load_split(fixed_data_root(args), "train"), args.height, args.width,
+                             augment=True, seed=0)
+    loading = timed(lambda: [dataset[i % len(dataset)] for i in range(args.batch)], sync, rounds)
+
+    with_forward = timed(depth_forward_backward, sync, rounds)
+    forward = timed(depth_forward, sync, rounds)
+    warp = timed(replay_backward(objective_module.inverse_warp, captured["warp"]), sync, rounds)
+    error = timed(replay_backward(objective_module._photometric_error, captured["error"]), sync, rounds)
+    masks = timed(lambda: [objective_module.compute_masks(*a, **k) for a, k in captured["masks"]], sync, rounds)
+    whole_objective = timed(objective, sync, rounds)
+    parts = [
+        ("depth net forward (every frame)", forward),
+        ("depth net backward", with_forward - forward),
+        ("pose net forward + backward", timed(pose, sync, rounds)),
+        ("objective forward + backward", whole_objective),
+        ("optimizer (fused Adam)", timed(optimizer_step, sync, rounds)),
+    ]
+    parts.append(("sum of the parts above", sum(ms for _, ms in parts)))
+    parts.insert(4, ("  of which the warp (every pair, direction, scale)", warp))
+    parts.insert(5, ("  of which the photometric error (SSIM + L1)", error))
+    parts.insert(6, ("  of which the masks (no gradient)", masks))
+    parts.append(("the whole step, measured", step_ms))
+    parts.append((f"data loading, {args.batch} snippets in one process (workers overlap it with the step)", loading))
+    return parts
+
+
+class ModelOutputLeaves:
+    """A model output whose tensors are leaves, refreshed for each backward."""
+
+    def __init__(self, out):
+        self.out = out
+
+    def fresh(self):
+        return objective_module.ModelOutput([leaf(d) for d in self.out.disparities], leaf(self.out.poses),
+                                            None if self.out.explainability is None else
+                                            [leaf(e) for e in self.out.explainability])
+
+
+_DATA_ROOTS: dict = {}
+
+
+def fixed_data_root(args) -> Path:
+    """A small rendered set for the data-loading part (kept for the run)."""
+    if "root" not in _DATA_ROOTS:
+        tmp = tempfile.mkdtemp()
+        _DATA_ROOTS["root"] = render_dataset(Path(tmp) / "data", scenes=1, frames=12, height=args.height,
+                                             width=args.width, seed=0, progress=False)
+    return _DATA_ROOTS["root"]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--height", type=int, default=128)
     parser.add_argument("--width", type=int, default=416)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--sfp", type=Path, default=None, help="SfmLearner-Pytorch's extracted code (default: $SFP)")
+    parser.add_argument("--peers", type=Path, default=None, help="the peer drivers (default: ../shared/peers)")
+    parser.add_argument("--profile", action="store_true", help="also: where the default recipe's step goes")
+    parser.add_argument("--masks", action="store_true", help="the step per loss.mask instead of the levers")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: one per core)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
@@ -125,18 +367,51 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-
     batch = fixed_batch(args.batch, args.height, args.width, device)
-    # The guard is off: these are the steps after any warm-up, with the masks in use.
+    command = "command: .venv/bin/python bench/train_step.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    where = (f"batch {args.batch} snippets of 3 frames at {args.height}x{args.width}, {device.type}, "
+             f"{torch.get_num_threads()} threads, median of {args.repeat} interleaved steps")
+    figures = {"device": device.type, "threads": torch.get_num_threads(), "batch": args.batch,
+               "size": [args.height, args.width]}
+    if args.masks:
+        figures.update(mask_table(args, batch, device, sync, where))
+    else:
+        ms, sfp_ms, peer_note = measure_levers(args, batch, device, sync)
+        default = default_recipe_case(device)
+        plain = ms[LEVER_CASES[0][0]]
+        print(f"training step of the default recipe's loss, {where}; load average {os.getloadavg()[0]:.1f} "
+              f"on {os.cpu_count()} cores at the end")
+        print(f"{'arithmetic':<34} {'ms/step':>9} {'vs plain':>9} {'vs SfmLearner':>14}")
+        for name, value in ms.items():
+            ratio = f"{value / sfp_ms:.2f}x" if sfp_ms else "-"
+            mark = "  <- default" if name == default else ""
+            print(f"{name:<34} {value:>9.0f} {plain / value:>8.2f}x {ratio:>14}{mark}")
+        if sfp_ms:
+            print(f"{'SfmLearner-Pytorch (its own step)':<34} {sfp_ms:>9.0f} {'':>9} {'1.00x':>14}")
+            print(f"target: default / SfmLearner = {ms[default] / sfp_ms:.2f}x (target <= 1.5x at 128x416, batch 4)")
+        print(peer_note)
+        figures.update({"ms_per_step": ms, "default": default, "sfp_ms": sfp_ms, "peer_note": peer_note})
+    if args.profile:
+        parts = profile(args, batch, device, sync)
+        step_ms = dict(parts)["the whole step, measured"]
+        print(f"\nwhere the default recipe's step goes ({where.split(', median')[0]}, each part alone):")
+        for name, value in parts:
+            print(f"  {name:<84} {value:>8.0f} ms {100 * value / step_ms:>5.0f}%")
+        figures["profile_ms"] = dict(parts)
+    print(command)
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=1))
+    return figures
+
+
+def mask_table(args, batch, device, sync, where) -> dict:
+    """The step per `loss.mask` (the guard off: the steps after any warm-up, masks in use)."""
     cases = [(name, load_config(None, [f"data.height={args.height}", f"data.width={args.width}", "loss.guard=none",
                                        *overrides]))
-             for name, overrides in CASES]
+             for name, overrides in MASK_CASES]
     rows = measure(cases, batch, args.repeat, device, sync)
-
     base = rows[0][1]
-    print(f"training step, batch {args.batch} snippets of 3 frames at {args.height}x{args.width}, {device.type}, "
-          f"{torch.get_num_threads()} threads, median of {args.repeat} interleaved steps; "
-          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the end")
+    print(f"training step, {where}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the end")
     print(f"{'loss.mask':<24} {'ms/step':>9} {'vs none':>8} {'masks ms':>9} {'masks %':>8}")
     for name, ms, mask_ms in rows:
         print(f"{name:<24} {ms:>9.0f} {ms / base:>7.2f}x {mask_ms:>9.1f} {100 * mask_ms / ms:>7.1f}%")
@@ -144,13 +419,7 @@ def main(argv=None):
     ms, mask_ms = by_name["multimask r0"]
     print(f"targets: multimask r0 / none = {ms / base:.2f}x (target <= 1.3x), "
           f"masks share {100 * mask_ms / ms:.1f}% (target <= 10%)")
-    print("command: .venv/bin/python bench/train_step.py " + " ".join(argv if argv is not None else sys.argv[1:]))
-    figures = {"device": device.type, "threads": torch.get_num_threads(), "batch": args.batch,
-               "size": [args.height, args.width],
-               "ms_per_step": {name: ms for name, ms, _ in rows}, "masks_ms": {name: m for name, _, m in rows}}
-    if args.json:
-        args.json.write_text(json.dumps(figures, indent=1))
-    return figures
+    return {"ms_per_step": {name: ms for name, ms, _ in rows}, "masks_ms": {name: m for name, _, m in rows}}
 
 
 if __name__ == "__main__":

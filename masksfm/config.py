@@ -75,7 +75,7 @@ class LossConfig:
 @dataclass
 class OptimConfig:
     lr: float = 2e-4
-    pose_lr_scale: float = 1.0  # the pose net's learning rate is lr × this
+    pose_lr_scale: float = 4.0  # the pose net's learning rate is lr × this
     beta1: float = 0.9
     beta2: float = 0.999
     weight_decay: float = 0.0
@@ -87,6 +87,8 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     seed: int = 0
+    precision: str = "auto"  # auto | fp32 | bf16 (depth net under bf16 autocast; auto: where the device has it)
+    compile: bool = True  # torch.compile the photometric error (needs a C++ compiler; falls back to eager)
     checkpoint_every: int = 500  # write checkpoints/last every N steps
     log_every: int = 25  # scalars to TensorBoard
     image_every: int = 250  # images to TensorBoard
@@ -119,6 +121,7 @@ CHOICES = {
     "loss.combine_sources": ("mean", "sum"),
     "model.depth": ("dispnet", "resnet18"),
     "model.pose": ("snippet", "pairs"),
+    "train.precision": ("auto", "fp32", "bf16"),
 }
 
 

@@ -45,9 +45,14 @@ def agree(loss: torch.Tensor, interrupted: bool, world: int) -> tuple[bool, bool
 
 
 def gradients_finite(model: nn.Module) -> bool:
-    """Whether every gradient is finite (after DDP's all-reduce, the same answer in every process)."""
+    """Whether every gradient is finite (after DDP's all-reduce, the same answer in every process).
+
+    One sum per gradient: a NaN or an infinite element makes it non-finite (so does a sum beyond
+    float32's range, a step as well skipped). About 9x cheaper than `isfinite` on every element
+    (4 vs 38 ms for DispNet's 31.6 M gradients, 2 cores; docs/results.md).
+    """
     grads = [p.grad for p in model.parameters() if p.grad is not None]
-    return not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+    return not grads or bool(torch.stack([g.sum() for g in grads]).isfinite().all())
 
 
 def zero_backward(model: nn.Module) -> None:

@@ -2,6 +2,7 @@
 
 `SfMModel(images)` runs the depth net on every frame of a snippet in one batched forward (the
 masks and the reverse direction need the sources' depth too) and the pose net on the snippet.
+`use_training_arithmetic` sets how the trainer runs the depth net (channels_last, bf16 autocast).
 """
 
 from __future__ import annotations
@@ -23,12 +24,18 @@ class SfMModel(nn.Module):
         super().__init__()
         self.depth_net = depth_net
         self.pose_net = pose_net
+        self.depth_autocast: torch.dtype | None = None  # run the depth net under autocast to this dtype
 
     def forward(self, images: torch.Tensor) -> ModelOutput:
         """Args: images (B, L, 3, H, W) in [0, 1], target = frame L // 2."""
         b, length = images.shape[:2]
         center = length // 2
-        disparities = self.depth_net(images.flatten(0, 1))
+        frames = images.flatten(0, 1)
+        dtype = self.depth_autocast
+        with torch.autocast(frames.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            disparities = self.depth_net(frames)
+        # The warp, the masks and the loss work in float32 whatever the depth net computed in.
+        disparities = [d.float() for d in disparities]
         sources = torch.cat([images[:, :center], images[:, center + 1:]], dim=1)
         out = self.pose_net(images[:, center], sources)
         poses, explainability = out if isinstance(out, tuple) else (out, None)
@@ -45,6 +52,34 @@ def build_model(config: Config) -> SfMModel:
     else:
         pose_net = PoseNet(num_sources, explainability=config.loss.mask == "explainability")
     return SfMModel(depth_net, pose_net)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bfloat16 natively: a CUDA GPU that supports it, or a CPU with
+    AVX-512 BF16 or AMX (elsewhere bf16 is emulated and slower than float32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's, private since 2.1
+        return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+    return False
+
+
+def use_training_arithmetic(model: SfMModel, precision: str, device: torch.device | None = None) -> str:
+    """How the trainer runs the depth net (`train.precision`), before the optimizer is built; the
+    precision used (`auto`: bf16 where the device computes it natively, else fp32).
+
+    Its weights go channels_last (NHWC), the layout oneDNN and cuDNN convolve fastest in (the same
+    values up to float rounding); bf16 runs its forward and backward under bfloat16 autocast (its
+    weights and their Adam state stay float32). The pose net, the masks, the warp and the loss stay
+    float32. The cost of each: `bench/train_step.py` (docs/results.md).
+    """
+    if precision == "auto":
+        device = device if device is not None else next(model.parameters()).device
+        precision = "bf16" if native_bf16(device) else "fp32"
+    model.depth_net.to(memory_format=torch.channels_last)
+    model.depth_autocast = torch.bfloat16 if precision == "bf16" else None
+    return precision
 
 
 def load_model(run: Path, device: str | torch.device = "cpu") -> tuple[SfMModel, Config, dict]:

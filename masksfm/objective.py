@@ -16,6 +16,7 @@ batched warp per scale. What weights each pixel is the `loss.mask` mode, a `Mask
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -132,6 +133,37 @@ class Reconstruction:
     channel_error: torch.Tensor | None = None  # (N, 3, h, w) each channel's error (`error` is their mean), per-channel below-mean mask only
 
 
+# The photometric error the objective uses: `losses.photometric_error`, or its torch.compile'd twin
+# once `use_compiled_photometric_error` was called (train.compile; process-wide).
+_photometric_error: Callable[..., torch.Tensor] = photometric_error
+
+
+def use_compiled_photometric_error() -> None:
+    """Compile the photometric error with torch.compile (inductor) for the rest of the process.
+
+    It is most of the objective's time and a chain of elementwise operations that inductor fuses
+    into a few loops (forward and backward ~3x faster on the CPU; `bench/train_step.py`). Compiling
+    needs a C++ compiler (CPU) or Triton (CUDA) and takes seconds per image size; where it fails, one
+    warning says so and the eager function serves from then on, with the same values.
+    """
+    global _photometric_error
+    if _photometric_error is not photometric_error:
+        return
+    compiled = torch.compile(photometric_error, dynamic=False)
+
+    def compiled_or_eager(*args, **kwargs):
+        global _photometric_error
+        try:
+            return compiled(*args, **kwargs)
+        except Exception as error:  # noqa: BLE001 - any compiler failure: eager computes the same values
+            message = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+            print(f"warning: torch.compile failed ({message}); the photometric error runs eagerly", file=sys.stderr)
+            _photometric_error = photometric_error
+            return photometric_error(*args, **kwargs)
+
+    _photometric_error = compiled_or_eager
+
+
 def _masked_term(error: torch.Tensor, weights: torch.Tensor | None, cfg: LossConfig,
                  channel_error: torch.Tensor | None = None) -> torch.Tensor:
     if cfg.below_mean_mask:
@@ -144,7 +176,7 @@ def _masked_term(error: torch.Tensor, weights: torch.Tensor | None, cfg: LossCon
 
 
 def _identity_error(rec: Reconstruction, cfg: LossConfig) -> torch.Tensor:
-    return photometric_error(rec.compare, rec.unwarped, cfg.ssim, cfg.rho, cfg.ssim_weight)
+    return _photometric_error(rec.compare, rec.unwarped, cfg.ssim, cfg.rho, cfg.ssim_weight)
 
 
 def _guarded(weights: torch.Tensor, rec: Reconstruction, cfg: LossConfig) -> torch.Tensor:
@@ -274,10 +306,10 @@ def _reconstruct(pairs: _Pairs, scale: int, disp: torch.Tensor, disp_full: torch
         warped, _ = inverse_warp(unwarped, depth, pairs.T, K_w, padding_mode=pairs.padding)
     channel_error = None
     if cfg.below_mean_mask and cfg.below_mean_per_channel:
-        channel_error = photometric_error(compare, warped, cfg.ssim, cfg.rho, cfg.ssim_weight, per_channel=True)
+        channel_error = _photometric_error(compare, warped, cfg.ssim, cfg.rho, cfg.ssim_weight, per_channel=True)
         error = channel_error.mean(dim=1, keepdim=True)
     else:
-        error = photometric_error(compare, warped, cfg.ssim, cfg.rho, cfg.ssim_weight)
+        error = _photometric_error(compare, warped, cfg.ssim, cfg.rho, cfg.ssim_weight)
     return Reconstruction(
         scale, pairs.snippets, error, compare, unwarped, warped, depth_inconsistency=inconsistency,
         channel_error=channel_error,

@@ -43,8 +43,8 @@ from masksfm.data.dataset import SnippetDataset, make_loader
 from masksfm.data.layout import load_split, split_path
 from masksfm.errors import MasksfmError
 from masksfm.inference import evaluate_depth
-from masksfm.model import build_model, pick_device
-from masksfm.objective import Objective, compute_objective
+from masksfm.model import build_model, pick_device, use_training_arithmetic
+from masksfm.objective import Objective, compute_objective, use_compiled_photometric_error
 from masksfm.progress import progress_bar
 from masksfm.runlock import hold_run_folder
 
@@ -82,6 +82,19 @@ def build_optimizer(model: nn.Module, config: Config, device: torch.device) -> t
     # update of DispNet's and the pose net's 33 M parameters about 4x faster on the CPU).
     return torch.optim.Adam(groups, lr=config.optim.lr, betas=(config.optim.beta1, config.optim.beta2),
                             weight_decay=config.optim.weight_decay, fused=device.type in FUSED_ADAM_DEVICES)
+
+
+def match_state_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Give each optimizer state tensor its parameter's memory layout (after `load_state_dict`, which
+    keeps the checkpoint's contiguous layout): the fused Adam kernels walk a parameter and its states
+    in memory order, so a contiguous state beside a channels_last weight would update the wrong
+    elements (measured: 0.17 off after one step on a 8x5x3x3 weight)."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                    state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 def mean_over_processes(terms: dict[str, torch.Tensor], world: int) -> dict[str, torch.Tensor]:
@@ -133,11 +146,15 @@ class Trainer:
 
         torch.manual_seed(config.train.seed)
         self.model = build_model(config).to(self.device)
+        self.precision = use_training_arithmetic(self.model, config.train.precision, self.device)
+        if config.train.compile:
+            use_compiled_photometric_error()
         self.optimizer = build_optimizer(self.model, config, self.device)
         if tensors is not None:
             load_weights(self.model, unprefixed(tensors, "model"), checkpoint)
             try:
                 self.optimizer.load_state_dict(optimizer_from_tensors(tensors, meta["optimizer"]))
+                match_state_layouts(self.optimizer)
             except (ValueError, KeyError) as error:
                 raise MasksfmError(f"{checkpoint}: its optimizer state does not fit this model ({error})") from None
             restore_rng(tensors)

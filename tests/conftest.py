@@ -3,8 +3,14 @@ renders and trains once (docs/design.md §7)."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+# No torch.compile in the suite (seconds per process and image size, in every CLI subprocess too):
+# torch's own switch makes `train.compile` run the eager function. test_step_cost.py compiles on purpose.
+os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

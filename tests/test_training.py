@@ -166,10 +166,13 @@ def test_resume_without_checkpoint_starts_with_a_warning(synth_dataset, tmp_path
 
 @pytest.mark.slow
 def test_ddp_two_processes_match_one(synth_dataset, tmp_path):
-    """torchrun, 2 processes, gloo on CPU vs 1 process with the same global batch: same losses."""
+    """torchrun, 2 processes, gloo on CPU vs 1 process with the same global batch: same losses.
+
+    In float32: under bf16 autocast oneDNN may pick other kernels for a batch of 1 than of 2, and
+    the losses then differ by ~5e-5, which says nothing about DDP."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    args = [str(synth_dataset), "--steps", "3", "--device", "cpu", *SMALL]
+    args = [str(synth_dataset), "--steps", "3", "--device", "cpu", *SMALL, "--set", "train.precision=fp32"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517"]
     subprocess.run([*torchrun, "-m", "masksfm", "train", "--out", str(tmp_path / "ddp"), *args],

@@ -1,0 +1,134 @@
+"""The cheaper training step (docs/design.md §6): each lever computes the step it replaces.
+
+channels_last and the shifted-sum box filter are exact up to float rounding: the same loss and
+gradients to 1e-5. bf16 autocast is not exact: its loss and gradients stay close to float32's, and
+the 600-step accuracy is measured by `bench/learning.py` (docs/results.md). torch.compile of the
+photometric error gives the eager values, and falls back to eager where the compiler is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from masksfm.config import load_config
+from masksfm.data.dataset import SnippetDataset
+from masksfm.data.layout import load_split
+from masksfm.losses import box_mean3
+from masksfm.model import build_model, native_bf16, use_training_arithmetic
+from masksfm.objective import compute_objective
+
+H, W = 64, 208
+
+
+@pytest.fixture(scope="module")
+def batch(synth_dataset):
+    """Two real rendered snippets (no augmentation) at 64x208."""
+    dataset = SnippetDataset(load_split(synth_dataset, "train"), H, W, augment=False, seed=0)
+    items = [dataset[i] for i in (0, 3)]
+    return {k: torch.stack([it[k] for it in items]) for k in ("images", "images_raw", "K")}
+
+
+def loss_and_gradients(batch, precision: str | None) -> tuple[float, torch.Tensor]:
+    """The default recipe's loss on `batch` and the flattened gradient of every weight, from the
+    same initial weights; `precision=None` is the plain model (NCHW, float32)."""
+    config = load_config(None, [f"data.height={H}", f"data.width={W}"])
+    torch.manual_seed(0)
+    model = build_model(config)
+    if precision is not None:
+        use_training_arithmetic(model, precision)
+    loss = compute_objective(model(batch["images"]), batch["images_raw"], batch["K"], config.loss).loss
+    loss.backward()
+    return loss.item(), torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
+def test_box_mean3_is_the_3x3_average():
+    x = torch.rand(2, 5, 9, 11, dtype=torch.float64)
+    assert torch.allclose(box_mean3(x), F.avg_pool2d(x, 3, stride=1), atol=1e-12)
+    assert box_mean3(torch.full((1, 1, 3, 3), 2.0)).item() == pytest.approx(2.0)
+
+
+def test_channels_last_gives_the_same_loss_and_gradients(batch):
+    loss, grad = loss_and_gradients(batch, None)
+    loss_cl, grad_cl = loss_and_gradients(batch, "fp32")
+    assert loss_cl == pytest.approx(loss, rel=1e-5)
+    assert torch.allclose(grad_cl, grad, rtol=1e-3, atol=1e-5 * grad.abs().max().item())
+
+
+def test_bf16_autocast_stays_close_to_float32(batch):
+    loss, grad = loss_and_gradients(batch, None)
+    loss_bf16, grad_bf16 = loss_and_gradients(batch, "bf16")
+    assert loss_bf16 != loss  # the depth net did compute in bfloat16
+    assert loss_bf16 == pytest.approx(loss, rel=2e-2)
+    cosine = F.cosine_similarity(grad_bf16, grad, dim=0).item()
+    assert cosine > 0.98, cosine
+
+
+def test_bf16_model_outputs_float32_and_leaves_the_weights_float32(batch):
+    config = load_config(None, [f"data.height={H}", f"data.width={W}"])
+    model = build_model(config)
+    use_training_arithmetic(model, "bf16")
+    out = model(batch["images"])
+    assert all(d.dtype == torch.float32 for d in out.disparities) and out.poses.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert model.depth_net.down[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/cpuinfo"), reason="reads the CPU flags from /proc/cpuinfo")
+def test_auto_precision_is_bf16_only_where_the_cpu_has_it():
+    with open("/proc/cpuinfo") as f:
+        flags = set(f.read().split())
+    native = "avx512_bf16" in flags or "amx_tile" in flags
+    assert native_bf16(torch.device("cpu")) == native
+    model = build_model(load_config(None, []))
+    assert use_training_arithmetic(model, "auto", torch.device("cpu")) == ("bf16" if native else "fp32")
+    assert (model.depth_autocast == torch.bfloat16) == native
+
+
+def test_gradients_finite_finds_one_bad_element_among_millions():
+    from masksfm.faults import gradients_finite
+
+    model = torch.nn.Sequential(torch.nn.Linear(1000, 1000), torch.nn.Linear(1000, 3))
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    assert gradients_finite(model)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        model[0].weight.grad[517, 3] = bad
+        assert not gradients_finite(model), bad
+    model[0].weight.grad.fill_(3e37)  # every element finite, their sum beyond float32: skipped too
+    assert not gradients_finite(model)
+
+
+@pytest.mark.slow
+def test_compiled_photometric_error_matches_eager_and_falls_back_without_a_compiler(tmp_path):
+    """In subprocesses (compiling is process-wide): with the compiler, the eager values; with a
+    compiler that does not exist, one warning and still the eager values."""
+    script = (
+        "import torch, masksfm.objective as o\n"
+        "from masksfm.losses import photometric_error\n"
+        "torch.manual_seed(0); x, y = torch.rand(2, 3, 20, 30), torch.rand(2, 3, 20, 30)\n"
+        "o.use_compiled_photometric_error()\n"
+        "print(float((o._photometric_error(x, y) - photometric_error(x, y)).abs().max()))\n"
+        "print(o._photometric_error is photometric_error)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TORCHDYNAMO_DISABLE"}
+    env = {**env, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache"), "TORCHINDUCTOR_FX_GRAPH_CACHE": "0"}
+    compiled = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert compiled.returncode == 0, compiled.stderr
+    difference, fell_back = compiled.stdout.split()
+    assert float(difference) < 1e-5 and fell_back == "False"
+    assert "warning" not in compiled.stderr
+
+    broken = "import torch._inductor.config as c; c.cpp.cxx = ('/nonexistent/c++',)\n" + script
+    env["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path / "cache2")
+    fallback = subprocess.run([sys.executable, "-c", broken], capture_output=True, text=True, env=env, timeout=300)
+    assert fallback.returncode == 0, fallback.stderr
+    difference, fell_back = fallback.stdout.split()
+    assert float(difference) == 0.0 and fell_back == "True"
+    warnings = [line for line in fallback.stderr.splitlines() if line.startswith("warning: torch.compile failed")]
+    assert len(warnings) == 1
