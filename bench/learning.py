@@ -61,13 +61,20 @@ from masksfm.model import load_model  # noqa: E402
 from masksfm.trajectory import chain_relative_poses  # noqa: E402
 
 # name -> (shipped config, overrides, what it is).
+# The default before 2026-12-03: one learning rate for both nets, float32 throughout, eager.
+PREVIOUS = ["optim.pose_lr_scale=1", "train.precision=fp32", "train.compile=false"]
+# name -> (shipped config, overrides, what it is).
 VARIANTS: dict[str, tuple[str, list[str], str]] = {
-    "default": ("default", [], "configs/default.yaml as shipped"),
-    "snippet-pose": ("default", ["model.pose=snippet"], "SfMLearner's pose net on the whole snippet"),
-    "pairs-pose": ("default", ["model.pose=pairs"], "monodepth2's pose net input: ordered frame pairs"),
-    "consistency": ("default", ["loss.consistency_weight=0.5"],
-                    "SC-SfMLearner's geometric (depth scale) consistency, weight 0.5"),
-    "pose-lr4": ("default", ["optim.pose_lr_scale=4"], "the pose net's learning rate x4"),
+    "default": ("default", [], "configs/default.yaml as shipped (pose lr x4, bf16 where native, compiled error)"),
+    "pose-lr1": ("default", PREVIOUS, "the default before 2026-12-03: pose lr x1, float32, eager"),
+    "pose-lr4": ("default", ["train.precision=fp32", "train.compile=false"],
+                 "the pose net's learning rate x4 (float32, eager)"),
+    "bf16": ("default", ["optim.pose_lr_scale=1", "train.precision=bf16", "train.compile=true"],
+             "pose-lr1 with the cheaper step: the depth net under bf16 autocast, the photometric error compiled"),
+    "snippet-pose": ("default", [*PREVIOUS, "model.pose=snippet"], "pose-lr1, SfMLearner's pose net on the whole snippet"),
+    "pairs-pose": ("default", [*PREVIOUS, "model.pose=pairs"], "pose-lr1, monodepth2's pose input: ordered frame pairs"),
+    "consistency": ("default", [*PREVIOUS, "loss.consistency_weight=0.5"],
+                    "pose-lr1, SC-SfMLearner's geometric (depth scale) consistency, weight 0.5"),
 }
 DEPTH = ("abs_rel", "rmse", "a1")
 POSE = ("ate5", "ate3", "ate_rmse", "rpe_trans", "rpe_rot")
