@@ -60,7 +60,6 @@ from masksfm.inference import (  # noqa: E402
 from masksfm.model import load_model  # noqa: E402
 from masksfm.trajectory import chain_relative_poses  # noqa: E402
 
-# name -> (shipped config, overrides, what it is).
 # The default before 2026-12-03: one learning rate for both nets, float32 throughout, eager.
 PREVIOUS = ["optim.pose_lr_scale=1", "train.precision=fp32", "train.compile=false"]
 # name -> (shipped config, overrides, what it is).

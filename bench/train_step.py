@@ -246,9 +246,6 @@ def replay_backward(fn, calls) -> callable:
 
 def profile(args, batch, device, sync) -> list[tuple[str, float]]:
     """(part, ms per step) of the default recipe's step; each part timed alone on its inputs."""
-    from masksfm.data.dataset import SnippetDataset
-    from masksfm.data.layout import load_split
-
     config = load_config(None, [f"data.height={args.height}", f"data.width={args.width}"])
     torch.manual_seed(0)
     model = build_model(config).to(device)
@@ -291,17 +288,13 @@ def profile(args, batch, device, sync) -> list[tuple[str, float]]:
         sources = torch.cat([batch["images"][:, :center], batch["images"][:, center + 1:]], dim=1)
         model.pose_net(batch["images"][:, center], sources).sum().backward()
 
-    leaves = ModelOutputLeaves(out)
-
     def objective():
-        objective_module.compute_objective(leaves.fresh(), batch["images_raw"], batch["K"], config.loss).loss.backward()
+        fresh = objective_module.ModelOutput([leaf(d) for d in out.disparities], leaf(out.poses),
+                                             None if out.explainability is None else [leaf(e) for e in out.explainability])
+        objective_module.compute_objective(fresh, batch["images_raw"], batch["K"], config.loss).loss.backward()
 
     def optimizer_step():
         optimizer.step()
-
-    dataset = SnippetDataset(load_split(fixed_data_root(args), "train"), args.height, args.width,
-                             augment=True, seed=0)
-    loading = timed(lambda: [dataset[i % len(dataset)] for i in range(args.batch)], sync, rounds)
 
     with_forward = timed(depth_forward_backward, sync, rounds)
     forward = timed(depth_forward, sync, rounds)
@@ -309,44 +302,36 @@ def profile(args, batch, device, sync) -> list[tuple[str, float]]:
     error = timed(replay_backward(objective_module._photometric_error, captured["error"]), sync, rounds)
     masks = timed(lambda: [objective_module.compute_masks(*a, **k) for a, k in captured["masks"]], sync, rounds)
     whole_objective = timed(objective, sync, rounds)
-    parts = [
+    top = [
         ("depth net forward (every frame)", forward),
         ("depth net backward", with_forward - forward),
         ("pose net forward + backward", timed(pose, sync, rounds)),
         ("objective forward + backward", whole_objective),
-        ("optimizer (fused Adam)", timed(optimizer_step, sync, rounds)),
     ]
-    parts.append(("sum of the parts above", sum(ms for _, ms in parts)))
-    parts.insert(4, ("  of which the warp (every pair, direction, scale)", warp))
-    parts.insert(5, ("  of which the photometric error (SSIM + L1)", error))
-    parts.insert(6, ("  of which the masks (no gradient)", masks))
-    parts.append(("the whole step, measured", step_ms))
-    parts.append((f"data loading, {args.batch} snippets in one process (workers overlap it with the step)", loading))
-    return parts
+    optimizer_ms = timed(optimizer_step, sync, rounds)
+    return [
+        *top,
+        ("  of which the warp (every pair, direction, scale)", warp),
+        ("  of which the photometric error (SSIM + L1)", error),
+        ("  of which the masks (no gradient)", masks),
+        ("optimizer (fused Adam)", optimizer_ms),
+        ("sum of the parts above", sum(ms for _, ms in top) + optimizer_ms),
+        ("the whole step, measured", step_ms),
+        (f"data loading, {args.batch} snippets in one process (workers overlap it with the step)",
+         loading_ms(args, sync, rounds)),
+    ]
 
 
-class ModelOutputLeaves:
-    """A model output whose tensors are leaves, refreshed for each backward."""
+def loading_ms(args, sync, rounds: int) -> float:
+    """Median ms to load and augment one batch of snippets in one process, on a small rendered set."""
+    from masksfm.data.dataset import SnippetDataset
+    from masksfm.data.layout import load_split
 
-    def __init__(self, out):
-        self.out = out
-
-    def fresh(self):
-        return objective_module.ModelOutput([leaf(d) for d in self.out.disparities], leaf(self.out.poses),
-                                            None if self.out.explainability is None else
-                                            [leaf(e) for e in self.out.explainability])
-
-
-_DATA_ROOTS: dict = {}
-
-
-def fixed_data_root(args) -> Path:
-    """A small rendered set for the data-loading part (kept for the run)."""
-    if "root" not in _DATA_ROOTS:
-        tmp = tempfile.mkdtemp()
-        _DATA_ROOTS["root"] = render_dataset(Path(tmp) / "data", scenes=1, frames=12, height=args.height,
-                                             width=args.width, seed=0, progress=False)
-    return _DATA_ROOTS["root"]
+    with tempfile.TemporaryDirectory() as tmp:
+        root = render_dataset(Path(tmp) / "data", scenes=1, frames=12, height=args.height, width=args.width,
+                              seed=0, progress=False)
+        dataset = SnippetDataset(load_split(root, "train"), args.height, args.width, augment=True, seed=0)
+        return timed(lambda: [dataset[i % len(dataset)] for i in range(args.batch)], sync, rounds)
 
 
 def main(argv=None):

@@ -156,7 +156,8 @@ def use_compiled_photometric_error() -> None:
         try:
             return compiled(*args, **kwargs)
         except Exception as error:  # noqa: BLE001 - any compiler failure: eager computes the same values
-            message = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+            text = str(error).strip()
+            message = text.splitlines()[0][:200] if text else type(error).__name__
             print(f"warning: torch.compile failed ({message}); the photometric error runs eagerly", file=sys.stderr)
             _photometric_error = photometric_error
             return photometric_error(*args, **kwargs)

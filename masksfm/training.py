@@ -146,7 +146,7 @@ class Trainer:
 
         torch.manual_seed(config.train.seed)
         self.model = build_model(config).to(self.device)
-        self.precision = use_training_arithmetic(self.model, config.train.precision, self.device)
+        use_training_arithmetic(self.model, config.train.precision, self.device)
         if config.train.compile:
             use_compiled_photometric_error()
         self.optimizer = build_optimizer(self.model, config, self.device)

@@ -1,4 +1,4 @@
-"""The cheaper training step (docs/design.md §6): each lever computes the step it replaces.
+"""The cheaper training step (docs/design.md §3, "Arithmetic of a training step"): each lever computes the step it replaces.
 
 channels_last and the shifted-sum box filter are exact up to float rounding: the same loss and
 gradients to 1e-5. bf16 autocast is not exact: its loss and gradients stay close to float32's, and
