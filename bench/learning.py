@@ -70,6 +70,8 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
                  "the pose net's learning rate x4 (float32, eager)"),
     "bf16": ("default", ["optim.pose_lr_scale=1", "train.precision=bf16", "train.compile=true"],
              "pose-lr1 with the cheaper step: the depth net under bf16 autocast, the photometric error compiled"),
+    "source-depth-nograd": ("default", ["model.source_depth_grad=false"],
+                            "the default with the sources' depth computed without gradient (a third of the backward)"),
     "snippet-pose": ("default", [*PREVIOUS, "model.pose=snippet"], "pose-lr1, SfMLearner's pose net on the whole snippet"),
     "pairs-pose": ("default", [*PREVIOUS, "model.pose=pairs"], "pose-lr1, monodepth2's pose input: ordered frame pairs"),
     "consistency": ("default", [*PREVIOUS, "loss.consistency_weight=0.5"],

@@ -11,7 +11,7 @@ by step (interleaved), so that a machine shared with other work slows them alike
 stay meaningful; each figure is the median of --repeat steps after one warm-up step (two with
 torch.compile, whose first call compiles).
 
-Default: the arithmetic levers of the default recipe (channels_last, bf16 autocast of the depth
+Default: the levers of the default recipe (channels_last, bf16 autocast of the depth
 net, torch.compile of the photometric error; `train.precision`, `train.compile`), and SfmLearner-
 Pytorch's own default step timed by the peer driver `sfp_step.py` (in --peers, default
 ../shared/peers beside the repository) on its code (--sfp: the extracted SfmLearner-Pytorch folder,
@@ -130,14 +130,16 @@ def measure(cases, batch, repeat: int, device: torch.device, sync) -> list[tuple
 
 
 
-# The arithmetic levers (issue 14), each on the default recipe's loss: (name, channels_last +
-# precision or None for the plain NCHW float32 model, torch.compile of the photometric error).
+# The levers (issue 14), each on the default recipe's loss: (name, channels_last + precision or None
+# for the plain NCHW float32 model, torch.compile of the photometric error, the sources' depth with
+# gradient: `model.source_depth_grad`).
 LEVER_CASES = [
-    ("plain fp32 (NCHW, eager)", None, False),
-    ("channels_last fp32", "fp32", False),
-    ("channels_last fp32 + compile", "fp32", True),
-    ("channels_last bf16", "bf16", False),
-    ("channels_last bf16 + compile", "bf16", True),
+    ("plain fp32 (NCHW, eager)", None, False, True),
+    ("channels_last fp32", "fp32", False, True),
+    ("channels_last fp32 + compile", "fp32", True, True),
+    ("channels_last bf16", "bf16", False, True),
+    ("channels_last bf16 + compile", "bf16", True, True),
+    ("  + sources' depth without gradient", "bf16", True, False),
 ]
 
 
@@ -178,9 +180,10 @@ def measure_levers(args, batch, device, sync) -> tuple[dict[str, float], float |
     objective_module.use_compiled_photometric_error()
     compiled = objective_module._photometric_error
     cases = []
-    for name, precision, compile_error in LEVER_CASES:
+    for name, precision, compile_error, source_depth_grad in LEVER_CASES:
         torch.manual_seed(0)
         model = build_model(base).to(device)
+        model.source_depth_grad = source_depth_grad
         if precision is not None:
             use_training_arithmetic(model, precision)
         cases.append((name, model, torch.optim.Adam(model.parameters(), lr=1e-4, fused=True),
@@ -206,12 +209,13 @@ def measure_levers(args, batch, device, sync) -> tuple[dict[str, float], float |
 
 def default_recipe_case(device: torch.device) -> str:
     """The lever case the shipped default configuration runs on `device`."""
-    train = load_config(None, []).train
-    precision = train.precision
+    config = load_config(None, [])
+    precision = config.train.precision
     if precision == "auto":
         precision = "bf16" if native_bf16(device) else "fp32"
-    return next(name for name, case_precision, compile_error in LEVER_CASES
-                if case_precision == precision and compile_error == train.compile)
+    return next(name for name, case_precision, compile_error, source_depth_grad in LEVER_CASES
+                if (case_precision, compile_error, source_depth_grad)
+                == (precision, config.train.compile, config.model.source_depth_grad))
 
 
 def timed(fn, sync, repeat: int) -> float:

@@ -41,6 +41,7 @@ class ModelConfig:
     depth: str = "dispnet"  # dispnet | resnet18
     pose: str = "snippet"  # snippet (SfMLearner: the whole snippet in, S poses out) | pairs (monodepth2)
     pretrained: str | None = None  # safetensors weights for the ResNet-18 encoder (never downloaded)
+    source_depth_grad: bool = True  # the loss trains the depth net through the sources' depth too (False: targets' only)
 
 
 @dataclass

@@ -1,7 +1,9 @@
 """The depth net and the pose net as one module (one DDP wrapper, one checkpoint), built from a config.
 
-`SfMModel(images)` runs the depth net on every frame of a snippet in one batched forward (the
-masks and the reverse direction need the sources' depth too) and the pose net on the snippet.
+`SfMModel(images)` runs the depth net on every frame of a snippet (the masks and the reverse
+direction need the sources' depth too) and the pose net on the snippet. With
+`model.source_depth_grad` off, the sources' depth is computed without gradient: the loss trains the
+depth net through the targets' depth only, and the backward costs a third.
 `use_training_arithmetic` sets how the trainer runs the depth net (channels_last, bf16 autocast).
 """
 
@@ -20,23 +22,36 @@ from masksfm.objective import ModelOutput
 
 
 class SfMModel(nn.Module):
-    def __init__(self, depth_net: nn.Module, pose_net: nn.Module):
+    def __init__(self, depth_net: nn.Module, pose_net: nn.Module, source_depth_grad: bool = True):
         super().__init__()
         self.depth_net = depth_net
         self.pose_net = pose_net
+        self.source_depth_grad = source_depth_grad  # False: the sources' depth without gradient
         self.depth_autocast: torch.dtype | None = None  # run the depth net under autocast to this dtype
+
+    def disparities(self, frames: torch.Tensor) -> list[torch.Tensor]:
+        """The depth net on frames (N, 3, H, W): per scale, finest first, (N, 1, h, w) float32."""
+        dtype = self.depth_autocast
+        with torch.autocast(frames.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            disparities = self.depth_net(frames)
+        # The warp, the masks and the loss work in float32 whatever the depth net computed in.
+        return [d.float() for d in disparities]
 
     def forward(self, images: torch.Tensor) -> ModelOutput:
         """Args: images (B, L, 3, H, W) in [0, 1], target = frame L // 2."""
         b, length = images.shape[:2]
         center = length // 2
-        frames = images.flatten(0, 1)
-        dtype = self.depth_autocast
-        with torch.autocast(frames.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-            disparities = self.depth_net(frames)
-        # The warp, the masks and the loss work in float32 whatever the depth net computed in.
-        disparities = [d.float() for d in disparities]
         sources = torch.cat([images[:, :center], images[:, center + 1:]], dim=1)
+        if self.source_depth_grad or not torch.is_grad_enabled():
+            disparities = self.disparities(images.flatten(0, 1))
+        else:
+            target = self.disparities(images[:, center])
+            with torch.no_grad():
+                source = self.disparities(sources.flatten(0, 1))
+            # Back to the snippets' frame order, (B·L, 1, h, w) per scale.
+            disparities = [torch.cat([s.unflatten(0, (b, length - 1))[:, :center], t.unsqueeze(1),
+                                      s.unflatten(0, (b, length - 1))[:, center:]], dim=1).flatten(0, 1)
+                           for t, s in zip(target, source)]
         out = self.pose_net(images[:, center], sources)
         poses, explainability = out if isinstance(out, tuple) else (out, None)
         return ModelOutput(disparities, poses, explainability)
@@ -51,7 +66,7 @@ def build_model(config: Config) -> SfMModel:
         pose_net = PairPoseNet(num_sources)
     else:
         pose_net = PoseNet(num_sources, explainability=config.loss.mask == "explainability")
-    return SfMModel(depth_net, pose_net)
+    return SfMModel(depth_net, pose_net, source_depth_grad=config.model.source_depth_grad)
 
 
 def native_bf16(device: torch.device) -> bool:

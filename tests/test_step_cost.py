@@ -132,3 +132,37 @@ def test_compiled_photometric_error_matches_eager_and_falls_back_without_a_compi
     assert float(difference) == 0.0 and fell_back == "True"
     warnings = [line for line in fallback.stderr.splitlines() if line.startswith("warning: torch.compile failed")]
     assert len(warnings) == 1
+
+
+def test_source_depth_without_gradient_is_the_loss_with_the_sources_detached(batch):
+    """`model.source_depth_grad=false`: the same disparities and loss, and exactly the gradient of
+    the full model's loss with the sources' disparities detached (the depth net learns through
+    the targets' depth only; the pose net as before)."""
+    config = load_config(None, [f"data.height={H}", f"data.width={W}"])
+    images, length = batch["images"], batch["images"].shape[1]
+    is_target = (torch.arange(images.shape[0] * length) % length == length // 2).view(-1, 1, 1, 1)
+
+    def loss_and_gradients_of(source_depth_grad: bool):
+        torch.manual_seed(0)
+        model = build_model(config)
+        model.source_depth_grad = source_depth_grad
+        out = model(images)
+        if source_depth_grad:  # detach the sources by hand
+            out = out._replace(disparities=[torch.where(is_target, d, d.detach()) for d in out.disparities])
+        loss = compute_objective(out, batch["images_raw"], batch["K"], config.loss).loss
+        loss.backward()
+        return loss.item(), [p.grad for p in model.parameters()], out.disparities
+
+    loss, grads, disparities = loss_and_gradients_of(True)
+    loss_nograd, grads_nograd, disparities_nograd = loss_and_gradients_of(False)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(disparities_nograd, disparities))
+    assert loss_nograd == pytest.approx(loss, rel=1e-5)
+    for g, g_nograd in zip(grads, grads_nograd):
+        assert torch.allclose(g_nograd, g, rtol=1e-3, atol=1e-5 * g.abs().max().item())
+    # ... and that differs from the full gradient: the sources' depth does train the depth net by default.
+    torch.manual_seed(0)
+    full = build_model(config)
+    compute_objective(full(images), batch["images_raw"], batch["K"], config.loss).loss.backward()
+    depth_grad = torch.cat([p.grad.flatten() for p in full.depth_net.parameters()])
+    depth_grad_nograd = torch.cat([g.flatten() for g in grads_nograd[:len(list(full.depth_net.parameters()))]])
+    assert not torch.allclose(depth_grad_nograd, depth_grad, rtol=1e-2)
