@@ -48,13 +48,16 @@ class SfMModel(nn.Module):
             target = self.disparities(images[:, center])
             with torch.no_grad():
                 source = self.disparities(sources.flatten(0, 1))
-            # Back to the snippets' frame order, (B·L, 1, h, w) per scale.
-            disparities = [torch.cat([s.unflatten(0, (b, length - 1))[:, :center], t.unsqueeze(1),
-                                      s.unflatten(0, (b, length - 1))[:, center:]], dim=1).flatten(0, 1)
-                           for t, s in zip(target, source)]
+            disparities = [in_snippet_order(t, s.unflatten(0, (b, length - 1))) for t, s in zip(target, source)]
         out = self.pose_net(images[:, center], sources)
         poses, explainability = out if isinstance(out, tuple) else (out, None)
         return ModelOutput(disparities, poses, explainability)
+
+
+def in_snippet_order(target: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
+    """Targets (B, C, h, w) and sources (B, S, C, h, w) as frames in snippet order (B·(S+1), C, h, w)."""
+    center = sources.shape[1] // 2
+    return torch.cat([sources[:, :center], target.unsqueeze(1), sources[:, center:]], dim=1).flatten(0, 1)
 
 
 def build_model(config: Config) -> SfMModel:
