@@ -12,7 +12,8 @@ stay meaningful; each figure is the median of --repeat steps after one warm-up s
 torch.compile, whose first call compiles).
 
 Default: the levers of the default recipe (channels_last, bf16 autocast of the depth
-net, torch.compile of the photometric error; `train.precision`, `train.compile`), and SfmLearner-
+net, torch.compile of the photometric error, the sources' depth without gradient; `train.precision`,
+`train.compile`, `model.source_depth_grad`), and SfmLearner-
 Pytorch's own default step timed by the peer driver `sfp_step.py` (in --peers, default
 ../shared/peers beside the repository) on its code (--sfp: the extracted SfmLearner-Pytorch folder,
 or $SFP), in a subprocess between masksfm's rounds; without them the ratio is not printed and the
