@@ -14,6 +14,10 @@ scenes:
 - depth: abs_rel, rmse, a1 (median-scaled, no crop, every test frame);
 - pose (the pose net's own output, chained pairwise as `masksfm eval pose`): snippet ATE over 5 and 3
   frames (one scale per snippet) and the full trajectory's Sim(3)-aligned ATE RMSE and RPE;
+- where the pose error comes from, per pair of consecutive frames: the direction of travel's angular
+  error, the spread of the speed (up to one scale per scene) and the rotation's angular error
+  (`masksfm.evaluation.relative_pose_errors`; a run scored before these existed gets them from its kept
+  checkpoints on the next call);
 - beside them, the trivial baselines on the same scenes: a constant depth, and straight ahead at a
   constant speed (one scale per snippet / per trajectory, so it only has to guess the direction);
   every figure's ratio to its baseline is printed (< 1 = better than the guess).
@@ -48,7 +52,7 @@ from ablation import _plain, list_variants, parse_bench_args, run_tasks, same_co
 
 from masksfm.config import Config, load_config  # noqa: E402
 from masksfm.data.layout import load_split  # noqa: E402
-from masksfm.evaluation import snippet_ates, trajectory_metrics  # noqa: E402
+from masksfm.evaluation import relative_pose_errors, snippet_ates, trajectory_metrics  # noqa: E402
 from masksfm.inference import (  # noqa: E402
     evaluate_depth_items,
     folder_predictor,
@@ -84,6 +88,8 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
 DEPTH = ("abs_rel", "rmse", "a1")
 POSE = ("ate5", "ate3", "ate_rmse", "rpe_trans", "rpe_rot")
 METRICS = DEPTH + POSE
+# Where the pose error comes from, per consecutive pair (`masksfm.evaluation.relative_pose_errors`).
+PARTS = ("direction_err", "speed_spread", "rotation_err")
 LOWER_IS_BETTER = {"abs_rel", "rmse", "ate5", "ate3", "ate_rmse", "rpe_trans", "rpe_rot"}
 PEERS = {"sfp_600": "SfmLearner-Pytorch, 600 steps (its code, its defaults)",
          "md2_600": "monodepth2, 600 steps (its code, ResNet-18 from scratch)"}
@@ -103,16 +109,17 @@ def run_config(variant: str, seed: int, args) -> Config:
 
 
 def pose_figures(rel_by_scene: dict[str, np.ndarray], scenes) -> dict[str, float]:
-    """Snippet ATE (5 and 3 frames, over every snippet) and the mean over scenes of the trajectory
-    metrics, from relative poses `inv(P_i) @ P_{i+1}` per scene."""
-    ate5, ate3, trajectory = [], [], []
+    """Snippet ATE (5 and 3 frames, over every snippet), and the mean over scenes of the trajectory
+    metrics and of the relative-pose error's parts, from relative poses `inv(P_i) @ P_{i+1}` per scene."""
+    ate5, ate3, per_scene = [], [], []
     for scene in scenes:
         rel = rel_by_scene[scene.name]
         ate5.append(snippet_ates(rel, scene.poses, 5))
         ate3.append(snippet_ates(rel, scene.poses, 3))
-        trajectory.append(trajectory_metrics(scene.poses, scene.poses[0] @ chain_relative_poses(rel)))
+        per_scene.append({**trajectory_metrics(scene.poses, scene.poses[0] @ chain_relative_poses(rel)),
+                          **relative_pose_errors(rel, scene.poses)})
     out = {"ate5": float(np.concatenate(ate5).mean()), "ate3": float(np.concatenate(ate3).mean())}
-    out.update({key: float(np.mean([t[key] for t in trajectory])) for key in ("ate_rmse", "rpe_trans", "rpe_rot")})
+    out.update({key: float(np.mean([t[key] for t in per_scene])) for key in ("ate_rmse", "rpe_trans", "rpe_rot") + PARTS})
     return out
 
 
@@ -199,7 +206,7 @@ def dataset(args, seed: int) -> Path:
 def summarize(rows: list[dict]) -> dict[str, tuple[float, float]]:
     """Mean and sample std over seeds of every metric (and the seeds' ratio to their baseline)."""
     out = {}
-    for key in METRICS + tuple(f"{m}/base" for m in METRICS):
+    for key in METRICS + PARTS + tuple(f"{m}/base" for m in METRICS):
         values = [r[key] for r in rows if not math.isnan(r.get(key, math.nan))]
         out[key] = (statistics.fmean(values) if values else math.nan,
                     statistics.stdev(values) if len(values) > 1 else 0.0 if values else math.nan)
@@ -239,6 +246,13 @@ def markdown(table: dict[str, dict], what: dict[str, str], args, command: str) -
         if name == "baseline":
             continue
         lines.append(f"| {name} | " + " | ".join(_cell(*row[f"{k}/base"], 2) for k in METRICS) + " |")
+    lines += ["", "Where the pose error comes from, per pair of consecutive frames (the peers' pose.json has no "
+              "relative poses): the angle between the predicted and the true direction of travel, the spread "
+              "(std / mean) of the predicted speed over the true one (0 = the true speeds up to one scale per "
+              "scene), the angle of the rotation error:", "",
+              "| method | direction err. (°) ↓ | speed spread ↓ | rotation err. (°) ↓ |", "|---|---|---|---|"]
+    for name, row in table.items():
+        lines.append(f"| {name} | " + " | ".join(_cell(*row[k], d) for k, d in zip(PARTS, (3, 3, 3))) + " |")
     lines += ["", *(f"- {name}: {text}" for name, text in what.items())]
     return "\n".join(lines) + "\n"
 
@@ -282,6 +296,9 @@ def main(argv: list[str] | None = None) -> dict:
             done = run_dir / "result.json"
             stored = json.loads(done.read_text()) if done.is_file() else None
             if stored is not None and same_config(stored.get("config"), run_config(variant, k, args)):
+                if any(key not in stored for key in PARTS) and (run_dir / "checkpoints").is_dir():
+                    stored.update(score(run_dir, sets[seed]))  # a run scored before the parts were measured
+                    done.write_text(json.dumps(stored, indent=1))
                 results.append(stored)
             else:
                 shutil.rmtree(run_dir, ignore_errors=True)

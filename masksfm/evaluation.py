@@ -294,6 +294,46 @@ def snippet_ates(rel_poses: np.ndarray, gt_poses: np.ndarray, length: int = SNIP
     return _snippet_ates(gt_xyz, pred_xyz)
 
 
+def relative_pose_errors(rel_poses: np.ndarray, gt_poses: np.ndarray) -> dict[str, float]:
+    """Where a sequence's relative-pose error comes from: the direction of travel, its speed, the turn.
+
+    Per consecutive pair, with t and R the prediction's translation and rotation, t* and R* the
+    ground truth's (monocular scale is free, so the speed is compared up to one scale per sequence):
+    - `direction_err`: mean angle between t and t*, degrees (the translation angular error of
+      two-view geometry);
+    - `speed_spread`: the coefficient of variation (std / mean) of |t| / |t*| over the pairs: 0 when
+      the predicted speeds are the true ones up to one scale;
+    - `rotation_err`: mean angle of R R*ᵀ, degrees.
+    Pairs where either translation is zero have no direction and are left out of the first two.
+
+    Args:
+        rel_poses: (N-1, 4, 4) predicted relative poses, `inv(P_i) @ P_{i+1}`, any scale.
+        gt_poses: (N, 4, 4) ground-truth camera-to-world poses, metres.
+    Returns:
+        {direction_err, speed_spread, rotation_err} as Python floats (NaN where no pair moves).
+    """
+    rel = np.asarray(rel_poses, dtype=np.float64)
+    gt = np.asarray(gt_poses, dtype=np.float64)
+    if gt.ndim != 3 or gt.shape[1:] != (4, 4) or rel.shape != (len(gt) - 1, 4, 4):
+        raise ValueError(f"expected gt_poses (N, 4, 4) and rel_poses (N-1, 4, 4), got {gt.shape} and {rel.shape}")
+    gt_rel = np.linalg.inv(gt[:-1]) @ gt[1:]
+    t, t_gt = rel[:, :3, 3], gt_rel[:, :3, 3]
+    norm, norm_gt = np.linalg.norm(t, axis=1), np.linalg.norm(t_gt, axis=1)
+    moving = (norm > 0) & (norm_gt > 0)
+    # atan2(|a x b|, a . b): accurate for the small angles that matter here, where arccos is not.
+    angle = np.arctan2(np.linalg.norm(np.cross(t[moving], t_gt[moving]), axis=1), np.sum(t[moving] * t_gt[moving], axis=1))
+    ratio = norm[moving] / norm_gt[moving]
+    R_err = rel[:, :3, :3] @ np.transpose(gt_rel[:, :3, :3], (0, 2, 1))
+    cos = np.clip((np.trace(R_err, axis1=1, axis2=2) - 1.0) / 2.0, -1.0, 1.0)
+    sin = np.linalg.norm(np.stack([R_err[:, 2, 1] - R_err[:, 1, 2], R_err[:, 0, 2] - R_err[:, 2, 0],
+                                   R_err[:, 1, 0] - R_err[:, 0, 1]], axis=1), axis=1) / 2.0
+    return {
+        "direction_err": float(np.degrees(angle.mean())) if moving.any() else math.nan,
+        "speed_spread": float(ratio.std() / ratio.mean()) if moving.any() else math.nan,
+        "rotation_err": float(np.degrees(np.arctan2(sin, cos).mean())),
+    }
+
+
 # --- full trajectories -------------------------------------------------------------------------
 
 

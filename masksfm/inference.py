@@ -269,17 +269,19 @@ def sequence_pose_results(scene: Scene, rel: np.ndarray, folder: Path | None = N
 
     Returns the 5-frame snippet ATEs and a dict with `ate_mean`, `ate_std` (5-frame snippets),
     `ate3_mean`, `ate3_std` (3-frame snippets, as the authors' `test_pose.py` with their net), `ate_rmse`,
-    `rpe_trans`, `rpe_rot` (full trajectory, Sim(3)-aligned) and, when the drive is over 100 m,
-    KITTI's `t_rel`, `r_rel`. With `folder`, the trajectory (in the ground truth's world frame) is
+    `rpe_trans`, `rpe_rot` (full trajectory, Sim(3)-aligned), where the frame-to-frame error comes from
+    (`direction_err`, `speed_spread`, `rotation_err`: :func:`masksfm.evaluation.relative_pose_errors`) and,
+    when the drive is over 100 m, KITTI's `t_rel`, `r_rel`. With `folder`, the trajectory (in the ground truth's world frame) is
     written there in KITTI and TUM formats with a plot.
     """
     from masksfm.data.layout import write_poses
-    from masksfm.evaluation import kitti_odometry_metrics, trajectory_metrics
+    from masksfm.evaluation import kitti_odometry_metrics, relative_pose_errors, trajectory_metrics
     from masksfm.trajectory import chain_relative_poses, plot_trajectories, write_tum
 
     trajectory = scene.poses[0] @ chain_relative_poses(rel)
     result = snippet_summary([(rel, scene.poses)])
     result.update(trajectory_metrics(scene.poses, trajectory))
+    result.update(relative_pose_errors(rel, scene.poses))
     result.update(kitti_odometry_metrics(scene.poses, trajectory) or {})
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)

@@ -307,6 +307,11 @@ POSE_ROWS = [
                  "translation, scale), metres", "lower", "{:.3f}"),
     ("rpe_trans", "frame to frame: RMS error of each relative translation, metres", "lower", "{:.3f}"),
     ("rpe_rot", "frame to frame: RMS error of each relative rotation, degrees", "lower", "{:.3f}"),
+    ("direction_err", "frame to frame: mean angle between the predicted and the true direction of travel, "
+                      "degrees", "lower", "{:.3f}"),
+    ("speed_spread", "frame to frame: spread (std / mean) of the predicted speed over the true one; 0 = the true "
+                     "speeds up to one scale", "lower", "{:.3f}"),
+    ("rotation_err", "frame to frame: mean angle of each relative rotation's error, degrees", "lower", "{:.3f}"),
 ]
 
 CSS = """

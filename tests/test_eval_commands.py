@@ -98,7 +98,8 @@ def test_eval_pose_json_and_files(tiny_run, synth_dataset, tmp_path):
     results = json.loads(out_json.read_text())
     assert {"ate_mean", "ate_std", "sequences"} <= set(results)
     (name, seq), = results["sequences"].items()
-    assert {"ate_mean", "ate_std", "ate_rmse", "rpe_trans", "rpe_rot"} <= set(seq)
+    assert {"ate_mean", "ate_std", "ate_rmse", "rpe_trans", "rpe_rot", "direction_err", "speed_spread",
+            "rotation_err"} <= set(seq)
     for suffix in ("kitti.txt", "tum.txt", "png"):
         assert (out_dir / name / f"trajectory.{suffix}").is_file()
     from evo.tools import file_interface
@@ -111,6 +112,7 @@ def test_true_relative_poses_give_zero_error(synth_dataset, tmp_path):
     rel = relative_poses(scene.poses)
     ates, result = sequence_pose_results(scene, rel, tmp_path)
     assert ates.max() < 1e-9 and result["ate_rmse"] < 1e-9 and result["rpe_rot"] < 1e-6
+    assert result["direction_err"] < 1e-6 and result["speed_spread"] < 1e-9 and result["rotation_err"] < 1e-6
     # monocular scale is free: a scaled prediction is as good
     scaled = rel.copy()
     scaled[:, :3, 3] *= 0.3

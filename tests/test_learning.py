@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run_bench(tmp_path: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "bench" / "learning.py"), "--quick", "--threads", "1",
-                           "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")],
+                           "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--keep-checkpoints"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
@@ -29,5 +29,14 @@ def test_quick_learning_bench_runs_scores_and_resumes(tmp_path):
     assert 0 < baseline["abs_rel"][0] < 1 and baseline["ate5"][0] > 0 and baseline["ate3"][0] > 0
     assert default["n"] == 1 and default["abs_rel/base"][0] == pytest.approx(default["abs_rel"][0] / baseline["abs_rel"][0])
     assert "| default | 1 |" in (tmp_path / "out" / "learning.md").read_text()
+    # The pose error's parts: the guess heads straight and never turns, so its errors are the truth's
+    # own headings and turns, which a rendered street drive has; the run's are measured too.
+    for key in ("direction_err", "speed_spread", "rotation_err"):
+        assert baseline[key][0] > 0 and default[key][0] > 0
+    # A run scored before the parts existed gets them on the next call, from its checkpoints, not retrained.
+    result_file = next((tmp_path / "work").glob("*steps/default/seed*/result.json"))
+    stored = json.loads(result_file.read_text())
+    result_file.write_text(json.dumps({k: v for k, v in stored.items() if k != "direction_err"}))
     again = run_bench(tmp_path)
     assert again.returncode == 0 and "1 runs done before, 0 to run" in again.stdout
+    assert json.loads(result_file.read_text())["direction_err"] == pytest.approx(stored["direction_err"])

@@ -192,6 +192,54 @@ class TestSnippetATE:
         assert ev.snippet_ates(relative_poses(gt), gt).shape == (0,)
 
 
+class TestRelativePoseErrors:
+    def test_exact_and_scaled_predictions_have_no_error(self):
+        gt = curved_drive(30)
+        rel = relative_poses(gt)
+        rel[:, :3, 3] *= 0.05  # one monocular scale for the whole sequence
+        errors = ev.relative_pose_errors(rel, gt)
+        assert set(errors) == {"direction_err", "speed_spread", "rotation_err"}
+        assert errors == pytest.approx({"direction_err": 0.0, "speed_spread": 0.0, "rotation_err": 0.0}, abs=1e-6)
+
+    def test_known_direction_speed_and_turn(self):
+        # Straight ahead 1 m per frame; the prediction heads 2° to the side, turns 0.5° per frame
+        # and alternates 0.9 and 1.1 times one speed: std / mean of the ratios = 0.1 exactly.
+        gt = straight_line(9)
+        rel = relative_poses(gt)
+        heading = np.radians(2.0)
+        speeds = np.tile([0.9, 1.1], 4) * 3.0
+        rel[:, :3, 3] = speeds[:, None] * np.array([np.sin(heading), 0.0, np.cos(heading)])
+        rel[:, :3, :3] = rot_y(np.radians(0.5))
+        errors = ev.relative_pose_errors(rel, gt)
+        assert errors["direction_err"] == pytest.approx(2.0, rel=1e-9)
+        assert errors["speed_spread"] == pytest.approx(0.1, rel=1e-9)
+        assert errors["rotation_err"] == pytest.approx(0.5, rel=1e-9)
+
+    def test_constant_speed_guess_on_a_curve(self):
+        # The guess (straight ahead, no turn) misses every pair's true heading and turn by exactly them.
+        gt = curved_drive(20, seed=3)
+        truth = relative_poses(gt)
+        guess = np.tile(np.eye(4), (19, 1, 1))
+        guess[:, 2, 3] = 1.0
+        errors = ev.relative_pose_errors(guess, gt)
+        t = truth[:, :3, 3]
+        heading = np.degrees(np.arccos(t[:, 2] / np.linalg.norm(t, axis=1)))
+        turn = np.degrees(np.arccos((np.trace(truth[:, :3, :3], axis1=1, axis2=2) - 1) / 2))
+        assert errors["direction_err"] == pytest.approx(heading.mean(), rel=1e-6)
+        assert errors["rotation_err"] == pytest.approx(turn.mean(), rel=1e-6)
+        inverse_speed = 1.0 / np.linalg.norm(t, axis=1)
+        assert errors["speed_spread"] == pytest.approx(inverse_speed.std() / inverse_speed.mean(), rel=1e-9)
+
+    def test_standing_pairs_are_left_out_of_direction_and_speed(self):
+        gt = straight_line(5)
+        gt[3:, 2, 3] = gt[2, 2, 3]  # the camera stops after frame 2
+        rel = relative_poses(gt)
+        errors = ev.relative_pose_errors(rel, gt)
+        assert errors["direction_err"] == pytest.approx(0.0, abs=1e-9) and errors["speed_spread"] == pytest.approx(0.0)
+        with pytest.raises(ValueError, match="rel_poses"):
+            ev.relative_pose_errors(rel[:-1], gt)
+
+
 class TestTrajectoryMetrics:
     def test_similarity_is_perfect(self):
         gt = curved_drive(60)
