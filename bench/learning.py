@@ -23,7 +23,8 @@ scenes:
   every figure's ratio to its baseline is printed (< 1 = better than the guess).
 
 With `--peers H2H` (the work folder of the peer drivers, one `H2H/s<seed>` per set, made with their
-`setup.sh` with `SEED=<seed>`), the peers' 600-step runs found in `H2H/s<seed>/runs/{sfp_600,md2_600}`
+`setup.sh` with `SEED=<seed>`), the peers' runs found in `H2H/s<seed>/runs/{sfp_600,md2_600}` (600 steps) and
+`{sfp_eqtime,md2_eqtime}` (`run_X.py --seconds T`, T = masksfm's 600-step training time on an idle machine)
 are scored on the same sets (their disparities through the same evaluator, their pose.json) and put
 in the table; nothing of the peers is imported.
 
@@ -74,6 +75,8 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
                  "the pose net's learning rate x4 (float32, eager)"),
     "bf16": ("default", ["optim.pose_lr_scale=1", "train.precision=bf16", "train.compile=true"],
              "pose-lr1 with the cheaper step: the depth net under bf16 autocast, the photometric error compiled"),
+    "pose-lr8": ("default", ["optim.pose_lr_scale=8"], "the default with the pose net's learning rate x8"),
+    "pose-lr16": ("default", ["optim.pose_lr_scale=16"], "the default with the pose net's learning rate x16"),
     "source-depth-nograd": ("default", ["model.source_depth_grad=false"],
                             "the default with the sources' depth computed without gradient (a third of the backward)"),
     "masks+automask": ("default", ["loss.mask=multimask+automask"],
@@ -92,7 +95,9 @@ METRICS = DEPTH + POSE
 PARTS = ("direction_err", "speed_spread", "rotation_err")
 LOWER_IS_BETTER = {"abs_rel", "rmse", "ate5", "ate3", "ate_rmse", "rpe_trans", "rpe_rot"}
 PEERS = {"sfp_600": "SfmLearner-Pytorch, 600 steps (its code, its defaults)",
-         "md2_600": "monodepth2, 600 steps (its code, ResNet-18 from scratch)"}
+         "md2_600": "monodepth2, 600 steps (its code, ResNet-18 from scratch)",
+         "sfp_eqtime": "SfmLearner-Pytorch for masksfm's 600-step wall time (its driver's --seconds; its steps in its train.json)",
+         "md2_eqtime": "monodepth2 for masksfm's 600-step wall time (its driver's --seconds; its steps in its train.json)"}
 QUICK = {"steps": 4, "seeds": 1, "height": 32, "width": 96, "scenes": 3, "frames": 8, "variants": "default"}
 
 
@@ -272,7 +277,8 @@ def parse_args(argv):
     parser.add_argument("--out", type=Path, default=Path("results"), help="where learning.md / .json go")
     parser.add_argument("--work", type=Path, default=Path("runs/learning"), help="data and run folders")
     parser.add_argument("--peers", type=Path, default=None,
-                        help="the peer drivers' work folder: H2H/s<seed>/runs/{sfp_600,md2_600} and H2H/s<seed>/data")
+                        help="the peer drivers' work folder: H2H/s<seed>/runs/{sfp_600,md2_600,sfp_eqtime,md2_eqtime} "
+                             "and H2H/s<seed>/data")
     parser.add_argument("--keep-checkpoints", action="store_true")
     parser.add_argument("--quick", action="store_true", help="smoke test: a tiny set, 4 steps, 1 seed")
     parser.add_argument("--list", action="store_true", help="list the variants and exit")
