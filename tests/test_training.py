@@ -174,7 +174,8 @@ def test_ddp_two_processes_match_one(synth_dataset, tmp_path):
 
     args = [str(synth_dataset), "--steps", "3", "--device", "cpu", *SMALL, "--set", "train.precision=fp32"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517"]
+    # --standalone: a local rendezvous on a free port, so parallel runs of the suite do not collide.
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     subprocess.run([*torchrun, "-m", "masksfm", "train", "--out", str(tmp_path / "ddp"), *args],
                    check=True, env=env, capture_output=True, timeout=600)
     subprocess.run([sys.executable, "-m", "masksfm", "train", "--out", str(tmp_path / "one"), *args],
