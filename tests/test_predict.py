@@ -427,3 +427,22 @@ class TestBadInput:
         result = run_masksfm("predict", tiny_run, tmp_path / "empty", "--out", tmp_path / "o", timeout=120)
         assert result.returncode == 2
         assert len(result.stderr.strip().splitlines()) == 1 and "empty" in result.stderr
+
+
+def test_a_folder_of_netpbm_images_is_read_as_rgb(tmp_path):
+    """.ppm and .pgm (Middlebury's and many SLAM sets' formats) are inputs; grey frames become RGB."""
+    from PIL import Image
+
+    from masksfm.data.inputs import open_input
+
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 256, (20, 30), dtype=np.uint8)
+    colour = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    Image.fromarray(grey).save(tmp_path / "frame2.pgm")
+    Image.fromarray(colour).save(tmp_path / "frame10.ppm")
+    (sequence,) = open_input(tmp_path)
+    assert sequence.count == 2
+    (stem_a, a), (stem_b, b) = sequence.frames()
+    assert (stem_a, stem_b) == ("frame2", "frame10")  # natural order
+    np.testing.assert_array_equal(a, np.repeat(grey[..., None], 3, axis=2))
+    np.testing.assert_array_equal(b, colour)

@@ -19,8 +19,9 @@ from masksfm.data.layout import FRAME_SUFFIXES, frame_stem, image_size, read_cam
 from masksfm.errors import MasksfmError
 from masksfm.geometry import scale_intrinsics
 
-# PIL reads these too; a prepared scene only ever holds FRAME_SUFFIXES.
-IMAGE_SUFFIXES = FRAME_SUFFIXES + (".bmp", ".tif", ".tiff", ".webp")
+# PIL reads these too (.ppm / .pgm: Middlebury and other stereo and SLAM sets); a prepared scene only ever
+# holds FRAME_SUFFIXES.
+IMAGE_SUFFIXES = FRAME_SUFFIXES + (".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
 @dataclass(frozen=True)
