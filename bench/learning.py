@@ -77,6 +77,8 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
              "pose-lr1 with the cheaper step: the depth net under bf16 autocast, the photometric error compiled"),
     "pose-lr8": ("default", ["optim.pose_lr_scale=8"], "the default with the pose net's learning rate x8"),
     "pose-lr16": ("default", ["optim.pose_lr_scale=16"], "the default with the pose net's learning rate x16"),
+    "scales-down": ("default", ["loss.scales=downsample"],
+                    "the default with each scale's error at its own size (SfMLearner's, the authors'), not upsampled"),
     "source-depth-nograd": ("default", ["model.source_depth_grad=false"],
                             "the default with the sources' depth computed without gradient (a third of the backward)"),
     "masks+automask": ("default", ["loss.mask=multimask+automask"],
