@@ -11,11 +11,12 @@ by step (interleaved), so that a machine shared with other work slows them alike
 stay meaningful; each figure is the median of --repeat steps after one warm-up step (two with
 torch.compile, whose first call compiles).
 
-Default: the levers of the default recipe (channels_last, bf16 autocast of the depth
-net, torch.compile of the photometric error, the sources' depth without gradient; `train.precision`,
-`train.compile`, `model.source_depth_grad`), and SfmLearner-
-Pytorch's own default step timed by the peer driver `sfp_step.py` (in --peers, default
-../shared/peers beside the repository) on its code (--sfp: the extracted SfmLearner-Pytorch folder,
+Default: the levers of the default recipe (channels_last, bf16 autocast of the depth net,
+torch.compile of the photometric error: `train.precision`, `train.compile`), two recipe changes on
+top of it that change what is learned (the sources' depth without gradient, `model.source_depth_grad`;
+each scale's error at its own size, `loss.scales=downsample`), and SfmLearner-Pytorch's own
+default step timed by the peer driver `sfp_step.py` (in --peers, default ../shared/peers beside the
+repository) on its code (--sfp: the extracted SfmLearner-Pytorch folder,
 or $SFP), in a subprocess between masksfm's rounds; without them the ratio is not printed and the
 output says why. Target (issue 14): default recipe <= 1.5x SfmLearner's step at 128x416, batch 4.
 
@@ -131,16 +132,17 @@ def measure(cases, batch, repeat: int, device: torch.device, sync) -> list[tuple
 
 
 
-# The levers (issue 14), each on the default recipe's loss: (name, channels_last + precision or None
-# for the plain NCHW float32 model, torch.compile of the photometric error, the sources' depth with
-# gradient: `model.source_depth_grad`).
+# The levers (issue 14): (name, channels_last + precision or None for the plain NCHW float32 model,
+# torch.compile of the photometric error, overrides of the default configuration: the recipe changes
+# that are not exact, `model.source_depth_grad` and `loss.scales`).
 LEVER_CASES = [
-    ("plain fp32 (NCHW, eager)", None, False, True),
-    ("channels_last fp32", "fp32", False, True),
-    ("channels_last fp32 + compile", "fp32", True, True),
-    ("channels_last bf16", "bf16", False, True),
-    ("channels_last bf16 + compile", "bf16", True, True),
-    ("  + sources' depth without gradient", "bf16", True, False),
+    ("plain fp32 (NCHW, eager)", None, False, []),
+    ("channels_last fp32", "fp32", False, []),
+    ("channels_last fp32 + compile", "fp32", True, []),
+    ("channels_last bf16", "bf16", False, []),
+    ("channels_last bf16 + compile", "bf16", True, []),
+    ("  + sources' depth without gradient", "bf16", True, ["model.source_depth_grad=false"]),
+    ("  + each scale's error at its own size", "bf16", True, ["loss.scales=downsample"]),
 ]
 
 
@@ -176,28 +178,28 @@ def find_peer(args) -> tuple[Path | None, Path | None, str]:
 
 def measure_levers(args, batch, device, sync) -> tuple[dict[str, float], float | None, str]:
     """ms per step for each lever case and SfmLearner's step (or None), interleaved round by round."""
-    base = load_config(None, [f"data.height={args.height}", f"data.width={args.width}"])
+    size = [f"data.height={args.height}", f"data.width={args.width}"]
     eager = objective_module._photometric_error
     objective_module.use_compiled_photometric_error()
     compiled = objective_module._photometric_error
     cases = []
-    for name, precision, compile_error, source_depth_grad in LEVER_CASES:
+    for name, precision, compile_error, overrides in LEVER_CASES:
+        config = load_config(None, [*size, *overrides])
         torch.manual_seed(0)
-        model = build_model(base).to(device)
-        model.source_depth_grad = source_depth_grad
+        model = build_model(config).to(device)
         if precision is not None:
             use_training_arithmetic(model, precision)
         cases.append((name, model, torch.optim.Adam(model.parameters(), lr=1e-4, fused=True),
-                      compiled if compile_error else eager))
+                      compiled if compile_error else eager, config.loss))
     peers, sfp, peer_note = find_peer(args)
     times = {name: [] for name, *_ in cases}
     sfp_times = []
     for i in range(args.repeat + 2):
-        for name, model, optimizer, error in cases:
+        for name, model, optimizer, error, loss_config in cases:
             objective_module._photometric_error = error
             sync()
             start = time.perf_counter()
-            one_step(model, optimizer, batch, base.loss)
+            one_step(model, optimizer, batch, loss_config)
             sync()
             if i >= 2:  # two warm-up rounds: allocators, kernels, and torch.compile's first call
                 times[name].append(time.perf_counter() - start)
@@ -214,9 +216,8 @@ def default_recipe_case(device: torch.device) -> str:
     precision = config.train.precision
     if precision == "auto":
         precision = "bf16" if native_bf16(device) else "fp32"
-    return next(name for name, case_precision, compile_error, source_depth_grad in LEVER_CASES
-                if (case_precision, compile_error, source_depth_grad)
-                == (precision, config.train.compile, config.model.source_depth_grad))
+    return next(name for name, case_precision, compile_error, overrides in LEVER_CASES
+                if (case_precision, compile_error, overrides) == (precision, config.train.compile, []))
 
 
 def timed(fn, sync, repeat: int) -> float:
@@ -371,13 +372,13 @@ def main(argv=None):
         plain = ms[LEVER_CASES[0][0]]
         print(f"training step of the default recipe's loss, {where}; load average {os.getloadavg()[0]:.1f} "
               f"on {os.cpu_count()} cores at the end")
-        print(f"{'arithmetic':<34} {'ms/step':>9} {'vs plain':>9} {'vs SfmLearner':>14}")
+        print(f"{'arithmetic':<40} {'ms/step':>9} {'vs plain':>9} {'vs SfmLearner':>14}")
         for name, value in ms.items():
             ratio = f"{value / sfp_ms:.2f}x" if sfp_ms else "-"
             mark = "  <- default" if name == default else ""
-            print(f"{name:<34} {value:>9.0f} {plain / value:>8.2f}x {ratio:>14}{mark}")
+            print(f"{name:<40} {value:>9.0f} {plain / value:>8.2f}x {ratio:>14}{mark}")
         if sfp_ms:
-            print(f"{'SfmLearner-Pytorch (its own step)':<34} {sfp_ms:>9.0f} {'':>9} {'1.00x':>14}")
+            print(f"{'SfmLearner-Pytorch (its own step)':<40} {sfp_ms:>9.0f} {'':>9} {'1.00x':>14}")
             print(f"target: default / SfmLearner = {ms[default] / sfp_ms:.2f}x (target <= 1.5x at 128x416, batch 4)")
         print(peer_note)
         figures.update({"ms_per_step": ms, "default": default, "sfp_ms": sfp_ms, "peer_note": peer_note})
