@@ -220,6 +220,7 @@ def summarize(rows: list[dict]) -> dict[str, tuple[float, float]]:
         out[key] = (statistics.fmean(values) if values else math.nan,
                     statistics.stdev(values) if len(values) > 1 else 0.0 if values else math.nan)
     out["n"] = len(rows)
+    out["parts_n"] = sum(all(not math.isnan(r.get(key, math.nan)) for key in PARTS) for r in rows)
     return out
 
 
@@ -259,9 +260,11 @@ def markdown(table: dict[str, dict], what: dict[str, str], args, command: str) -
               "relative poses): the angle between the predicted and the true direction of travel, the spread "
               "(std / mean) of the predicted speed over the true one (0 = the true speeds up to one scale per "
               "scene), the angle of the rotation error:", "",
-              "| method | direction err. (°) ↓ | speed spread ↓ | rotation err. (°) ↓ |", "|---|---|---|---|"]
+              "| method | n | direction err. (°) ↓ | speed spread ↓ | rotation err. (°) ↓ |", "|---|---|---|---|---|"]
     for name, row in table.items():
-        lines.append(f"| {name} | " + " | ".join(_cell(*row[k], d) for k, d in zip(PARTS, (3, 3, 3))) + " |")
+        # n: the runs measured (a run scored before the parts existed, without its checkpoints, has none).
+        lines.append(f"| {name} | {row['parts_n']} | "
+                     + " | ".join(_cell(*row[k], d) for k, d in zip(PARTS, (3, 3, 3))) + " |")
     lines += ["", *(f"- {name}: {text}" for name, text in what.items())]
     return "\n".join(lines) + "\n"
 

@@ -321,7 +321,8 @@ def relative_pose_errors(rel_poses: np.ndarray, gt_poses: np.ndarray) -> dict[st
     norm, norm_gt = np.linalg.norm(t, axis=1), np.linalg.norm(t_gt, axis=1)
     moving = (norm > 0) & (norm_gt > 0)
     # atan2(|a x b|, a . b): accurate for the small angles that matter here, where arccos is not.
-    angle = np.arctan2(np.linalg.norm(np.cross(t[moving], t_gt[moving]), axis=1), np.sum(t[moving] * t_gt[moving], axis=1))
+    a, b = t[moving], t_gt[moving]
+    angle = np.arctan2(np.linalg.norm(np.cross(a, b), axis=1), np.sum(a * b, axis=1))
     ratio = norm[moving] / norm_gt[moving]
     R_err = rel[:, :3, :3] @ np.transpose(gt_rel[:, :3, :3], (0, 2, 1))
     cos = np.clip((np.trace(R_err, axis1=1, axis2=2) - 1.0) / 2.0, -1.0, 1.0)

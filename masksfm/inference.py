@@ -270,9 +270,9 @@ def sequence_pose_results(scene: Scene, rel: np.ndarray, folder: Path | None = N
     Returns the 5-frame snippet ATEs and a dict with `ate_mean`, `ate_std` (5-frame snippets),
     `ate3_mean`, `ate3_std` (3-frame snippets, as the authors' `test_pose.py` with their net), `ate_rmse`,
     `rpe_trans`, `rpe_rot` (full trajectory, Sim(3)-aligned), where the frame-to-frame error comes from
-    (`direction_err`, `speed_spread`, `rotation_err`: :func:`masksfm.evaluation.relative_pose_errors`) and,
-    when the drive is over 100 m, KITTI's `t_rel`, `r_rel`. With `folder`, the trajectory (in the ground truth's world frame) is
-    written there in KITTI and TUM formats with a plot.
+    (`direction_err`, `speed_spread`, `rotation_err`: :func:`masksfm.evaluation.relative_pose_errors`)
+    and, when the drive is over 100 m, KITTI's `t_rel`, `r_rel`. With `folder`, the trajectory (in the
+    ground truth's world frame) is written there in KITTI and TUM formats with a plot.
     """
     from masksfm.data.layout import write_poses
     from masksfm.evaluation import kitti_odometry_metrics, relative_pose_errors, trajectory_metrics

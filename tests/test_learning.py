@@ -33,6 +33,7 @@ def test_quick_learning_bench_runs_scores_and_resumes(tmp_path):
     # own headings and turns, which a rendered street drive has; the run's are measured too.
     for key in ("direction_err", "speed_spread", "rotation_err"):
         assert baseline[key][0] > 0 and default[key][0] > 0
+    assert baseline["parts_n"] == default["parts_n"] == 1
     # A run scored before the parts existed gets them on the next call, from its checkpoints, not retrained.
     result_file = next((tmp_path / "work").glob("*steps/default/seed*/result.json"))
     stored = json.loads(result_file.read_text())
