@@ -33,7 +33,7 @@ import torch
 
 from masksfm.data.layout import read_scene
 from masksfm.data.synthetic import render_dataset
-from masksfm.evaluation import snippet_ates
+from masksfm.evaluation import rotation_angles, snippet_ates
 from masksfm.geometry import pose_vec_to_mat
 from masksfm.inference import sequence_frames
 from masksfm.refine import ROBUST_SCALE, refine_sequence
@@ -43,8 +43,8 @@ from masksfm.trajectory import relative_poses
 def pose_errors(rel: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     """Mean translation error (input units) and rotation error (degrees) of relative poses."""
     error = np.linalg.inv(truth) @ rel
-    cos = np.clip((np.trace(error[:, :3, :3], axis1=1, axis2=2) - 1) / 2, -1.0, 1.0)
-    return float(np.linalg.norm(error[:, :3, 3], axis=1).mean()), float(np.degrees(np.arccos(cos)).mean())
+    turn = np.degrees(rotation_angles(error[:, :3, :3]))
+    return float(np.linalg.norm(error[:, :3, 3], axis=1).mean()), float(turn.mean())
 
 
 def perturbed(truth: np.ndarray, rng: np.random.Generator) -> np.ndarray:

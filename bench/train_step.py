@@ -16,8 +16,7 @@ torch.compile of the photometric error: `train.precision`, `train.compile`), two
 top of it that change what is learned (the sources' depth without gradient, `model.source_depth_grad`;
 each scale's error at its own size, `loss.scales=downsample`), and SfmLearner-Pytorch's own
 default step timed by the peer driver `sfp_step.py` (in --peers, default ../shared/peers beside the
-repository) on its code (--sfp: the extracted SfmLearner-Pytorch folder,
-or $SFP), in a subprocess between masksfm's rounds; without them the ratio is not printed and the
+repository) on its code (--sfp: the extracted SfmLearner-Pytorch folder, or $SFP), in a subprocess between masksfm's rounds; without them the ratio is not printed and the
 output says why. Target (issue 14): default recipe <= 1.5x SfmLearner's step at 128x416, batch 4.
 
 --profile: where the default recipe's step goes (depth net forward / backward, pose net, warp,
@@ -216,8 +215,11 @@ def default_recipe_case(device: torch.device) -> str:
     precision = config.train.precision
     if precision == "auto":
         precision = "bf16" if native_bf16(device) else "fp32"
+    # The case whose overrides leave the shipped configuration as it is.
+    shipped = config.to_dict()
     return next(name for name, case_precision, compile_error, overrides in LEVER_CASES
-                if (case_precision, compile_error, overrides) == (precision, config.train.compile, []))
+                if (case_precision, compile_error) == (precision, config.train.compile)
+                and load_config(None, overrides).to_dict() == shipped)
 
 
 def timed(fn, sync, repeat: int) -> float:
