@@ -85,6 +85,8 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
                        "the default's masks (τ 0.1) times monodepth2's auto-mask (the ablation's best row was at τ 0)"),
     "masks+automask-tau0": ("default", ["loss.mask=multimask+automask", "loss.overlap_tolerance=0.0"],
                             "the ablation's best row: the masks at τ 0 times monodepth2's auto-mask"),
+    "velocity": ("default", ["loss.velocity_weight=1"],
+                 "the default with the constant-velocity prior on the pose net's steps, weight 1 (for the speed spread)"),
     "default+consistency": ("default", ["loss.consistency_weight=0.5"],
                             "the default with SC-SfMLearner's depth scale consistency, weight 0.5 (for the speed spread)"),
     "snippet-pose": ("default", [*PREVIOUS, "model.pose=snippet"], "pose-lr1, SfMLearner's pose net on the whole snippet"),

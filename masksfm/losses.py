@@ -145,6 +145,34 @@ def depth_inconsistency(projected: torch.Tensor, sampled: torch.Tensor) -> torch
     return (projected - sampled).abs() / (projected + sampled).clamp(min=1e-6)
 
 
+def velocity_change(T_t2s: torch.Tensor, length: int, eps: float = 1e-12) -> torch.Tensor:
+    """The constant-velocity prior: how differently a snippet's camera moves from one frame to the next.
+
+    The step from frame k to k + 1 is M_k = T_{t→k+1} · inv(T_{t→k}) (T_{t→t} = I); a camera moving
+    at a constant velocity (a constant twist: straight or on a circle, at one speed) makes every
+    M_k the same. The change between consecutive steps' translations, relative to their size, is
+    |t(M_{k+1}) − t(M_k)|² / (|t(M_k)|² + |t(M_{k+1})|²), in [0, 2] and the same at any scale of the
+    translations (the depth's scale is free). It covers the change of speed and of the direction of
+    travel, not of the rotation.
+
+    Args:
+        T_t2s: (B·S, 4, 4) T_{t→s} for each of a snippet's S = L − 1 sources in snippet order (target skipped).
+        length: L, odd, >= 3.
+        eps: m², keeps two standing steps finite.
+    Returns:
+        (B, L − 2) the change between each pair of consecutive steps.
+    """
+    poses = T_t2s.view(-1, length - 1, 4, 4)
+    center = length // 2
+    identity = torch.eye(4, dtype=poses.dtype, device=poses.device).expand(poses.shape[0], 1, 4, 4)
+    frames = torch.cat([poses[:, :center], identity, poses[:, center:]], dim=1)  # (B, L, 4, 4) T_{t→k}
+    R, t = frames[..., :3, :3], frames[..., :3, 3:]
+    # t(M_k) = t_{k+1} − R_{k+1} R_kᵀ t_k: the translation of T_{t→k+1} · inv(T_{t→k}).
+    steps = (t[:, 1:] - R[:, 1:] @ R[:, :-1].transpose(-1, -2) @ t[:, :-1]).squeeze(-1)  # (B, L − 1, 3)
+    size = steps.pow(2).sum(-1)
+    return (steps[:, 1:] - steps[:, :-1]).pow(2).sum(-1) / (size[:, 1:] + size[:, :-1] + eps)
+
+
 @torch.no_grad()
 def below_mean_mask(
     error: torch.Tensor, mask: torch.Tensor, factor: float = 1.0, compare: torch.Tensor | None = None

@@ -39,6 +39,7 @@ from masksfm.losses import (
     scale_weight,
     smoothness_loss,
     source_weight,
+    velocity_change,
 )
 from masksfm.masks import compute_masks
 
@@ -400,6 +401,10 @@ def compute_objective(
     terms = {"photometric": photometric.detach(), "smoothness": smoothness.detach()}
     if pairs.consistency:
         terms["consistency"] = consistency.detach()
+    if cfg.velocity_weight > 0:
+        velocity = cfg.velocity_weight * velocity_change(T, length).mean()
+        loss = loss + velocity
+        terms["velocity"] = velocity.detach()
     if strategy.explainability:
         regularizer = cfg.explainability_weight * explainability_regularizer(out.explainability[: cfg.num_scales])
         loss = loss + regularizer

@@ -233,3 +233,54 @@ class TestBaselines:
     def test_scale_weight(self):
         assert L.scale_weight(0) == 1.0 and L.scale_weight(2) == 0.25
         assert L.scale_weight(1, 2.3) == pytest.approx(1 / 2.3)
+
+
+class TestVelocityChange:
+    """The constant-velocity prior on exact motions: T_{t→s} from camera-to-world poses as the data has them."""
+
+    @staticmethod
+    def snippet_poses(cam_to_world: torch.Tensor) -> torch.Tensor:
+        """(L, 4, 4) camera-to-world poses of one snippet -> (L − 1, 4, 4) T_{t→s} = inv(P_s) · P_t."""
+        from masksfm.geometry import relative_pose
+
+        length = len(cam_to_world)
+        centre = cam_to_world[length // 2]
+        return torch.stack([relative_pose(centre, cam_to_world[k]) for k in range(length) if k != length // 2])
+
+    @staticmethod
+    def pose(yaw: float, x: float, z: float) -> torch.Tensor:
+        c, s = math.cos(yaw), math.sin(yaw)
+        return torch.tensor([[c, 0, s, x], [0, 1, 0, 0], [-s, 0, c, z], [0, 0, 0, 1]], dtype=torch.float64)
+
+    def test_a_constant_twist_has_no_change(self):
+        """On a circle at one speed (yaw 2° a frame, radius 25 m), 5 frames: every step alike, 0."""
+        radius, turn = 25.0, math.radians(2.0)
+        circle = torch.stack([self.pose(k * turn, radius * (1 - math.cos(k * turn)), radius * math.sin(k * turn))
+                              for k in range(5)])
+        change = L.velocity_change(self.snippet_poses(circle), 5)
+        assert change.shape == (1, 3)
+        assert change.abs().max().item() < 1e-12
+
+    def test_a_change_of_speed_and_of_direction(self):
+        straight = torch.stack([self.pose(0.0, 0.0, z) for z in (0.0, 1.0, 2.2)])  # steps of 1 m then 1.2 m
+        assert L.velocity_change(self.snippet_poses(straight), 3).item() == pytest.approx(0.2**2 / (1 + 1.2**2), rel=1e-12)
+        sideways = torch.stack([self.pose(0.0, 0.0, 0.0), self.pose(0.0, 0.0, 1.0), self.pose(0.0, 1.0, 1.0)])
+        assert L.velocity_change(self.snippet_poses(sideways), 3).item() == pytest.approx(1.0, rel=1e-12)  # |(1,0,−1)|² / 2
+
+    def test_the_same_at_any_scale_and_per_snippet(self):
+        a = self.snippet_poses(torch.stack([self.pose(0.01 * k, 0.1 * k**2, 0.9 * k + 0.05 * k**2) for k in range(3)]))
+        b = self.snippet_poses(torch.stack([self.pose(0.0, 0.0, z) for z in (0.0, 1.0, 2.2)]))
+        scaled = a.clone()
+        scaled[:, :3, 3] *= 7.0
+        change = L.velocity_change(torch.cat([a, scaled, b]), 3)  # B = 3 snippets
+        assert change.shape == (3, 1)
+        assert change[0].item() > 0.01
+        assert change[1].item() == pytest.approx(change[0].item(), rel=1e-9)
+        assert change[2].item() == pytest.approx(0.2**2 / (1 + 1.2**2), rel=1e-12)
+
+    def test_it_reaches_the_pose_vectors(self):
+        from masksfm.geometry import pose_vec_to_mat
+
+        vec = torch.tensor([[0.0, 0.0, -1.0, 0.0, 0.0, 0.0], [0.0, 0.1, 1.2, 0.0, 0.02, 0.0]], requires_grad=True)
+        L.velocity_change(pose_vec_to_mat(vec), 3).sum().backward()
+        assert vec.grad[:, :3].abs().sum() > 0

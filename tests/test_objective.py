@@ -160,6 +160,24 @@ def test_the_consistency_term_sees_a_source_at_another_depth_scale(mode, still_s
                                                   load_config(None, [f"loss.mask={mode}"]).loss).terms
 
 
+def test_the_velocity_prior_adds_its_term_to_the_loss(still_snippet):
+    """`loss.velocity_weight` adds weight x `velocity_change` of the pose net's poses, and only that:
+    steps of 1 m then 1.2 m straight ahead change by 0.2² / (1 + 1.2²)."""
+    from masksfm.losses import velocity_change
+    from masksfm.geometry import pose_vec_to_mat
+
+    images, K, disparities = still_snippet
+    poses = torch.tensor([[[0.0, 0.0, 1.0, 0.0, 0.0, 0.0], [0.0, 0.0, -1.2, 0.0, 0.0, 0.0]]])  # T_t2s
+    plain = compute_objective(outputs(disparities, poses, "multimask"), images, K, load_config(None, []).loss)
+    assert "velocity" not in plain.terms
+    prior = compute_objective(outputs(disparities, poses, "multimask"), images, K,
+                              load_config(None, ["loss.velocity_weight=0.5"]).loss)
+    assert prior.terms["velocity"].item() == pytest.approx(0.5 * 0.2**2 / (1 + 1.2**2), rel=1e-5)
+    assert prior.terms["velocity"].item() == pytest.approx(
+        0.5 * velocity_change(pose_vec_to_mat(poses[0]), 3).item(), rel=1e-6)
+    assert prior.loss.item() == pytest.approx(plain.loss.item() + prior.terms["velocity"].item(), rel=1e-6)
+
+
 def test_target_frames():
     frames = torch.arange(2 * 5).view(10, 1).float()  # B = 2 snippets of L = 5 frames, numbered
     assert target_frames(frames, 5).flatten().tolist() == [2, 7]
