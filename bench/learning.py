@@ -79,6 +79,8 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "pose-lr16": ("default", ["optim.pose_lr_scale=16"], "the default with the pose net's learning rate x16"),
     "scales-down": ("default", ["loss.scales=downsample"],
                     "the default with each scale's error at its own size (SfMLearner's, the authors'), not upsampled"),
+    "scales3": ("default", ["loss.num_scales=3"],
+                "the default with the 3 finest scales in the loss, not 4 (a quarter of the objective's cost)"),
     "source-depth-nograd": ("default", ["model.source_depth_grad=false"],
                             "the default with the sources' depth computed without gradient (a third of the backward)"),
     "masks+automask": ("default", ["loss.mask=multimask+automask"],

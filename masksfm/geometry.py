@@ -132,6 +132,33 @@ def project(points: torch.Tensor, K: torch.Tensor) -> tuple[torch.Tensor, torch.
     return pixels, z
 
 
+def reproject(depth_t: torch.Tensor, T_t2s: torch.Tensor, K: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where every target pixel lands in the source: `project(transform_points(T, backproject(D, K)), K)`.
+
+    K (R K⁻¹ p D + t) = (K R K⁻¹ p) D + K t: one 3x3 matrix per pair applied to the pixel grid, then
+    the depth and one offset, instead of three matrix products over the image (the training step's
+    warp, forward and backward; `bench/train_step.py --profile`). K's last row must be (0, 0, 1), as
+    intrinsics' is, so that the third row is the point's depth in the source camera.
+
+    Args:
+        depth_t: (B, 1, H, W) target z-depth, metres.
+        T_t2s: (B, 4, 4) target-to-source transforms.
+        K: (B, 3, 3) intrinsics shared by both frames.
+    Returns:
+        pixels: (B, 2, H, W) (u, v) in the source, with z clamped as `project` does;
+        z: (B, 1, H, W) the unclamped depth of each point in the source camera, metres.
+    """
+    _check("depth_t", depth_t, (None, 1, None, None))
+    _check("T_t2s", T_t2s, (depth_t.shape[0], 4, 4))
+    _check("K", K, (depth_t.shape[0], 3, 3))
+    b, _, h, w = depth_t.shape
+    rotation = K @ T_t2s[:, :3, :3] @ torch.linalg.inv(K)
+    rays = (rotation @ pixel_grid(h, w, depth_t.device, depth_t.dtype).reshape(1, 3, h * w)).reshape(b, 3, h, w)
+    cam = rays * depth_t + (K @ T_t2s[:, :3, 3:]).reshape(b, 3, 1, 1)
+    z = cam[:, 2:3]
+    return cam[:, :2] / z.clamp(min=MIN_PROJECTION_Z), z
+
+
 def pixels_to_grid(pixels: torch.Tensor) -> torch.Tensor:
     """Pixel coordinates (B, 2, H, W) to a `grid_sample` grid (B, H, W, 2) for align_corners=True.
 
@@ -162,8 +189,7 @@ def inverse_warp(
         pixels: (B, 2, H, W) where each target pixel projects in the source, pixels.
     """
     _check("img_s", img_s, (depth_t.shape[0], None, depth_t.shape[2], depth_t.shape[3]))
-    points_s = transform_points(T_t2s, backproject(depth_t, K))
-    pixels, _ = project(points_s, K)
+    pixels, _ = reproject(depth_t, T_t2s, K)
     warped = F.grid_sample(img_s, pixels_to_grid(pixels), mode="bilinear", padding_mode=padding_mode, align_corners=True)
     return warped, pixels
 

@@ -36,6 +36,14 @@ def box_mean3(x: torch.Tensor) -> torch.Tensor:
     return (rows[..., :-2, :] + rows[..., 1:-1, :] + rows[..., 2:, :]) / 9
 
 
+def reflect_pad1(x: torch.Tensor) -> torch.Tensor:
+    """`F.pad(x, (1, 1, 1, 1), mode="reflect")` as copies of the second and second-to-last rows and
+    columns: the same values; under torch.compile its backward is slices and sums that fuse with
+    SSIM's, about 6 % faster for the photometric error than the padding op's (`bench/train_step.py`)."""
+    x = torch.cat([x[..., 1:2], x, x[..., -2:-1]], dim=-1)
+    return torch.cat([x[..., 1:2, :], x, x[..., -2:-1, :]], dim=-2)
+
+
 def ssim_box3(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """SSIM map over 3x3 box windows with reflection padding (monodepth2's form).
 
@@ -44,7 +52,7 @@ def ssim_box3(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     Returns:
         (B, C, H, W) SSIM, 1 where the images agree.
     """
-    x, y = F.pad(x, (1, 1, 1, 1), mode="reflect"), F.pad(y, (1, 1, 1, 1), mode="reflect")
+    x, y = reflect_pad1(x), reflect_pad1(y)
     mu_x, mu_y = box_mean3(x), box_mean3(y)
     sigma_x = box_mean3(x * x) - mu_x**2
     sigma_y = box_mean3(y * y) - mu_y**2

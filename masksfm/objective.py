@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from masksfm.config import LossConfig
-from masksfm.geometry import backproject, invert_pose, inverse_warp, pose_vec_to_mat, scale_intrinsics, transform_points
+from masksfm.geometry import invert_pose, inverse_warp, pose_vec_to_mat, reproject, scale_intrinsics
 from masksfm.losses import (
     automasked_reprojection,
     below_mean_mask,
@@ -42,6 +42,7 @@ from masksfm.losses import (
     velocity_change,
 )
 from masksfm.masks import compute_masks
+from masksfm.networks.layers import upsample_bilinear
 
 MASK_NAMES = ("edge", "overlap", "blank", "combined")
 
@@ -248,7 +249,7 @@ def _resize(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     if mode == "bilinear":
-        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        return upsample_bilinear(x, size)
     return F.interpolate(x, size=size, mode=mode)
 
 
@@ -268,6 +269,20 @@ class _Pairs:
     masks: torch.Tensor | None = None
     in_view: torch.Tensor | None = None
     consistency: bool = False  # also warp the other depth map (loss.consistency_weight > 0)
+    _frames: dict = field(default_factory=dict)
+
+    def frames(self, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The frames reconstructed, the frames warped into them and their intrinsics at `size`, in the
+        warp's order: computed once per size, so the 4 upsampled scales share one copy."""
+        if size not in self._frames:
+            h, w = self.target.shape[-2:]
+            K = self.K if size == (h, w) else scale_intrinsics(self.K, size[1] / w, size[0] / h)
+            tgt, src = _resize(self.target, size, "area"), _resize(self.source, size, "area")
+            if self.both_directions:
+                self._frames[size] = torch.cat([tgt, src]), torch.cat([src, tgt]), torch.cat([K, K])
+            else:
+                self._frames[size] = tgt, src, K
+        return self._frames[size]
 
 
 def consistency_term(rec: Reconstruction, cfg: LossConfig) -> torch.Tensor:
@@ -280,21 +295,15 @@ def consistency_term(rec: Reconstruction, cfg: LossConfig) -> torch.Tensor:
 def _reconstruct(pairs: _Pairs, scale: int, disp: torch.Tensor, disp_full: torch.Tensor, cfg: LossConfig,
                  explainability: torch.Tensor | None) -> Reconstruction:
     """Warp every pair at one scale: at full size (`loss.scales=upsample`) or at the scale's own."""
-    h, w = pairs.target.shape[-2:]
     if cfg.scales == "upsample":
-        size, K_s, disp_s = (h, w), pairs.K, disp_full
-        explainability = None if explainability is None else _resize(explainability, (h, w), "bilinear")
+        disp_s = disp_full
+        explainability = None if explainability is None else _resize(explainability, disp_full.shape[-2:], "bilinear")
     else:
-        size = tuple(disp.shape[-2:])
-        K_s, disp_s = scale_intrinsics(pairs.K, size[1] / w, size[0] / h), disp
-    tgt = _resize(pairs.target, size, "area")
-    src = _resize(pairs.source, size, "area")
+        disp_s = disp
+    size = tuple(disp_s.shape[-2:])
+    compare, unwarped, K_w = pairs.frames(size)
     depth_t, depth_s = pair_frames(1.0 / disp_s, pairs.length)
-    if pairs.both_directions:
-        unwarped, depth, K_w, compare = torch.cat([src, tgt]), torch.cat([depth_t, depth_s]), torch.cat([K_s, K_s]), \
-            torch.cat([tgt, src])
-    else:
-        unwarped, depth, K_w, compare = src, depth_t, K_s, tgt
+    depth = torch.cat([depth_t, depth_s]) if pairs.both_directions else depth_t
     inconsistency = None
     if pairs.consistency:
         # The other frame's depth map is warped along with its image (one more channel, one warp).
@@ -302,8 +311,7 @@ def _reconstruct(pairs: _Pairs, scale: int, disp: torch.Tensor, disp_full: torch
         warped, _ = inverse_warp(torch.cat([unwarped, other_depth], dim=1), depth, pairs.T, K_w,
                                  padding_mode=pairs.padding)
         warped, sampled = warped[:, :-1], warped[:, -1:]
-        projected = transform_points(pairs.T, backproject(depth, K_w))[:, 2:3]
-        inconsistency = depth_inconsistency(projected, sampled)
+        inconsistency = depth_inconsistency(reproject(depth, pairs.T, K_w)[1], sampled)
     else:
         warped, _ = inverse_warp(unwarped, depth, pairs.T, K_w, padding_mode=pairs.padding)
     channel_error = None

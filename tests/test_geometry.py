@@ -127,3 +127,18 @@ class TestInverseWarp:
             return G.inverse_warp(img, depth, G.pose_vec_to_mat(vec), K, padding_mode="border")[0]
 
         assert torch.autograd.gradcheck(f, (depth, vec))
+
+
+def test_reproject_is_backproject_transform_project():
+    """The one-matrix reprojection lands every pixel where the three steps do, and gives the same source
+    depth, also for points that end up behind the source camera (z clamped alike)."""
+    g = torch.Generator().manual_seed(3)
+    depth = torch.rand(3, 1, 12, 20, generator=g, dtype=torch.float64) * 30 + 0.5
+    T = G.pose_vec_to_mat(torch.randn(3, 6, generator=g, dtype=torch.float64) * torch.tensor([2, 2, 20, .2, .2, .2]))
+    K = kitti_like_K(3, width=20, height=12)
+    points = G.transform_points(T, G.backproject(depth, K))
+    pixels, z = G.project(points, K)
+    assert (z < 0).any() and (z > 0).any()
+    fused_pixels, fused_z = G.reproject(depth, T, K)
+    assert torch.allclose(fused_z, z, rtol=1e-12, atol=1e-9)
+    assert torch.allclose(fused_pixels, pixels, rtol=1e-9, atol=1e-6)

@@ -284,3 +284,8 @@ class TestVelocityChange:
         vec = torch.tensor([[0.0, 0.0, -1.0, 0.0, 0.0, 0.0], [0.0, 0.1, 1.2, 0.0, 0.02, 0.0]], requires_grad=True)
         L.velocity_change(pose_vec_to_mat(vec), 3).sum().backward()
         assert vec.grad[:, :3].abs().sum() > 0
+
+
+def test_reflect_pad1_is_reflection_padding():
+    x = torch.rand(2, 3, 5, 7, dtype=torch.float64)
+    assert torch.equal(L.reflect_pad1(x), torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect"))

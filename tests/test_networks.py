@@ -379,3 +379,20 @@ class TestExport:
         assert torch.allclose(poses, poses_ref, atol=1e-7)
         for m, m_ref in zip(masks, masks_ref):
             assert torch.allclose(m, m_ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("size_in,size_out", [((16, 52), (128, 416)), ((3, 7), (6, 14)), ((5, 9), (12, 31))])
+def test_upsample_bilinear_is_interpolates(size_in, size_out):
+    """The two-matrix bilinear upsampling gives F.interpolate's values and gradients (align_corners=False,
+    edges clamped), also for sizes that are not a power of two apart."""
+    import torch.nn.functional as F
+
+    from masksfm.networks.layers import upsample_bilinear
+
+    x = torch.rand(2, 3, *size_in, dtype=torch.float64, requires_grad=True)
+    weights = torch.rand(2, 3, *size_out, dtype=torch.float64)
+    ours = upsample_bilinear(x, size_out)
+    (grad_ours,) = torch.autograd.grad((ours * weights).sum(), x)
+    theirs = F.interpolate(x, size=size_out, mode="bilinear", align_corners=False)
+    (grad_theirs,) = torch.autograd.grad((theirs * weights).sum(), x)
+    assert torch.allclose(ours, theirs, atol=1e-12) and torch.allclose(grad_ours, grad_theirs, atol=1e-12)

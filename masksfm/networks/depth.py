@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from masksfm.errors import MasksfmError
-from masksfm.networks.layers import NUM_SCALES, check_image, crop_like, normalize_image, xavier_init
+from masksfm.networks.layers import NUM_SCALES, check_image, crop_like, normalize_image, upsample_bilinear, xavier_init
 from masksfm.networks.resnet import RESNET18_CHANNELS, ResNet18Encoder, load_resnet18_weights
 
 # SfMLearner's disparity activation: disp in (0.01, 10.01), depth in (0.1, 100).
@@ -115,7 +115,7 @@ class DispNet(nn.Module):
             if level >= 2:
                 parts.append(skip)
             if level <= 3:
-                parts.append(crop_like(F.interpolate(disps[-1], scale_factor=2, mode="bilinear", align_corners=False), skip))
+                parts.append(crop_like(upsample_bilinear(disps[-1], (2 * disps[-1].shape[-2], 2 * disps[-1].shape[-1])), skip))
             x = iconv(torch.cat(parts, dim=1))
             if level <= 4:
                 disps.append(disparity(self.predict_disp[4 - level](x)))
