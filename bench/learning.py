@@ -53,12 +53,13 @@ from ablation import _plain, list_variants, parse_bench_args, run_tasks, same_co
 
 from masksfm.config import Config, load_config  # noqa: E402
 from masksfm.data.layout import load_split  # noqa: E402
-from masksfm.evaluation import relative_pose_errors, snippet_ates, trajectory_metrics  # noqa: E402
+from masksfm.evaluation import own_snippet_ates, relative_pose_errors, snippet_ates, trajectory_metrics  # noqa: E402
 from masksfm.inference import (  # noqa: E402
     evaluate_depth_items,
     folder_predictor,
     predict_disparity,
-    predict_relative_poses,
+    chain_snippet_poses,
+    predict_snippet_poses,
     scene_items,
     sequence_frames,
 )
@@ -79,6 +80,8 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "pose-lr16": ("default", ["optim.pose_lr_scale=16"], "the default with the pose net's learning rate x16"),
     "scales-down": ("default", ["loss.scales=downsample"],
                     "the default with each scale's error at its own size (SfMLearner's, the authors'), not upsampled"),
+    "snippet5": ("default", ["data.snippet_length=5"],
+                 "the default on 5-frame snippets: the pose net gives a snippet's 4 poses in one call (SfMLearner's odometry setting)"),
     "scales3": ("default", ["loss.num_scales=3"],
                 "the default with the 3 finest scales in the loss, not 4 (a quarter of the objective's cost)"),
     "source-depth-nograd": ("default", ["model.source_depth_grad=false"],
@@ -97,11 +100,11 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
                     "pose-lr1, SC-SfMLearner's geometric (depth scale) consistency, weight 0.5"),
 }
 DEPTH = ("abs_rel", "rmse", "a1")
-POSE = ("ate5", "ate3", "ate_rmse", "rpe_trans", "rpe_rot")
+POSE = ("ate5", "ate3", "ate_own", "ate_rmse", "rpe_trans", "rpe_rot")
 METRICS = DEPTH + POSE
 # Where the pose error comes from, per consecutive pair (`masksfm.evaluation.relative_pose_errors`).
 PARTS = ("direction_err", "speed_spread", "rotation_err")
-LOWER_IS_BETTER = {"abs_rel", "rmse", "ate5", "ate3", "ate_rmse", "rpe_trans", "rpe_rot"}
+LOWER_IS_BETTER = {"abs_rel", "rmse", "ate5", "ate3", "ate_own", "ate_rmse", "rpe_trans", "rpe_rot"}
 PEERS = {"sfp_600": "SfmLearner-Pytorch, 600 steps (its code, its defaults)",
          "md2_600": "monodepth2, 600 steps (its code, ResNet-18 from scratch)",
          "sfp_eqtime": "SfmLearner-Pytorch for masksfm's 600-step wall time (its driver's --seconds; its steps in its train.json)",
@@ -121,9 +124,12 @@ def run_config(variant: str, seed: int, args) -> Config:
     ])
 
 
-def pose_figures(rel_by_scene: dict[str, np.ndarray], scenes) -> dict[str, float]:
+def pose_figures(rel_by_scene: dict[str, np.ndarray], scenes,
+                 snippets_by_scene: dict[str, np.ndarray] | None = None) -> dict[str, float]:
     """Snippet ATE (5 and 3 frames, over every snippet), and the mean over scenes of the trajectory
-    metrics and of the relative-pose error's parts, from relative poses `inv(P_i) @ P_{i+1}` per scene."""
+    metrics and of the relative-pose error's parts, from relative poses `inv(P_i) @ P_{i+1}` per scene;
+    with the pose net's snippets (`predict_snippet_poses`), the ATE of its own L-frame snippets
+    (`ate_own`, one call each: SfMLearner's test_pose) and L (`own_length`)."""
     ate5, ate3, per_scene = [], [], []
     for scene in scenes:
         rel = rel_by_scene[scene.name]
@@ -133,6 +139,11 @@ def pose_figures(rel_by_scene: dict[str, np.ndarray], scenes) -> dict[str, float
                           **relative_pose_errors(rel, scene.poses)})
     out = {"ate5": float(np.concatenate(ate5).mean()), "ate3": float(np.concatenate(ate3).mean())}
     out.update({key: float(np.mean([t[key] for t in per_scene])) for key in ("ate_rmse", "rpe_trans", "rpe_rot") + PARTS})
+    out["ate_own"], out["own_length"] = math.nan, math.nan
+    if snippets_by_scene is not None:
+        out["ate_own"] = float(np.concatenate([own_snippet_ates(snippets_by_scene[scene.name], scene.poses)
+                                               for scene in scenes]).mean())
+        out["own_length"] = int(next(iter(snippets_by_scene.values())).shape[1])
     return out
 
 
@@ -152,9 +163,10 @@ def score(run_dir: Path, data: Path) -> dict[str, float]:
     frames = [sequence_frames(scene, config.data.height, config.data.width) for scene in scenes]
     flat = [d[0].numpy() for f in frames for d in predict_disparity(model.depth_net, f, device)]
     depth = evaluate_depth_items(scene_items(scenes), lambda indices, batch: [flat[k] for k in indices])
-    rel = {scene.name: predict_relative_poses(model.pose_net, f, config.data.snippet_length, device)
-           for scene, f in zip(scenes, frames)}
-    return {**{key: depth[key] for key in DEPTH}, **pose_figures(rel, scenes)}
+    snippets = {scene.name: predict_snippet_poses(model.pose_net, f, config.data.snippet_length, device)
+                for scene, f in zip(scenes, frames)}
+    rel = {name: chain_snippet_poses(poses) for name, poses in snippets.items()}
+    return {**{key: depth[key] for key in DEPTH}, **pose_figures(rel, scenes, snippets)}
 
 
 def baselines(data: Path) -> dict[str, float]:
@@ -233,9 +245,10 @@ def _cell(mean: float, std: float, digits: int) -> str:
 
 
 def markdown(table: dict[str, dict], what: dict[str, str], args, command: str) -> str:
-    digits = {"abs_rel": 3, "rmse": 2, "a1": 3, "ate5": 4, "ate3": 4, "ate_rmse": 3, "rpe_trans": 3, "rpe_rot": 3}
-    heads = ("abs_rel ↓", "rmse ↓", "a1 ↑", "ATE 5-frame (m) ↓", "ATE 3-frame (m) ↓", "traj. ATE (m) ↓",
-             "RPE trans (m) ↓", "RPE rot (°) ↓")
+    digits = {"abs_rel": 3, "rmse": 2, "a1": 3, "ate5": 4, "ate3": 4, "ate_own": 4, "ate_rmse": 3, "rpe_trans": 3,
+              "rpe_rot": 3}
+    heads = ("abs_rel ↓", "rmse ↓", "a1 ↑", "ATE 5-frame (m) ↓", "ATE 3-frame (m) ↓", "ATE own snippet (m) ↓",
+             "traj. ATE (m) ↓", "RPE trans (m) ↓", "RPE rot (°) ↓")
     lines = [
         "# Learning: the recipe against the trivial guesses and the peers",
         "",
@@ -246,7 +259,11 @@ def markdown(table: dict[str, dict], what: dict[str, str], args, command: str) -
         f"Budget per run: {args.steps} steps at batch 4, {args.height}x{args.width}, from scratch. One synthetic "
         f"street set per seed ({args.scenes} scenes x {args.frames} frames, `masksfm synth --seed "
         f"{args.first_seed}+k`), training seed k; mean ± sample std over the seeds. Baselines: a constant depth "
-        "(median-scaled) and straight ahead at a constant speed (scale aligned per snippet / trajectory).",
+        "(median-scaled) and straight ahead at a constant speed (scale aligned per snippet / trajectory). "
+        "The 5- and 3-frame snippet ATEs chain consecutive pairs, each read from the pose net's snippet centred "
+        "nearest to its later frame; 'ATE own snippet' scores each of the net's own L-frame snippets from the one "
+        "call that predicts it (SfMLearner's test_pose; L = data.snippet_length), and its ratio is to the guess's "
+        "ATE over snippets of the same length.",
         "",
         "| method | n | " + " | ".join(heads) + " |",
         "|---|---|" + "---|" * len(heads),
@@ -313,8 +330,8 @@ def main(argv: list[str] | None = None) -> dict:
             done = run_dir / "result.json"
             stored = json.loads(done.read_text()) if done.is_file() else None
             if stored is not None and same_config(stored.get("config"), run_config(variant, k, args)):
-                if any(key not in stored for key in PARTS) and (run_dir / "checkpoints").is_dir():
-                    stored.update(score(run_dir, sets[seed]))  # a run scored before the parts were measured
+                if any(key not in stored for key in (*PARTS, "ate_own")) and (run_dir / "checkpoints").is_dir():
+                    stored.update(score(run_dir, sets[seed]))  # a run scored before these figures were measured
                     done.write_text(json.dumps(stored, indent=1))
                 results.append(stored)
             else:
@@ -330,7 +347,9 @@ def main(argv: list[str] | None = None) -> dict:
                 f"{m} {result[m]:.4f}" for m in METRICS) + f" (train {result['train_s']:.0f} s)", flush=True)
 
     def with_ratios(row: dict, seed: int) -> dict:
-        return {**row, **{f"{m}/base": row[m] / base[seed][m] for m in METRICS}}
+        # The net's own snippets against the guess's snippets of the same length.
+        guess = {**base[seed], "ate_own": base[seed].get({5: "ate5", 3: "ate3"}.get(row.get("own_length")), math.nan)}
+        return {**row, **{f"{m}/base": row.get(m, math.nan) / guess[m] for m in METRICS}}
 
     table = {"baseline": summarize([with_ratios(base[s], s) for s in seeds])}
     what = {"baseline": "constant depth / straight ahead at constant speed"}

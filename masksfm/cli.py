@@ -137,9 +137,11 @@ def cmd_eval_pose(args) -> None:
     from masksfm.inference import run_eval_pose
 
     results = run_eval_pose(args.run, args.data, args.split, args.out, args.device, refine=args.refine)
-    keys = ["ate_mean", "ate_std", "ate3_mean", "ate3_std", "ate_rmse", "rpe_trans", "rpe_rot", "t_rel", "r_rel"]
-    table = Table(title=f"pose, split {args.split} (snippet ATE: 5 frames (ate) and 3 frames (ate3), metres; "
-                        f"trajectories in {results.pop('out')})")
+    keys = ["ate_mean", "ate_std", "ate3_mean", "ate3_std", "ate_own_mean", "ate_own_std", "ate_rmse", "rpe_trans",
+            "rpe_rot", "t_rel", "r_rel"]
+    table = Table(title=f"pose, split {args.split} (snippet ATE, metres: 5 frames (ate) and 3 frames (ate3) chained "
+                        f"from consecutive pairs, the net's own {results.get('snippet_length', '?')}-frame snippets "
+                        f"(ate_own); trajectories in {results.pop('out')})")
     table.add_column("scene")
     for key in keys:
         table.add_column(key, justify="right")

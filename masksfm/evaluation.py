@@ -294,6 +294,23 @@ def snippet_ates(rel_poses: np.ndarray, gt_poses: np.ndarray, length: int = SNIP
     return _snippet_ates(gt_xyz, pred_xyz)
 
 
+def own_snippet_ates(snippet_poses: np.ndarray, gt_poses: np.ndarray) -> np.ndarray:
+    """:func:`snippet_ate` of each snippet from the one pose-net call that predicts it (SfMLearner's
+    `test_pose.py`: the net's L-frame snippets as they are, nothing chained across calls).
+
+    Args:
+        snippet_poses: (N − L + 1, L, 4, 4) T_{c→k} of the snippet centred on c = L//2 + j, the
+            identity at k = L//2 (:func:`masksfm.inference.predict_snippet_poses`).
+        gt_poses: (N, 4, 4) ground-truth camera-to-world poses, metres.
+    Returns:
+        (N − L + 1,) ATE per snippet, metres.
+    """
+    length = snippet_poses.shape[1]
+    # inv(P_k) @ P_{k+1} = T_{c→k} · inv(T_{c→k+1}) within each snippet.
+    rel = snippet_poses[:, :-1] @ np.linalg.inv(snippet_poses[:, 1:])
+    return np.array([snippet_ates(rel[j], gt_poses[j:j + length], length)[0] for j in range(len(snippet_poses))])
+
+
 def rotation_angles(R: np.ndarray) -> np.ndarray:
     """Angles of rotation matrices, radians: (..., 3, 3) -> (...).
 

@@ -19,6 +19,7 @@ from masksfm.evaluation import (
     EvaluationInputError,
     depth_metrics,
     mean_metrics,
+    own_snippet_ates,
     prediction_to_depth_at,
     snippet_ates,
 )
@@ -186,26 +187,25 @@ def evaluate_depth(depth_net: torch.nn.Module, scenes: Sequence[Scene], height: 
 
 
 @torch.no_grad()
-def predict_relative_poses(pose_net: torch.nn.Module, frames: torch.Tensor, snippet_length: int,
-                           device: torch.device, batch_size: int = 16) -> np.ndarray:
-    """Relative poses between consecutive frames of a sequence, from a snippet pose net.
+def predict_snippet_poses(pose_net: torch.nn.Module, frames: torch.Tensor, snippet_length: int,
+                          device: torch.device, batch_size: int = 16) -> np.ndarray:
+    """The pose net's own output for every snippet of a sequence, one call per snippet.
 
-    Every frame c with a full snippet around it is a target; the net gives T_{c→s} for its sources.
-    The pair (i, i+1) is read from the snippet centred nearest to i+1 that contains both frames:
-    `inv(P_i) @ P_{i+1}` = T_{(i+1)→i} = T_{c→i} · inv(T_{c→(i+1)}) (T_{c→c} = identity).
+    Every frame c with a full snippet of L frames around it is a target; the net gives T_{c→s} for
+    its sources.
 
     Args:
         frames: (N, 3, h, w) in [0, 1] at the net's size, N >= snippet_length.
     Returns:
-        (N − 1, 4, 4) float64, element i = inv(P_i) @ P_{i+1} (camera-to-world convention of
-        `masksfm.trajectory.chain_relative_poses`).
+        (N − L + 1, L, 4, 4) float64, element [j, k] = T_{c→(c − L//2 + k)} for the centre
+        c = L//2 + j (the identity at k = L//2).
     """
     n, half = len(frames), snippet_length // 2
     if n < snippet_length:
         raise MasksfmError(f"a sequence of {n} frames is shorter than the {snippet_length}-frame snippet")
     pose_net.eval()
     centers = list(range(half, n - half))
-    to_source: dict[int, torch.Tensor] = {}  # center -> (L, 4, 4) T_{c→frame c-half+k}
+    snippet_poses = []
     for start in range(0, len(centers), batch_size):
         chunk = centers[start:start + batch_size]
         snippets = torch.stack([frames[c - half:c + half + 1] for c in chunk]).to(device)
@@ -214,15 +214,35 @@ def predict_relative_poses(pose_net: torch.nn.Module, frames: torch.Tensor, snip
         poses = out[0] if isinstance(out, tuple) else out
         T = pose_vec_to_mat(poses.reshape(-1, 6).double()).view(len(chunk), snippet_length - 1, 4, 4).cpu()
         eye = torch.eye(4, dtype=torch.float64).expand(len(chunk), 1, 4, 4)
-        T = torch.cat([T[:, :half], eye, T[:, half:]], dim=1)
-        for c, Tc in zip(chunk, T):
-            to_source[c] = Tc
-    rel = []
-    for i in range(n - 1):
-        c = min(max(i + 1, half), n - 1 - half)
-        Tc = to_source[c]
-        rel.append(Tc[i - c + half] @ invert_pose(Tc[i + 1 - c + half]))
-    return torch.stack(rel).numpy()
+        snippet_poses.append(torch.cat([T[:, :half], eye, T[:, half:]], dim=1))
+    return torch.cat(snippet_poses).numpy()
+
+
+def chain_snippet_poses(snippet_poses: np.ndarray) -> np.ndarray:
+    """Relative poses between consecutive frames of a sequence from its snippets' poses.
+
+    The pair (i, i+1) is read from the snippet centred nearest to i+1 that contains both frames:
+    `inv(P_i) @ P_{i+1}` = T_{(i+1)→i} = T_{c→i} · inv(T_{c→(i+1)}).
+
+    Args:
+        snippet_poses: (N − L + 1, L, 4, 4), :func:`predict_snippet_poses`.
+    Returns:
+        (N − 1, 4, 4) float64, element i = inv(P_i) @ P_{i+1} (camera-to-world convention of
+        `masksfm.trajectory.chain_relative_poses`).
+    """
+    length = snippet_poses.shape[1]
+    half, n = length // 2, len(snippet_poses) + length - 1
+    centres = np.clip(np.arange(1, n), half, n - 1 - half)
+    Tc = snippet_poses[centres - half]  # (N − 1, L, 4, 4)
+    rows = np.arange(n - 1)
+    return Tc[rows, rows - centres + half] @ invert_pose(torch.from_numpy(Tc[rows, rows + 1 - centres + half])).numpy()
+
+
+def predict_relative_poses(pose_net: torch.nn.Module, frames: torch.Tensor, snippet_length: int,
+                           device: torch.device, batch_size: int = 16) -> np.ndarray:
+    """Relative poses between consecutive frames of a sequence, from a snippet pose net:
+    :func:`chain_snippet_poses` of :func:`predict_snippet_poses`, (N − 1, 4, 4) float64."""
+    return chain_snippet_poses(predict_snippet_poses(pose_net, frames, snippet_length, device, batch_size))
 
 
 def is_prediction_folder(run: Path) -> bool:
@@ -264,11 +284,14 @@ def sequence_frames(scene: Scene, height: int, width: int) -> torch.Tensor:
     return torch.cat([frames_to_tensor(scene.read_frame(i)[None], height, width) for i in range(len(scene))])
 
 
-def sequence_pose_results(scene: Scene, rel: np.ndarray, folder: Path | None = None) -> tuple[np.ndarray, dict]:
+def sequence_pose_results(scene: Scene, rel: np.ndarray, folder: Path | None = None,
+                          snippet_poses: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
     """Pose metrics of one sequence from its predicted relative poses (inv(P_i) @ P_{i+1}).
 
     Returns the 5-frame snippet ATEs and a dict with `ate_mean`, `ate_std` (5-frame snippets),
-    `ate3_mean`, `ate3_std` (3-frame snippets, as the authors' `test_pose.py` with their net), `ate_rmse`,
+    `ate3_mean`, `ate3_std` (3-frame snippets; both chained from the consecutive pairs),
+    with `snippet_poses` (:func:`predict_snippet_poses`) `ate_own_mean`, `ate_own_std` and
+    `snippet_length` (the net's own L-frame snippets, one call each: `own_snippet_ates`), `ate_rmse`,
     `rpe_trans`, `rpe_rot` (full trajectory, Sim(3)-aligned), where the frame-to-frame error comes from
     (`direction_err`, `speed_spread`, `rotation_err`: :func:`masksfm.evaluation.relative_pose_errors`)
     and, when the drive is over 100 m, KITTI's `t_rel`, `r_rel`. With `folder`, the trajectory (in the
@@ -279,7 +302,7 @@ def sequence_pose_results(scene: Scene, rel: np.ndarray, folder: Path | None = N
     from masksfm.trajectory import chain_relative_poses, plot_trajectories, write_tum
 
     trajectory = scene.poses[0] @ chain_relative_poses(rel)
-    result = snippet_summary([(rel, scene.poses)])
+    result = snippet_summary([(rel, scene.poses)], None if snippet_poses is None else [(snippet_poses, scene.poses)])
     result.update(trajectory_metrics(scene.poses, trajectory))
     result.update(relative_pose_errors(rel, scene.poses))
     result.update(kitti_odometry_metrics(scene.poses, trajectory) or {})
@@ -291,18 +314,25 @@ def sequence_pose_results(scene: Scene, rel: np.ndarray, folder: Path | None = N
     return snippet_ates(rel, scene.poses), result
 
 
-def snippet_summary(sequences: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+def snippet_summary(sequences: list[tuple[np.ndarray, np.ndarray]],
+                    own: list[tuple[np.ndarray, np.ndarray]] | None = None) -> dict[str, float]:
     """Mean and std of the snippet ATE over every snippet of every sequence: `ate_mean`, `ate_std`
-    (5 frames, the protocol) and `ate3_mean`, `ate3_std` (3 frames, as the authors' `test_pose.py`
-    with their 3-frame net).
+    (5 frames, the protocol) and `ate3_mean`, `ate3_std` (3 frames), chained from the consecutive
+    pairs; with `own`, `ate_own_mean`, `ate_own_std` of the net's own snippets (SfMLearner's and the
+    authors' `test_pose.py`: one call per snippet of the net's length, `snippet_length`).
 
     Args:
         sequences: (rel_poses (N-1, 4, 4), gt_poses (N, 4, 4)) per sequence, as `snippet_ates` takes them.
+        own: (snippet_poses (N-L+1, L, 4, 4), gt_poses (N, 4, 4)) per sequence, as `own_snippet_ates` takes them.
     """
     out = {}
     for key, length in (("ate", 5), ("ate3", 3)):
         ates = np.concatenate([snippet_ates(rel, gt, length) for rel, gt in sequences])
         out[f"{key}_mean"], out[f"{key}_std"] = float(ates.mean()), float(ates.std())
+    if own:
+        ates = np.concatenate([own_snippet_ates(snippets, gt) for snippets, gt in own])
+        out["ate_own_mean"], out["ate_own_std"] = float(ates.mean()), float(ates.std())
+        out["snippet_length"] = int(own[0][0].shape[1])
     return out
 
 
@@ -329,16 +359,18 @@ def run_eval_pose(run: Path, data: Path, split: str = "test", out: Path | None =
     run = Path(run)
     if out is None:
         out = run / "eval" / f"pose-{split}" if run.is_dir() else run.parent / f"{run.stem}-pose-{split}"
-    predicted, refined, sequences = [], [], {}
+    predicted, own, refined, sequences = [], [], [], {}
     bar = progress_bar(len(scenes), "eval pose", "scene", enabled=progress)
     for scene in scenes:
         bar.update()
         if len(scene) < max(config.data.snippet_length, 5):
             continue
         frames = sequence_frames(scene, config.data.height, config.data.width)
-        rel = predict_relative_poses(model.pose_net, frames, config.data.snippet_length, dev)
-        _, sequences[scene.name] = sequence_pose_results(scene, rel, out / scene.name)
+        snippets = predict_snippet_poses(model.pose_net, frames, config.data.snippet_length, dev)
+        rel = chain_snippet_poses(snippets)
+        _, sequences[scene.name] = sequence_pose_results(scene, rel, out / scene.name, snippets)
         predicted.append((rel, scene.poses))
+        own.append((snippets, scene.poses))
         if refine is not None:
             K = scale_intrinsics(scene.K, config.data.width / scene.size[1], config.data.height / scene.size[0])
             rel = refine_relative_poses(model.depth_net, frames, rel, K, dev, iterations=refine)
@@ -347,7 +379,7 @@ def run_eval_pose(run: Path, data: Path, split: str = "test", out: Path | None =
     if not predicted:
         raise MasksfmError(f"{data}: no scene of split {split!r} is long enough for 5-frame snippets")
     bar.close()
-    results = {**snippet_summary(predicted), "sequences": sequences, "out": str(out)}
+    results = {**snippet_summary(predicted, own), "sequences": sequences, "out": str(out)}
     if refine is not None:
         results["refined"] = {**snippet_summary(refined), "iterations": refine}
     return results

@@ -97,9 +97,12 @@ def test_eval_pose_json_and_files(tiny_run, synth_dataset, tmp_path):
     main(["eval", "pose", str(tiny_run), str(synth_dataset), "--json", str(out_json), "--out", str(out_dir)])
     results = json.loads(out_json.read_text())
     assert {"ate_mean", "ate_std", "sequences"} <= set(results)
+    # The net's own 3-frame snippets (one call each) are 3-frame snippets like the chained ones, scored apart.
+    assert results["snippet_length"] == 3 and results["ate_own_mean"] > 0
+    assert results["ate_own_mean"] != pytest.approx(results["ate3_mean"], rel=1e-9)
     (name, seq), = results["sequences"].items()
     assert {"ate_mean", "ate_std", "ate_rmse", "rpe_trans", "rpe_rot", "direction_err", "speed_spread",
-            "rotation_err"} <= set(seq)
+            "rotation_err", "ate_own_mean"} <= set(seq)
     for suffix in ("kitti.txt", "tum.txt", "png"):
         assert (out_dir / name / f"trajectory.{suffix}").is_file()
     from evo.tools import file_interface

@@ -34,10 +34,17 @@ def test_quick_learning_bench_runs_scores_and_resumes(tmp_path):
     for key in ("direction_err", "speed_spread", "rotation_err"):
         assert baseline[key][0] > 0 and default[key][0] > 0
     assert baseline["parts_n"] == default["parts_n"] == 1
+    # The net's own 3-frame snippets, against the guess's 3-frame snippets; the guess has no snippets of its own.
+    run = json.loads(next((tmp_path / "work").glob("*steps/default/seed*/result.json")).read_text())
+    assert run["own_length"] == 3 and run["ate_own"] > 0
+    assert default["ate_own/base"][0] == pytest.approx(run["ate_own"] / baseline["ate3"][0])
+    assert baseline["ate_own"][0] != baseline["ate_own"][0]  # NaN: "—" in the table
     # A run scored before the parts existed gets them on the next call, from its checkpoints, not retrained.
     result_file = next((tmp_path / "work").glob("*steps/default/seed*/result.json"))
     stored = json.loads(result_file.read_text())
-    result_file.write_text(json.dumps({k: v for k, v in stored.items() if k != "direction_err"}))
+    result_file.write_text(json.dumps({k: v for k, v in stored.items() if k not in ("direction_err", "ate_own")}))
     again = run_bench(tmp_path)
     assert again.returncode == 0 and "1 runs done before, 0 to run" in again.stdout
-    assert json.loads(result_file.read_text())["direction_err"] == pytest.approx(stored["direction_err"])
+    rescored = json.loads(result_file.read_text())
+    assert rescored["direction_err"] == pytest.approx(stored["direction_err"])
+    assert rescored["ate_own"] == pytest.approx(stored["ate_own"])

@@ -192,6 +192,44 @@ class TestSnippetATE:
         assert ev.snippet_ates(relative_poses(gt), gt).shape == (0,)
 
 
+class TestOwnSnippetATE:
+    """The net's own snippets, one call each (SfMLearner's test_pose), against chaining pairs across calls."""
+
+    @staticmethod
+    def snippet_poses(gt: np.ndarray, length: int, scales) -> np.ndarray:
+        """T_{c→k} = inv(P_k) @ P_c of every snippet, each call's translations times its own scale."""
+        half = length // 2
+        out = np.stack([np.stack([np.linalg.inv(gt[k]) @ gt[c] for k in range(c - half, c + half + 1)])
+                        for c in range(half, len(gt) - half)])
+        out[:, :, :3, 3] *= np.asarray(scales, dtype=np.float64)[:, None, None]
+        return out
+
+    def test_exact_calls_score_zero_whatever_their_scale(self):
+        from masksfm.inference import chain_snippet_poses
+
+        gt = curved_drive(12, seed=3)
+        exact = self.snippet_poses(gt, 5, np.ones(8))
+        assert np.abs(ev.own_snippet_ates(exact, gt)).max() < 1e-12
+        assert np.abs(ev.snippet_ates(chain_snippet_poses(exact), gt, 5)).max() < 1e-12
+        # Each call at its own scale (a depth scale that changes from frame to frame): every snippet is
+        # still exact up to its scale, but the chain mixes the calls' scales.
+        scaled = self.snippet_poses(gt, 5, 1.0 + 0.2 * np.arange(8))
+        assert ev.own_snippet_ates(scaled, gt).shape == (8,)
+        assert np.abs(ev.own_snippet_ates(scaled, gt)).max() < 1e-12
+        assert ev.snippet_ates(chain_snippet_poses(scaled), gt, 5).mean() > 0.01
+
+    def test_chaining_reads_each_pair_from_the_nearest_snippet(self):
+        from masksfm.inference import chain_snippet_poses
+
+        gt = curved_drive(9, seed=1)
+        scales = 1.0 + np.arange(7)  # call j (centre j + 1) at scale j + 1: a pair's scale names its call
+        rel = chain_snippet_poses(self.snippet_poses(gt, 3, scales))
+        true_rel = np.linalg.inv(gt[:-1]) @ gt[1:]
+        ratio = np.linalg.norm(rel[:, :3, 3], axis=1) / np.linalg.norm(true_rel[:, :3, 3], axis=1)
+        # Pair (i, i+1) from the snippet centred on i + 1 (call i), the last from the last snippet.
+        assert ratio == pytest.approx([1, 2, 3, 4, 5, 6, 7, 7])
+
+
 class TestRelativePoseErrors:
     def test_exact_and_scaled_predictions_have_no_error(self):
         gt = curved_drive(30)
