@@ -39,7 +39,8 @@ def box_mean3(x: torch.Tensor) -> torch.Tensor:
 def reflect_pad1(x: torch.Tensor) -> torch.Tensor:
     """`F.pad(x, (1, 1, 1, 1), mode="reflect")` as copies of the second and second-to-last rows and
     columns: the same values; under torch.compile its backward is slices and sums that fuse with
-    SSIM's, about 6 % faster for the photometric error than the padding op's (`bench/train_step.py`)."""
+    SSIM's, 5-10 % faster for the compiled photometric error than the padding op's (32 reconstructions at 128x416,
+    one thread)."""
     x = torch.cat([x[..., 1:2], x, x[..., -2:-1]], dim=-1)
     return torch.cat([x[..., 1:2, :], x, x[..., -2:-1, :]], dim=-2)
 
