@@ -399,8 +399,9 @@ def main(argv=None):
             print(f"target: default / SfmLearner = {ms[default] / sfp_ms:.2f}x (target <= 1.5x at 128x416, batch 4)")
         print(peer_note)
         if not native_bf16(device):
-            peer_note += "; the bf16 cases left out: this device has no native bf16 (emulated, it measures the emulation)"
-            print("the bf16 cases are left out: this device has no native bf16 (emulated, it measures the emulation)")
+            left_out = "the bf16 cases are left out: this device has no native bf16 (emulated, it measures the emulation)"
+            print(left_out)
+            peer_note += f"; {left_out}"
         figures.update({"ms_per_step": ms, "default": default, "sfp_ms": sfp_ms, "peer_note": peer_note})
     if args.profile:
         parts = profile(args, batch, device, sync)

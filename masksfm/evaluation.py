@@ -294,6 +294,18 @@ def snippet_ates(rel_poses: np.ndarray, gt_poses: np.ndarray, length: int = SNIP
     return _snippet_ates(gt_xyz, pred_xyz)
 
 
+def snippet_steps(snippet_poses: np.ndarray) -> np.ndarray:
+    """The steps between consecutive frames within each snippet: inv(P_k) @ P_{k+1} = T_{c→k} · inv(T_{c→k+1}).
+
+    Args:
+        snippet_poses: (C, L, 4, 4) T_{c→k} of each snippet, the identity at k = L//2
+            (:func:`masksfm.inference.predict_snippet_poses`).
+    Returns:
+        (C, L − 1, 4, 4), element [j, k] the step from the snippet's frame k to frame k + 1.
+    """
+    return snippet_poses[:, :-1] @ np.linalg.inv(snippet_poses[:, 1:])
+
+
 def own_snippet_ates(snippet_poses: np.ndarray, gt_poses: np.ndarray) -> np.ndarray:
     """:func:`snippet_ate` of each snippet from the one pose-net call that predicts it (SfMLearner's
     `test_pose.py`: the net's L-frame snippets as they are, nothing chained across calls).
@@ -306,8 +318,7 @@ def own_snippet_ates(snippet_poses: np.ndarray, gt_poses: np.ndarray) -> np.ndar
         (N − L + 1,) ATE per snippet, metres.
     """
     length = snippet_poses.shape[1]
-    # inv(P_k) @ P_{k+1} = T_{c→k} · inv(T_{c→k+1}) within each snippet.
-    rel = snippet_poses[:, :-1] @ np.linalg.inv(snippet_poses[:, 1:])
+    rel = snippet_steps(snippet_poses)
     return np.array([snippet_ates(rel[j], gt_poses[j:j + length], length)[0] for j in range(len(snippet_poses))])
 
 

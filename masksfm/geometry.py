@@ -233,6 +233,19 @@ def invert_pose(T: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def snippet_transforms(T_t2s: torch.Tensor) -> torch.Tensor:
+    """A snippet's T_{t→s} for its sources, with the target's own (the identity) put in its place.
+
+    Args:
+        T_t2s: (B, L − 1, 4, 4) for the sources in snippet order (the target, frame L // 2, skipped).
+    Returns:
+        (B, L, 4, 4) T_{t→k} for every frame k of the snippet.
+    """
+    centre = (T_t2s.shape[1] + 1) // 2
+    identity = torch.eye(4, dtype=T_t2s.dtype, device=T_t2s.device).expand(T_t2s.shape[0], 1, 4, 4)
+    return torch.cat([T_t2s[:, :centre], identity, T_t2s[:, centre:]], dim=1)
+
+
 def relative_pose(cam_to_world_t, cam_to_world_s):
     """T_t2s from two camera-to-world poses (KITTI trajectory style): inv(P_s) @ P_t.
 

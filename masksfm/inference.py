@@ -22,9 +22,10 @@ from masksfm.evaluation import (
     own_snippet_ates,
     prediction_to_depth_at,
     snippet_ates,
+    snippet_steps,
 )
 from masksfm.errors import MasksfmError
-from masksfm.geometry import invert_pose, pose_vec_to_mat, scale_intrinsics
+from masksfm.geometry import pose_vec_to_mat, scale_intrinsics, snippet_transforms
 from masksfm.progress import progress_bar
 
 
@@ -213,8 +214,7 @@ def predict_snippet_poses(pose_net: torch.nn.Module, frames: torch.Tensor, snipp
         out = pose_net(snippets[:, half], sources)
         poses = out[0] if isinstance(out, tuple) else out
         T = pose_vec_to_mat(poses.reshape(-1, 6).double()).view(len(chunk), snippet_length - 1, 4, 4).cpu()
-        eye = torch.eye(4, dtype=torch.float64).expand(len(chunk), 1, 4, 4)
-        snippet_poses.append(torch.cat([T[:, :half], eye, T[:, half:]], dim=1))
+        snippet_poses.append(snippet_transforms(T))
     return torch.cat(snippet_poses).numpy()
 
 
@@ -233,9 +233,8 @@ def chain_snippet_poses(snippet_poses: np.ndarray) -> np.ndarray:
     length = snippet_poses.shape[1]
     half, n = length // 2, len(snippet_poses) + length - 1
     centres = np.clip(np.arange(1, n), half, n - 1 - half)
-    Tc = snippet_poses[centres - half]  # (N − 1, L, 4, 4)
-    rows = np.arange(n - 1)
-    return Tc[rows, rows - centres + half] @ invert_pose(torch.from_numpy(Tc[rows, rows + 1 - centres + half])).numpy()
+    pairs = np.arange(n - 1)
+    return snippet_steps(snippet_poses)[centres - half, pairs - centres + half]
 
 
 def predict_relative_poses(pose_net: torch.nn.Module, frames: torch.Tensor, snippet_length: int,

@@ -11,6 +11,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from masksfm.geometry import snippet_transforms
+
 # SSIM stabilisers for images in [0, 1] (Wang et al. 2004; monodepth2 and the authors alike).
 SSIM_C1 = 0.01**2
 SSIM_C2 = 0.03**2
@@ -171,10 +173,7 @@ def velocity_change(T_t2s: torch.Tensor, length: int, eps: float = 1e-12) -> tor
     Returns:
         (B, L − 2) the change between each pair of consecutive steps.
     """
-    poses = T_t2s.view(-1, length - 1, 4, 4)
-    center = length // 2
-    identity = torch.eye(4, dtype=poses.dtype, device=poses.device).expand(poses.shape[0], 1, 4, 4)
-    frames = torch.cat([poses[:, :center], identity, poses[:, center:]], dim=1)  # (B, L, 4, 4) T_{t→k}
+    frames = snippet_transforms(T_t2s.view(-1, length - 1, 4, 4))  # (B, L, 4, 4) T_{t→k}
     R, t = frames[..., :3, :3], frames[..., :3, 3:]
     # t(M_k) = t_{k+1} − R_{k+1} R_kᵀ t_k: the translation of T_{t→k+1} · inv(T_{t→k}).
     steps = (t[:, 1:] - R[:, 1:] @ R[:, :-1].transpose(-1, -2) @ t[:, :-1]).squeeze(-1)  # (B, L − 1, 3)
