@@ -96,6 +96,8 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
                 "the default with the vehicle-motion prior (a car's camera travels along a planar arc), weight 1"),
     "vehicle10": ("default", ["loss.vehicle_weight=10"],
                   "the default with the vehicle-motion prior (a car's camera travels along a planar arc), weight 10"),
+    "vehicle10-nograd": ("default", ["loss.vehicle_weight=10", "model.source_depth_grad=false"],
+                         "vehicle10 with the sources' depth without gradient (the 1.4x cheaper step)"),
     "default+consistency": ("default", ["loss.consistency_weight=0.5"],
                             "the default with SC-SfMLearner's depth scale consistency, weight 0.5 (for the speed spread)"),
     "snippet-pose": ("default", [*PREVIOUS, "model.pose=snippet"], "pose-lr1, SfMLearner's pose net on the whole snippet"),
