@@ -66,7 +66,6 @@ class LossConfig:
     smoothness_weight: float = 1e-3
     consistency_weight: float = 0.0  # SC-SfMLearner's geometric (depth scale) consistency; 0 = off
     velocity_weight: float = 0.0  # the constant-velocity prior on the pose net's steps (losses.velocity_change); 0 = off
-    vehicle_weight: float = 0.0  # the vehicle-motion prior: a car's camera travels along a planar arc (losses.vehicle_motion); 0 = off
     smoothness_scale_base: float = 2.0  # the smoothness weight is divided by base^scale
     explainability_weight: float = 0.2  # SfMLearner's regulariser, loss.mask = explainability only
     guard: str = "floor"  # against the collapse of masked losses from scratch: floor | warmup | none
@@ -193,7 +192,7 @@ def validate(config: Config) -> None:
         raise MasksfmError(f"config key loss.num_scales: 1 to 4, got {config.loss.num_scales}")
     if config.model.pose == "pairs" and config.loss.mask == "explainability":
         raise MasksfmError("config key model.pose: pairs has no explainability decoder; use snippet with loss.mask=explainability")
-    for key in ("smoothness_weight", "consistency_weight", "velocity_weight", "vehicle_weight"):
+    for key in ("smoothness_weight", "consistency_weight", "velocity_weight"):
         if getattr(config.loss, key) < 0:
             raise MasksfmError(f"config key loss.{key}: must be >= 0, got {getattr(config.loss, key)}")
     if config.loss.below_mean_factor <= 0:

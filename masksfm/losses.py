@@ -181,33 +181,6 @@ def velocity_change(T_t2s: torch.Tensor, length: int, eps: float = 1e-12) -> tor
     return (steps[:, 1:] - steps[:, :-1]).pow(2).sum(-1) / (size[:, 1:] + size[:, :-1] + eps)
 
 
-def vehicle_motion(T_t2s: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """The vehicle-motion prior: how far each source camera lies off the path of a car's camera.
-
-    A camera fixed to a car, looking ahead, travels in its horizontal plane on a circular arc tangent
-    to its optical axis (non-holonomic planar motion, Ackermann steering; Scaramuzza's 1-point
-    model): the other camera's centre lies on the chord from the target at half the heading change,
-    direction (sin ψ/2, 0, cos ψ/2) in the target's frame, where ψ is the yaw of the source's optical
-    axis there. The term is the squared distance of the source's centre from that line, in units of
-    the batch's mean squared step, so it is the same at any scale of the depth and small steps of a
-    standing camera weigh little. The yaw is taken as it is (no gradient): the prior moves the
-    translation, not the rotation.
-
-    Args:
-        T_t2s: (N, 4, 4) target → source transforms.
-        eps: squared units of the translation; keeps a batch of standing cameras finite.
-    Returns:
-        (N,) the distance² of each source's centre from its chord, / mean squared step (unitless).
-    """
-    R, t = T_t2s[..., :3, :3], T_t2s[..., :3, 3:]
-    centre = -(R.transpose(-1, -2) @ t).squeeze(-1)  # the source camera's centre in the target's frame
-    axis = R[..., 2, :]  # Rᵀ e_z: the source's optical axis in the target's frame
-    half_turn = 0.5 * torch.atan2(axis[..., 0], axis[..., 2]).detach()
-    chord = torch.stack([torch.sin(half_turn), torch.zeros_like(half_turn), torch.cos(half_turn)], dim=-1)
-    off = centre - (centre * chord).sum(-1, keepdim=True) * chord
-    return off.pow(2).sum(-1) / (centre.detach().pow(2).sum(-1).mean() + eps)
-
-
 @torch.no_grad()
 def below_mean_mask(
     error: torch.Tensor, mask: torch.Tensor, factor: float = 1.0, compare: torch.Tensor | None = None

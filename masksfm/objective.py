@@ -39,7 +39,6 @@ from masksfm.losses import (
     scale_weight,
     smoothness_loss,
     source_weight,
-    vehicle_motion,
     velocity_change,
 )
 from masksfm.masks import compute_masks
@@ -414,10 +413,6 @@ def compute_objective(
         velocity = cfg.velocity_weight * velocity_change(T, length).mean()
         loss = loss + velocity
         terms["velocity"] = velocity.detach()
-    if cfg.vehicle_weight > 0:
-        vehicle = cfg.vehicle_weight * vehicle_motion(T).mean()
-        loss = loss + vehicle
-        terms["vehicle"] = vehicle.detach()
     if strategy.explainability:
         regularizer = cfg.explainability_weight * explainability_regularizer(out.explainability[: cfg.num_scales])
         loss = loss + regularizer

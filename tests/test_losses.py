@@ -286,56 +286,6 @@ class TestVelocityChange:
         assert vec.grad[:, :3].abs().sum() > 0
 
 
-class TestVehicleMotion:
-    """The vehicle-motion prior on exact motions (camera-to-world poses as the data has them)."""
-
-    snippet_poses = staticmethod(TestVelocityChange.snippet_poses)
-    pose = staticmethod(TestVelocityChange.pose)
-
-    @pytest.mark.parametrize("turn_degrees", [2.0, -3.0, 0.0])
-    def test_a_car_on_an_arc_is_on_its_chords(self, turn_degrees):
-        """A camera tangent to a circle of 25 m (turning right, left, or straight), 5 frames: every
-        source, before and after the target, lies on its chord: 0."""
-        radius, turn = 25.0, math.radians(turn_degrees)
-        frames = [self.pose(k * turn, radius * (1 - math.cos(k * turn)), radius * math.sin(k * turn))
-                  if turn else self.pose(0.0, 0.0, 1.1 * k) for k in range(5)]
-        prior = L.vehicle_motion(self.snippet_poses(torch.stack(frames)))
-        assert prior.shape == (4,)
-        assert prior.abs().max().item() < 1e-12
-
-    def test_a_crabbing_camera(self):
-        """Straight ahead in the world with the camera yawed 2° off the direction of travel: each
-        source is sin²(2°) of its step off the chord (both steps 1 m, so the mean squared step is 1)."""
-        yaw = math.radians(2.0)
-        crab = torch.stack([self.pose(yaw, 0.0, float(z)) for z in range(3)])
-        assert L.vehicle_motion(self.snippet_poses(crab)) == pytest.approx([math.sin(yaw) ** 2] * 2, rel=1e-9)
-
-    def test_a_step_up_and_the_scale(self):
-        """A source 1 m ahead and 0.1 m up, another 2 m behind on the axis: 0.01 / mean(1.01, 4);
-        the same with every translation 5x."""
-        T = torch.eye(4, dtype=torch.float64).repeat(2, 1, 1)
-        T[0, :3, 3] = torch.tensor([0.0, 0.1, -1.0], dtype=torch.float64)  # T_t2s = [I | −c]: the centre c = (0, −0.1, 1)
-        T[1, :3, 3] = torch.tensor([0.0, 0.0, 2.0])
-        expected = [0.01 / ((1.01 + 4.0) / 2), 0.0]
-        assert L.vehicle_motion(T) == pytest.approx(expected, rel=1e-9)
-        T[:, :3, 3] *= 5.0
-        assert L.vehicle_motion(T) == pytest.approx(expected, rel=1e-9)
-
-    def test_it_moves_the_translation_not_the_rotation(self):
-        """Built from a yaw and the source's centre (T_t2s = [R | −R c]), the term reaches the centre's
-        sideways and vertical parts, never the yaw: the chord's direction carries no gradient."""
-        yaw = torch.tensor(0.03, dtype=torch.float64, requires_grad=True)
-        centre = torch.tensor([0.1, 0.05, 1.0], dtype=torch.float64, requires_grad=True)
-        c, s = torch.cos(yaw), torch.sin(yaw)
-        zero, one = torch.zeros_like(yaw), torch.ones_like(yaw)
-        R = torch.stack([torch.stack([c, zero, -s]), torch.stack([zero, one, zero]), torch.stack([s, zero, c])])
-        T = torch.eye(4, dtype=torch.float64).clone()
-        T[:3, :3], T[:3, 3] = R, -R @ centre
-        L.vehicle_motion(T[None]).sum().backward()
-        assert abs(yaw.grad.item()) < 1e-15  # rounding of Rᵀ R; through the chord it would be ~1e-2
-        assert centre.grad[0] > 0 and centre.grad[1] > 0  # sideways and up shrink toward the chord
-
-
 def test_reflect_pad1_is_reflection_padding():
     x = torch.rand(2, 3, 5, 7, dtype=torch.float64)
     assert torch.equal(L.reflect_pad1(x), torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect"))

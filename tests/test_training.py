@@ -97,7 +97,6 @@ def test_yaml_and_overrides(tmp_path):
                          ("loss.combine_sources=max", "not one of mean, sum"),
                          ("loss.below_mean_factor=0", "loss.below_mean_factor: must be positive"),
                          ("loss.velocity_weight=-1", "loss.velocity_weight: must be >= 0"),
-                         ("loss.vehicle_weight=-0.1", "loss.vehicle_weight: must be >= 0"),
                          ("data.colour_jitter=3", "data.colour_jitter")]:
         with pytest.raises(MasksfmError, match=message):
             load_config(None, [bad])
