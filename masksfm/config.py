@@ -40,6 +40,7 @@ class DataConfig:
 class ModelConfig:
     depth: str = "dispnet"  # dispnet | resnet18
     pose: str = "snippet"  # snippet (SfMLearner: the whole snippet in, S poses out) | pairs (monodepth2)
+    motion: str = "free"  # free (any rigid motion) | vehicle (a car's camera: along the chord of a planar arc)
     pretrained: str | None = None  # safetensors weights for the ResNet-18 encoder (never downloaded)
     source_depth_grad: bool = True  # the loss trains the depth net through the sources' depth too (False: targets' only)
 
@@ -123,6 +124,7 @@ CHOICES = {
     "loss.combine_sources": ("mean", "sum"),
     "model.depth": ("dispnet", "resnet18"),
     "model.pose": ("snippet", "pairs"),
+    "model.motion": ("free", "vehicle"),
     "train.precision": ("auto", "fp32", "bf16"),
 }
 

@@ -17,7 +17,7 @@ from torch import nn
 from masksfm.checkpoints import load_checkpoint, load_weights, resolve_checkpoint, unprefixed
 from masksfm.config import Config, from_dict
 from masksfm.errors import MasksfmError
-from masksfm.networks import PairPoseNet, PoseNet, build_depth_net
+from masksfm.networks import PairPoseNet, PoseNet, VehicleMotion, build_depth_net
 from masksfm.objective import ModelOutput
 
 
@@ -69,6 +69,8 @@ def build_model(config: Config) -> SfMModel:
         pose_net = PairPoseNet(num_sources)
     else:
         pose_net = PoseNet(num_sources, explainability=config.loss.mask == "explainability")
+    if config.model.motion == "vehicle":
+        pose_net = VehicleMotion(pose_net)
     return SfMModel(depth_net, pose_net, source_depth_grad=config.model.source_depth_grad)
 
 

@@ -115,6 +115,49 @@ def invert_pose_vec(vec: torch.Tensor) -> torch.Tensor:
     return torch.cat([t, -flat[:, 3:]], dim=1).reshape(vec.shape)
 
 
+def onto_vehicle_path(vec: torch.Tensor) -> torch.Tensor:
+    """Pose vectors with the camera moved onto the path of a car's camera (Ackermann steering).
+
+    A camera fixed to a car and looking ahead travels in its horizontal plane along a circular arc
+    tangent to its optical axis (non-holonomic planar motion; the model of Scaramuzza's 1-point
+    visual odometry), so the source's camera centre lies on the chord from the target at half the
+    heading change: direction d = (sin ψ/2, 0, cos ψ/2) in the target's frame, ψ the yaw of the
+    source's optical axis there (Rᵀ e_z). The translation is replaced by its part along that chord
+    as seen in the source's frame, t' = (t·u) u with u = R d (the centre −Rᵀt projected onto d);
+    the rotation is kept, and ψ carries no gradient, so the photometric loss moves the speed along
+    the chord and the rotation as before.
+
+    Args:
+        vec: (..., 6) `[t, axis-angle]` of T_t2s.
+    Returns:
+        (..., 6) the same rotation, the translation along the chord.
+    """
+    flat = vec.reshape(-1, 6)
+    R = axis_angle_to_rotation_matrix(flat[:, 3:])
+    half_turn = 0.5 * torch.atan2(R[:, 2, 0], R[:, 2, 2]).detach()
+    chord = torch.stack([torch.sin(half_turn), torch.zeros_like(half_turn), torch.cos(half_turn)], dim=1)
+    u = (R @ chord[..., None])[..., 0]
+    t = (flat[:, :3] * u).sum(1, keepdim=True) * u
+    return torch.cat([t, flat[:, 3:]], dim=1).reshape(vec.shape)
+
+
+class VehicleMotion(nn.Module):
+    """A pose net whose camera travels as a car's (`model.motion=vehicle`): its poses through
+    :func:`onto_vehicle_path`, its explainability masks (if any) as they are. Same interface."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+        self.num_sources = net.num_sources
+        self.explainability = net.explainability
+
+    def forward(self, target: torch.Tensor, sources: torch.Tensor):
+        out = self.net(target, sources)
+        if isinstance(out, tuple):
+            return onto_vehicle_path(out[0]), out[1]
+        return onto_vehicle_path(out)
+
+
 class PairPoseNet(nn.Module):
     """One pose per ordered frame pair, as monodepth2 (`pose_model_input: pairs`).
 
