@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 import pickle
 
 import numpy as np
@@ -14,10 +15,10 @@ from safetensors.torch import save_file
 from skimage import data as skdata
 
 from masksfm.errors import MasksfmError
-from masksfm.geometry import invert_pose, pose_vec_to_mat
-from masksfm.networks import DispNet, PairPoseNet, PoseNet, ResNetDepthNet, build_depth_net
+from masksfm.geometry import invert_pose, mat_to_pose_vec, pose_vec_to_mat, relative_pose
+from masksfm.networks import DispNet, PairPoseNet, PoseNet, ResNetDepthNet, VehicleMotion, build_depth_net
 from masksfm.networks.depth import disparity
-from masksfm.networks.pose import invert_pose_vec
+from masksfm.networks.pose import invert_pose_vec, onto_vehicle_path
 
 SIZES = [(64, 208), (128, 416), (37, 50)]
 
@@ -396,3 +397,88 @@ def test_upsample_bilinear_is_interpolates(size_in, size_out):
     theirs = F.interpolate(x, size=size_out, mode="bilinear", align_corners=False)
     (grad_theirs,) = torch.autograd.grad((theirs * weights).sum(), x)
     assert torch.allclose(ours, theirs, atol=1e-12) and torch.allclose(grad_ours, grad_theirs, atol=1e-12)
+
+
+class TestVehicleMotion:
+    """A car's camera: the source's centre on the chord of a planar arc tangent to the optical axis."""
+
+    @staticmethod
+    def poses_on(cam_to_world: list[torch.Tensor]) -> torch.Tensor:
+        """Camera-to-world poses of a snippet -> the pose vectors of T_{t→s} for its sources."""
+        centre = len(cam_to_world) // 2
+        return mat_to_pose_vec(torch.stack([relative_pose(cam_to_world[centre], P)
+                                            for k, P in enumerate(cam_to_world) if k != centre]))
+
+    @staticmethod
+    def pose(yaw: float, x: float, z: float) -> torch.Tensor:
+        """Camera-to-world, heading `yaw` (radians, positive to the right) at (x, 0, z) metres."""
+        c, s = math.cos(yaw), math.sin(yaw)
+        return torch.tensor([[c, 0, s, x], [0, 1, 0, 0], [-s, 0, c, z], [0, 0, 0, 1]], dtype=torch.float64)
+
+    @pytest.mark.parametrize("turn_degrees", [2.0, -3.0, 0.0])
+    def test_a_car_on_an_arc_keeps_its_poses(self, turn_degrees):
+        """Tangent to a circle of 25 m turning right or left, or straight ahead, 5 frames: every
+        source, before and after the target, is on its chord already."""
+        radius, turn = 25.0, math.radians(turn_degrees)
+        frames = [self.pose(k * turn, radius * (1 - math.cos(k * turn)), radius * math.sin(k * turn)) if turn
+                  else self.pose(0.0, 0.0, 1.1 * k) for k in range(5)]
+        vec = self.poses_on(frames)
+        assert torch.allclose(onto_vehicle_path(vec), vec, atol=1e-12)
+
+    def test_a_crabbing_camera_moves_along_its_axis(self):
+        """Straight ahead in the world with the camera yawed 2° off the direction of travel, steps of
+        1 m: the sources' centres go to (0, 0, ∓cos 2°), their projections on the optical axis."""
+        yaw = math.radians(2.0)
+        vec = onto_vehicle_path(self.poses_on([self.pose(yaw, 0.0, float(z)) for z in range(3)]))
+        T = pose_vec_to_mat(vec)
+        centres = -(T[:, :3, :3].transpose(1, 2) @ T[:, :3, 3:])[..., 0]
+        expected = torch.tensor([[0.0, 0.0, -math.cos(yaw)], [0.0, 0.0, math.cos(yaw)]], dtype=torch.float64)
+        assert torch.allclose(centres, expected, atol=1e-12)
+
+    def test_a_step_up_and_sideways_is_dropped(self):
+        """No rotation: the translation's part along the optical axis is all that is left."""
+        vec = torch.tensor([[0.1, -0.2, 1.5, 0, 0, 0], [0.3, 0.05, -0.7, 0, 0, 0]], dtype=torch.float64)
+        expected = vec.clone()
+        expected[:, :2] = 0
+        assert torch.equal(onto_vehicle_path(vec), expected)
+        assert onto_vehicle_path(vec[None]).shape == (1, 2, 6)
+
+    def test_no_gradient_through_the_chord(self):
+        """The gradient is that of the projection onto a chord held fixed at its current direction
+        (central differences with the chord frozen): the photometric loss moves the speed along the
+        chord and the rotation, and the chord follows the rotation without pulling on it."""
+        from kornia.geometry.conversions import axis_angle_to_rotation_matrix
+
+        vec = torch.tensor([[0.02, 0.01, 1.0, 0.01, 0.05, -0.02]], dtype=torch.float64, requires_grad=True)
+        weights = torch.tensor([0.3, -0.5, 1.0, 0.2, 0.7, -0.1], dtype=torch.float64)
+        (onto_vehicle_path(vec) * weights).sum().backward()
+        half = 0.5 * math.atan2(*axis_angle_to_rotation_matrix(vec.detach()[:, 3:])[0, 2, [0, 2]].tolist())
+        chord = torch.tensor([math.sin(half), 0.0, math.cos(half)], dtype=torch.float64)
+
+        def frozen(v):
+            u = axis_angle_to_rotation_matrix(v[:, 3:])[0] @ chord
+            return ((v[0, :3] @ u) * u * weights[:3]).sum() + (v[0, 3:] * weights[3:]).sum()
+
+        eps, numeric = 1e-6, torch.zeros(6, dtype=torch.float64)
+        for k in range(6):
+            step = torch.zeros(1, 6, dtype=torch.float64)
+            step[0, k] = eps
+            numeric[k] = (frozen(vec.detach() + step) - frozen(vec.detach() - step)) / (2 * eps)
+        assert torch.allclose(vec.grad[0], numeric, atol=1e-8)
+        assert vec.grad[0, 2] > 0.9  # the speed along the chord learns
+
+    def test_the_wrapped_net(self):
+        """`model.motion=vehicle` builds the pose net wrapped; the wrapper is the net's poses moved
+        onto the chord, the explainability masks untouched."""
+        from masksfm.config import load_config
+        from masksfm.model import build_model
+
+        model = build_model(load_config(None, ["model.motion=vehicle", "loss.mask=explainability"]))
+        assert isinstance(model.pose_net, VehicleMotion)
+        assert isinstance(build_model(load_config(None, [])).pose_net, PoseNet)
+        target, sources = TestPoseNet.snippet(2, (37, 50))
+        with torch.no_grad():
+            poses, masks = model.pose_net(target, sources)
+            inner, inner_masks = model.pose_net.net(target, sources)
+        assert torch.equal(poses, onto_vehicle_path(inner))
+        assert all(torch.equal(a, b) for a, b in zip(masks, inner_masks))

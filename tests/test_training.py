@@ -88,7 +88,8 @@ def test_yaml_and_overrides(tmp_path):
     assert config.loss.repeats == 1 and config.loss.mask == "automask"
     assert config.optim.lr == 3e-5 and config.optim.lr_decay_steps == [10, 20]
     for bad, message in [("loss.bogus=1", "unknown config key 'loss.bogus'"), ("loss.repeats=x", "loss.repeats"),
-                         ("loss.mask=magic", "not one of"), ("loss", "KEY=VALUE"), ("model.pose=stack", "not one of")]:
+                         ("loss.mask=magic", "not one of"), ("loss", "KEY=VALUE"), ("model.pose=stack", "not one of"),
+                         ("model.motion=boat", "not one of free, vehicle")]:
         with pytest.raises(MasksfmError, match=message):
             load_config(None, [bad])
     for bad, message in [("loss.image_range=byte", "not one of unit, signed"),
