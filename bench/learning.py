@@ -96,8 +96,9 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
                 "the default with a car's camera motion: the pose net's translation along the chord of a planar arc"),
     "vehicle-nograd": ("default", ["model.motion=vehicle", "model.source_depth_grad=false"],
                        "vehicle with the sources' depth without gradient (the 1.4x cheaper step)"),
-    "vehicle-dn": ("default", ["model.motion=vehicle", "loss.dn=snippet"],
-                   "vehicle with depth normalisation per snippet (the pose net's translation in units of the snippet's mean depth)"),
+    "vehicle-nograd-dn": ("default", ["model.motion=vehicle", "model.source_depth_grad=false", "loss.dn=snippet"],
+                          "vehicle-nograd with depth normalisation per snippet (the pose net's translation in units of "
+                          "the snippet's mean depth)"),
     "default+consistency": ("default", ["loss.consistency_weight=0.5"],
                             "the default with SC-SfMLearner's depth scale consistency, weight 0.5 (for the speed spread)"),
     "snippet-pose": ("default", [*PREVIOUS, "model.pose=snippet"], "pose-lr1, SfMLearner's pose net on the whole snippet"),
