@@ -184,14 +184,14 @@ def _plain(values: dict) -> dict:
 
 def same_config(stored: dict | None, config: Config) -> bool:
     """Whether a stored run's configuration is `config`. The stored one is read back through the
-    configuration tree first, so that a key added since (at a default that keeps the old
-    behaviour) does not make old runs stale."""
-    from masksfm.config import from_dict
+    configuration tree first, so that a key added since does not make old runs stale (a key whose
+    default changed since is read at the value the run had: `masksfm.config.stored_config`)."""
+    from masksfm.config import stored_config
 
     if stored is None:
         return False
     try:
-        return _plain(from_dict(stored).to_dict()) == _plain(config.to_dict())
+        return _plain(stored_config(stored).to_dict()) == _plain(config.to_dict())
     except Exception:  # noqa: BLE001 - a key removed since: the run is stale
         return False
 

@@ -141,7 +141,8 @@ LEVER_CASES = [
     ("channels_last bf16", "bf16", False, []),
     ("channels_last bf16 + compile", "bf16", True, []),
     # Recipe changes on top of the default arithmetic of the device ("auto": bf16 where it is native).
-    ("  + sources' depth without gradient", "auto", True, ["model.source_depth_grad=false"]),
+    ("  + the sources' depth gradient (the default before 2026-12-03, sixth session)", "auto", True,
+     ["model.source_depth_grad=true"]),
     ("  + each scale's error at its own size", "auto", True, ["loss.scales=downsample"]),
     ("  + the 3 finest scales in the loss", "auto", True, ["loss.num_scales=3"]),
 ]

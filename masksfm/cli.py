@@ -287,6 +287,10 @@ def _add_prepare(commands) -> None:
 def _add_train(commands) -> None:
     """`train`."""
     p = commands.add_parser("train", help="learn depth and ego-motion from unlabelled video",
+                            description="Learn depth and ego-motion from unlabelled video (the default recipe unless\n"
+                                        "--config says otherwise). The default assumes a camera fixed to a car and looking\n"
+                                        "ahead (model.motion=vehicle: no sideways or vertical travel); for a hand-held,\n"
+                                        "drone or sideways camera add --set model.motion=free.",
                             formatter_class=_formatter)
     p.add_argument("data", type=Path, help="dataset folder (sequence-folder layout)")
     p.add_argument("--out", type=Path, required=True, help="run folder (config, checkpoints, TensorBoard)")

@@ -40,9 +40,9 @@ class DataConfig:
 class ModelConfig:
     depth: str = "dispnet"  # dispnet | resnet18
     pose: str = "snippet"  # snippet (SfMLearner: the whole snippet in, S poses out) | pairs (monodepth2)
-    motion: str = "free"  # free (any rigid motion) | vehicle (a car's camera: along the chord of a planar arc)
+    motion: str = "vehicle"  # vehicle (a car's camera: along the chord of a planar arc) | free (any rigid motion)
     pretrained: str | None = None  # safetensors weights for the ResNet-18 encoder (never downloaded)
-    source_depth_grad: bool = True  # the loss trains the depth net through the sources' depth too (False: targets' only)
+    source_depth_grad: bool = False  # True: the loss trains the depth net through the sources' depth too (False: targets' only)
 
 
 @dataclass
@@ -182,6 +182,22 @@ def from_dict(values: dict) -> Config:
     _apply(config, values or {})
     validate(config)
     return config
+
+
+# Keys whose default changed, with the value a configuration stored before the key existed ran with:
+# a run folder or checkpoint of then is read back as it was trained (the pose net unwrapped, the
+# sources' depth with gradient), not as today's default would train it.
+STORED_BEFORE_THE_KEY = {("model", "motion"): "free", ("model", "source_depth_grad"): True}
+
+
+def stored_config(values: dict) -> Config:
+    """The Config of a run as stored (a checkpoint's, a run folder's): `from_dict`, with the keys it
+    predates at the values it ran with (`STORED_BEFORE_THE_KEY`)."""
+    values = {section: dict(items) if isinstance(items, dict) else items for section, items in (values or {}).items()}
+    for (section, key), value in STORED_BEFORE_THE_KEY.items():
+        if isinstance(values.get(section, {}), dict):
+            values.setdefault(section, {}).setdefault(key, value)
+    return from_dict(values)
 
 
 def validate(config: Config) -> None:

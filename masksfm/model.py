@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from masksfm.checkpoints import load_checkpoint, load_weights, resolve_checkpoint, unprefixed
-from masksfm.config import Config, from_dict
+from masksfm.config import Config, stored_config
 from masksfm.errors import MasksfmError
 from masksfm.networks import PairPoseNet, PoseNet, VehicleMotion, build_depth_net
 from masksfm.objective import ModelOutput
@@ -107,7 +107,7 @@ def load_model(run: Path, device: str | torch.device = "cpu") -> tuple[SfMModel,
     path = resolve_checkpoint(run)
     tensors, metadata = load_checkpoint(path, device="cpu")
     try:
-        config = from_dict(metadata["config"])
+        config = stored_config(metadata["config"])
     except MasksfmError as error:
         raise MasksfmError(f"{path}: the configuration stored in the checkpoint does not load ({error})") from None
     config.model.pretrained = None  # the checkpoint holds the weights; do not re-read the encoder file

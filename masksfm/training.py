@@ -38,7 +38,7 @@ from masksfm.checkpoints import (
     save_checkpoint,
     unprefixed,
 )
-from masksfm.config import Config, apply_overrides, dump_yaml, from_dict, load_config
+from masksfm.config import Config, apply_overrides, dump_yaml, load_config, stored_config
 from masksfm.data.dataset import SnippetDataset, make_loader
 from masksfm.data.layout import load_split, split_path
 from masksfm.errors import MasksfmError
@@ -407,6 +407,6 @@ def _resumed_config(run: Path) -> Config | None:
         return None
     _, meta = load_checkpoint(last)
     try:
-        return from_dict(meta["config"])
+        return stored_config(meta["config"])
     except MasksfmError as error:
         raise MasksfmError(f"{last}: the configuration stored in the checkpoint does not load ({error})") from None

@@ -473,9 +473,9 @@ class TestVehicleMotion:
         from masksfm.config import load_config
         from masksfm.model import build_model
 
-        model = build_model(load_config(None, ["model.motion=vehicle", "loss.mask=explainability"]))
+        model = build_model(load_config(None, ["loss.mask=explainability"]))  # vehicle: the default
         assert isinstance(model.pose_net, VehicleMotion)
-        assert isinstance(build_model(load_config(None, [])).pose_net, PoseNet)
+        assert isinstance(build_model(load_config(None, ["model.motion=free"])).pose_net, PoseNet)
         target, sources = TestPoseNet.snippet(2, (37, 50))
         with torch.no_grad():
             poses, masks = model.pose_net(target, sources)

@@ -131,6 +131,10 @@ def test_shipped_configs_load(name):
         assert (config.data.colour_jitter, config.data.independent_crop_scale) == (True, False)
     if name == "paper_dn":
         assert config.loss.dn == "image_max"
+    # The recipe's car camera and sources' depth without gradient; the authors' free motion and full gradient.
+    expected = ("vehicle", False) if name == "default" else ("free", True)
+    assert (config.model.motion, config.model.source_depth_grad) == expected
+    assert load_config(None) == load_config("default")  # `train` without --config is the recipe
 
 
 def test_unknown_key_on_the_command_line(capsys, tmp_path, synth_dataset):
@@ -315,3 +319,27 @@ def test_time_limit_stops_and_checkpoints(synth_dataset, tmp_path):
     run_training(synth_dataset, tmp_path / "r", config, device="cpu", progress=False, time_limit=0.0)
     assert load_checkpoint(tmp_path / "r" / "checkpoints" / "last.safetensors")[1]["step"] == 1
     assert (tmp_path / "r" / "checkpoints" / "best.safetensors").is_file()
+
+
+def test_a_run_stored_before_a_default_changed_loads_as_it_was_trained(tmp_path):
+    """`model.motion` and `model.source_depth_grad` changed default (vehicle, no gradient): a stored
+    configuration without them is read back at the values it ran with (free, with gradient), so a
+    checkpoint of then loads into its own, unwrapped pose net; a YAML file without them is today's recipe."""
+    from masksfm.checkpoints import prefixed
+    from masksfm.config import stored_config
+    from masksfm.model import load_model
+    from masksfm.networks import PoseNet
+
+    old = load_config(None, ["model.motion=free", "model.source_depth_grad=true", "data.height=32", "data.width=96"])
+    stored = old.to_dict()
+    del stored["model"]["motion"], stored["model"]["source_depth_grad"]
+    assert (stored_config(stored).model.motion, stored_config(stored).model.source_depth_grad) == ("free", True)
+    assert from_dict(stored).model.motion == "vehicle"  # a partial YAML file: today's defaults fill it
+    assert stored_config(old.to_dict()) == old and stored_config(load_config(None).to_dict()) == load_config(None)
+    torch.manual_seed(0)
+    trained = build_model(old)
+    path = tmp_path / "old.safetensors"
+    save_checkpoint(path, prefixed(trained.state_dict(), "model"), {"step": 1, "config": stored})
+    model, config, _ = load_model(path)
+    assert type(model.pose_net) is PoseNet and config.model.motion == "free"
+    assert all(torch.equal(a, b) for a, b in zip(model.pose_net.state_dict().values(), trained.pose_net.state_dict().values()))
