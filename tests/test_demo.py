@@ -117,4 +117,5 @@ def test_curves_after_the_warm_up_show_masks_and_the_switch(tmp_path):
         depth=metrics, depth_constant=constant, val_abs_rel_constant=0.5, pose=pose, pose_constant=pose,
         depth_examples=[], masks=None, trajectories={}, scalars=scalars))
     assert "masks switch on" in page and "80% lower than a constant depth" in page
+    assert "<code>model.motion=vehicle</code>" in page  # the camera model the run assumed
     assert "before the masks switch on" not in page and "class='warning'" not in page
