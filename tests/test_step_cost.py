@@ -159,9 +159,9 @@ def test_source_depth_without_gradient_is_the_loss_with_the_sources_detached(bat
     assert loss_nograd == pytest.approx(loss, rel=1e-5)
     for g, g_nograd in zip(grads, grads_nograd):
         assert torch.allclose(g_nograd, g, rtol=1e-3, atol=1e-5 * g.abs().max().item())
-    # ... and that differs from the full gradient: the sources' depth does train the depth net by default.
+    # ... and that differs from the full gradient: with model.source_depth_grad the sources' depth trains the depth net.
     torch.manual_seed(0)
-    full = build_model(config)
+    full = build_model(load_config(None, [f"data.height={H}", f"data.width={W}", "model.source_depth_grad=true"]))
     compute_objective(full(images), batch["images_raw"], batch["K"], config.loss).loss.backward()
     depth_grad = torch.cat([p.grad.flatten() for p in full.depth_net.parameters()])
     depth_grad_nograd = torch.cat([g.flatten() for g in grads_nograd[:len(list(full.depth_net.parameters()))]])
