@@ -402,7 +402,7 @@ def run_demo(out: Path = Path("demo-output"), settings: DemoSettings = DemoSetti
 def write_demo_report(out: Path, device: str | None = None) -> Path:
     """(Re)write `out/report.html` from what a demo left in `out` (metrics.json, data, run,
     eval, predict); the figures' inputs are read back from those files."""
-    from masksfm.config import load_config
+    from masksfm.config import read_yaml, stored_config
     from masksfm.data.layout import read_poses, read_scene
     from masksfm.report import ReportData, write_report
 
@@ -427,7 +427,7 @@ def write_demo_report(out: Path, device: str | None = None) -> Path:
         ("metrics.json", "every number on this page"),
     ]
     return write_report(out / "report.html", ReportData(
-        settings=metrics["settings"], config=load_config(run / "config.yaml").to_dict(), steps=metrics["steps"],
+        settings=metrics["settings"], config=stored_config(read_yaml(run / "config.yaml")).to_dict(), steps=metrics["steps"],
         checkpoint=checkpoint, timings=metrics["timings"], data_note=metrics["data_note"],
         machine=f"trained on {metrics['device']}, {metrics['threads']} CPU thread(s)",
         depth=metrics["depth"], depth_constant=metrics["depth_constant"],

@@ -387,7 +387,7 @@ def _summary_html(data: ReportData) -> list[str]:
         f"recorded. Method: Wang et al., <i>Unsupervised Learning of Monocular Depth and Ego-Motion Using Multiple "
         f"Masks</i>, ICRA 2019; training recipe <code>loss.mask={_e(loss['mask'])}</code>, "
         f"<code>loss.guard={_e(loss['guard'])}</code>, "
-        f"<code>model.motion={_e(data.config['model'].get('motion', 'free'))}</code> (vehicle: the camera moves as a "
+        f"<code>model.motion={_e(data.config['model']['motion'])}</code> (vehicle: the camera moves as a "
         f"car's, along its optical axis and turning).</p>")
     if gain >= CLEARLY_BETTER:
         verdict = f"<span class='good'>{gain:.0f}% lower than a constant depth</span>"
