@@ -98,16 +98,22 @@ QUICK = {"steps": 4, "seeds": 1, "height": 32, "width": 96, "scenes": 3, "frames
 # --- one run ----------------------------------------------------------------------------------
 
 
-def run_config(variant: str, seed: int, args) -> Config:
-    """The configuration of one run: the variant's, at the ablation's size, budget and seed."""
-    name, overrides, _ = VARIANTS[variant]
-    config = load_config(name, [
-        *overrides,
+def bench_config(name: str, overrides: list[str], seed: int, args) -> Config:
+    """Shipped config `name` at a bench's size, budget (no lr decay) and seed, then the variant's
+    `overrides` last, so that a variant may set its own schedule."""
+    return load_config(name, [
         f"data.height={args.height}", f"data.width={args.width}", "data.workers=0",
         f"optim.steps={args.steps}", "optim.lr_decay_steps=[]", f"train.seed={seed}",
         f"train.checkpoint_every={args.steps}", f"train.val_every={args.steps}",
         f"train.image_every={10 * args.steps}",
+        *overrides,
     ])
+
+
+def run_config(variant: str, seed: int, args) -> Config:
+    """The configuration of one run: the variant's, at the ablation's size, budget and seed."""
+    name, overrides, _ = VARIANTS[variant]
+    config = bench_config(name, overrides, seed, args)
     if config.loss.guard == "warmup":
         config.loss.warmup_steps = min(config.loss.warmup_steps, args.steps // 2)
     return config

@@ -49,9 +49,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ablation import _plain, list_variants, parse_bench_args, run_tasks, same_config  # noqa: E402
+from ablation import _plain, bench_config, list_variants, parse_bench_args, run_tasks, same_config  # noqa: E402
 
-from masksfm.config import Config, load_config  # noqa: E402
+from masksfm.config import Config  # noqa: E402
 from masksfm.data.layout import load_split  # noqa: E402
 from masksfm.evaluation import own_snippet_ates, relative_pose_errors, snippet_ates, trajectory_metrics  # noqa: E402
 from masksfm.inference import (  # noqa: E402
@@ -105,6 +105,10 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "vehicle-nograd-dn": ("default", ["model.motion=vehicle", "model.source_depth_grad=false", "loss.dn=snippet"],
                           "vehicle-nograd with depth normalisation per snippet (the pose net's translation in units of "
                           "the snippet's mean depth)"),
+    "decay450": ("default", ["optim.lr_decay_steps=[450]"],
+                 "the default with both learning rates x0.1 for the last quarter (steps 450-600; monodepth2 decays at 3/4)"),
+    "lr2x-decay400": ("default", ["optim.lr=4e-4", "optim.pose_lr_scale=2", "optim.lr_decay_steps=[400]"],
+                      "the default with the depth net's lr x2 (the pose net's unchanged) and both x0.1 from step 400"),
     "default+consistency": ("default", [*FREE, "loss.consistency_weight=0.5"],
                             "free-grad with SC-SfMLearner's depth scale consistency, weight 0.5 (for the speed spread)"),
     "snippet-pose": ("default", [*PREVIOUS, "model.pose=snippet"], "pose-lr1, SfMLearner's pose net on the whole snippet"),
@@ -128,13 +132,7 @@ QUICK = {"steps": 4, "seeds": 1, "height": 32, "width": 96, "scenes": 3, "frames
 def run_config(variant: str, seed: int, args) -> Config:
     """The configuration of one run: the variant's, at the bench's size, budget and seed."""
     name, overrides, _ = VARIANTS[variant]
-    return load_config(name, [
-        *overrides,
-        f"data.height={args.height}", f"data.width={args.width}", "data.workers=0",
-        f"optim.steps={args.steps}", "optim.lr_decay_steps=[]", f"train.seed={seed}",
-        f"train.checkpoint_every={args.steps}", f"train.val_every={args.steps}",
-        f"train.image_every={10 * args.steps}",
-    ])
+    return bench_config(name, overrides, seed, args)
 
 
 def pose_figures(rel_by_scene: dict[str, np.ndarray], scenes,

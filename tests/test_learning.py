@@ -48,3 +48,18 @@ def test_quick_learning_bench_runs_scores_and_resumes(tmp_path):
     rescored = json.loads(result_file.read_text())
     assert rescored["direction_err"] == pytest.approx(stored["direction_err"])
     assert rescored["ate_own"] == pytest.approx(stored["ate_own"])
+
+
+def test_a_variants_overrides_win_over_the_benchs_budget():
+    # The bench resets the schedule for its short budget; a variant that sets its own keeps it
+    # (the decay variants once ran without their decay because the reset came after them).
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import learning
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    args = learning.parse_args(["--steps", "600", "--height", "64", "--width", "224"])
+    decayed = learning.run_config("decay450", 1, args)
+    assert decayed.optim.lr_decay_steps == [450] and decayed.optim.steps == 600 and decayed.train.seed == 1
+    plain = learning.run_config("default", 1, args)
+    assert plain.optim.lr_decay_steps == [] and plain.data.height == 64 and plain.data.width == 224
