@@ -109,6 +109,8 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
                  "the default with both learning rates x0.1 for the last quarter (steps 450-600; monodepth2 decays at 3/4)"),
     "lr2x-decay400": ("default", ["optim.lr=4e-4", "optim.pose_lr_scale=2", "optim.lr_decay_steps=[400]"],
                       "the default with the depth net's lr x2 (the pose net's unchanged) and both x0.1 from step 400"),
+    "strides12": ("default", ["data.strides=[1, 2]"],
+                  "the default trained on snippets of consecutive frames and of every other frame (speeds x1 and x2)"),
     "default+consistency": ("default", [*FREE, "loss.consistency_weight=0.5"],
                             "free-grad with SC-SfMLearner's depth scale consistency, weight 0.5 (for the speed spread)"),
     "snippet-pose": ("default", [*PREVIOUS, "model.pose=snippet"], "pose-lr1, SfMLearner's pose net on the whole snippet"),

@@ -28,6 +28,7 @@ class DataConfig:
     height: int = 128  # training image size, pixels
     width: int = 416
     snippet_length: int = 3  # odd; the target is the middle frame
+    strides: list[int] = field(default_factory=lambda: [1])  # frame spacings of training snippets: every window at each spacing is an item
     augment: bool = True  # flip, scale-and-crop, colour jitter
     colour_jitter: bool = True  # with augment: monodepth2's colour jitter of the nets' input (the authors: none)
     independent_crop_scale: bool = False  # with augment: x and y enlarged by separate factors (the authors, SfMLearner's code)
@@ -204,6 +205,8 @@ def validate(config: Config) -> None:
     """Cross-field checks a user can trip over."""
     if config.data.snippet_length < 3 or config.data.snippet_length % 2 == 0:
         raise MasksfmError(f"config key data.snippet_length: must be odd and >= 3, got {config.data.snippet_length}")
+    if not config.data.strides or any(not isinstance(k, int) or k < 1 for k in config.data.strides):
+        raise MasksfmError(f"config key data.strides: a list of positive frame spacings, got {config.data.strides}")
     if min(config.data.height, config.data.width) < 32:
         raise MasksfmError(f"config data.height x data.width: at least 32x32, got {config.data.height}x{config.data.width}")
     if not 1 <= config.loss.num_scales <= 4:

@@ -210,6 +210,21 @@ class TestSnippetDataset:
         ds = SnippetDataset(scenes, H, W, snippet_length=5, augment=False)
         assert len(ds) == 1 and ds[0]["images"].shape[0] == 5
 
+    def test_snippets_every_other_frame(self, scenes, data_root):
+        # strides (1, 2): the consecutive windows first, then every window of frames 2 apart (only
+        # scene a, 5 frames, holds one: frames 0, 2, 4); blue encodes the frame read.
+        ds = SnippetDataset(scenes, H, W, augment=False, strides=(1, 2))
+        assert len(ds) == 3 + 2 + 1
+        assert [list(ds.snippet(i)[1]) for i in (0, 4)] == [[0, 1, 2], [1, 2, 3]]
+        scene, frame_ids = ds.snippet(5)
+        assert scene.name == "a" and list(frame_ids) == [0, 2, 4]
+        blue = (ds[5]["images"][:, 2].mean(dim=(1, 2)) * 255).round()
+        assert blue.tolist() == [50.0, 70.0, 90.0]
+        with pytest.raises(MasksfmError, match="the 7 frames a snippet needs"):
+            SnippetDataset(L.load_split(data_root, "train"), H, W, strides=(3,))
+        with pytest.raises(MasksfmError, match="positive frame spacings"):
+            SnippetDataset(scenes, H, W, strides=(0,))
+
     def test_too_short_split(self, data_root):
         with pytest.raises(MasksfmError, match="short.txt: too-short sequences.*the longest has 2 frames"):
             SnippetDataset(L.load_split(data_root, "short"), H, W, source=str(data_root / "short.txt"))

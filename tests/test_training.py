@@ -98,7 +98,9 @@ def test_yaml_and_overrides(tmp_path):
                          ("loss.combine_sources=max", "not one of mean, sum"),
                          ("loss.below_mean_factor=0", "loss.below_mean_factor: must be positive"),
                          ("loss.velocity_weight=-1", "loss.velocity_weight: must be >= 0"),
-                         ("data.colour_jitter=3", "data.colour_jitter")]:
+                         ("data.colour_jitter=3", "data.colour_jitter"),
+                         ("data.strides=[1, 0]", "data.strides: a list of positive frame spacings"),
+                         ("data.strides=[]", "data.strides")]:
         with pytest.raises(MasksfmError, match=message):
             load_config(None, [bad])
     with pytest.raises(MasksfmError, match="loss.combine_sources: sum adds per-source terms"):

@@ -208,7 +208,8 @@ def _to_tensor(frames: np.ndarray) -> torch.Tensor:
 
 
 class SnippetDataset(Dataset):
-    """Every window of `snippet_length` consecutive frames inside a scene; the target is the middle.
+    """Every window of `snippet_length` frames inside a scene, `stride` frames apart, for each of
+    `strides` (consecutive frames: 1); the target is the middle.
 
     An item is addressed by `index`, or by `(epoch, index)` as :class:`SnippetBatchSampler` yields;
     a bare index uses the epoch of :meth:`set_epoch`. The augmentation depends only on
@@ -223,6 +224,8 @@ class SnippetDataset(Dataset):
         colour_jitter: with `augment`, jitter the nets' input (monodepth2); off: the authors' form.
         independent_crop_scale: with `augment`, enlarge x and y by separate factors (the authors).
         source: what to name in error messages (the split file); by default the scenes' folder.
+        strides: the frame spacings of the snippets (`data.strides`); more than one spacing gives the
+            pose net camera speeds that vary by that factor (the same drive, every k-th frame).
     """
 
     def __init__(
@@ -236,6 +239,7 @@ class SnippetDataset(Dataset):
         source: str | None = None,
         colour_jitter: bool = True,
         independent_crop_scale: bool = False,
+        strides: Sequence[int] = (1,),
     ) -> None:
         if snippet_length < 3 or snippet_length % 2 == 0:
             raise MasksfmError(f"snippet length must be odd and at least 3 (target in the middle), "
@@ -248,13 +252,22 @@ class SnippetDataset(Dataset):
         self.seed = int(seed)
         self.source = source or ", ".join(sorted({str(scene.path.parent) for scene in self.scenes})) or "data"
         self.epoch = 0
-        counts = [max(0, len(scene) - snippet_length + 1) for scene in self.scenes]
-        # Flat (scene, first frame) tables rather than a list of tuples: cheap to copy into workers.
-        self._scene_of = np.repeat(np.arange(len(self.scenes)), counts)
-        self._start_of = np.concatenate([np.arange(n) for n in counts]) if counts else np.zeros(0, np.int64)
+        if not strides or min(strides) < 1:
+            raise MasksfmError(f"snippet strides must be positive frame spacings, got {list(strides)}")
+        # Flat (scene, first frame, stride) tables rather than a list of tuples: cheap to copy into workers.
+        scene_of, start_of, stride_of = [], [], []
+        for stride in strides:
+            counts = [max(0, len(scene) - (snippet_length - 1) * stride) for scene in self.scenes]
+            scene_of.append(np.repeat(np.arange(len(self.scenes)), counts))
+            start_of.extend(np.arange(n) for n in counts)
+            stride_of.append(np.full(sum(counts), stride))
+        self._scene_of = np.concatenate(scene_of)
+        self._start_of = np.concatenate(start_of) if start_of else np.zeros(0, np.int64)
+        self._stride_of = np.concatenate(stride_of)
         if len(self._scene_of) == 0:
             longest = max((len(scene) for scene in self.scenes), default=0)
-            raise MasksfmError(f"{self.source}: too-short sequences: no scene has the {snippet_length} frames a "
+            needed = (snippet_length - 1) * min(strides) + 1
+            raise MasksfmError(f"{self.source}: too-short sequences: no scene has the {needed} frames a "
                                f"snippet needs ({len(self.scenes)} scenes, the longest has {longest} frames)")
 
     def __len__(self) -> int:
@@ -268,8 +281,8 @@ class SnippetDataset(Dataset):
         """The scene of item `index` and the indices of its frames."""
         if not 0 <= index < len(self):
             raise IndexError(f"snippet index {index} out of range [0, {len(self)})")
-        start = int(self._start_of[index])
-        return self.scenes[self._scene_of[index]], range(start, start + self.snippet_length)
+        start, stride = int(self._start_of[index]), int(self._stride_of[index])
+        return self.scenes[self._scene_of[index]], range(start, start + (self.snippet_length - 1) * stride + 1, stride)
 
     def augmentation(self, epoch: int, index: int) -> Augmentation | None:
         """The augmentation of item `index` in `epoch` (None when augmentation is off)."""
