@@ -111,6 +111,8 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
                       "the default with the depth net's lr x2 (the pose net's unchanged) and both x0.1 from step 400"),
     "strides12": ("default", ["data.strides=[1, 2]"],
                   "the default trained on snippets of consecutive frames and of every other frame (speeds x1 and x2)"),
+    "resnet18": ("default", ["model.depth=resnet18"],
+                 "the default with monodepth2's depth net (ResNet-18 encoder from scratch, its decoder)"),
     "default+consistency": ("default", [*FREE, "loss.consistency_weight=0.5"],
                             "free-grad with SC-SfMLearner's depth scale consistency, weight 0.5 (for the speed spread)"),
     "snippet-pose": ("default", [*PREVIOUS, "model.pose=snippet"], "pose-lr1, SfMLearner's pose net on the whole snippet"),
