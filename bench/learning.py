@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/learning.py [--steps 600] [--seeds 3] [--first-seed 100]
         [--variants default,snippet-pose] [--height 64] [--width 224] [--scenes 6] [--frames 40]
-        [--jobs 1] [--threads 2] [--work runs/learning] [--out results] [--peers H2H] [--quick] [--list]
+        [--jobs 1] [--threads 2] [--device cpu] [--work runs/learning] [--out results] [--peers H2H] [--quick] [--list]
 
 The question of the learning issue: does masksfm's default recipe learn depth and ego-motion better
 than the trivial guesses and than the peers (SfmLearner-Pytorch, monodepth2) on the same data? A
@@ -222,7 +222,7 @@ def run_one(variant: str, seed: int, args, data: Path, run_dir: Path) -> dict:
     torch.set_num_threads(args.threads)
     config = run_config(variant, seed, args)
     start, cpu_start = time.perf_counter(), time.process_time()
-    run_training(data, run_dir, config, resume=(run_dir / "checkpoints").is_dir(), device="cpu", progress=False)
+    run_training(data, run_dir, config, resume=(run_dir / "checkpoints").is_dir(), device=args.device, progress=False)
     train_s, train_cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
     result = {"variant": variant, "seed": seed, **score(run_dir, data), "train_s": train_s,
               "train_cpu_s": train_cpu_s, "config": _plain(config.to_dict())}
@@ -271,7 +271,8 @@ def markdown(table: dict[str, dict], what: dict[str, str], args, command: str) -
         "",
         f"    {command}",
         "",
-        f"Budget per run: {args.steps} steps at batch 4, {args.height}x{args.width}, from scratch. One synthetic "
+        f"Budget per run: {args.steps} steps at batch 4, {args.height}x{args.width}, from scratch, trained on "
+        f"{args.device}. One synthetic "
         f"street set per seed ({args.scenes} scenes x {args.frames} frames, `masksfm synth --seed "
         f"{args.first_seed}+k`), training seed k; mean ± sample std over the seeds. Baselines: a constant depth "
         "(median-scaled) and straight ahead at a constant speed (scale aligned per snippet / trajectory). "
@@ -317,6 +318,7 @@ def parse_args(argv):
     parser.add_argument("--variants", default="default", help="comma-separated subset (see --list), or all")
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel, one process each")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per run")
+    parser.add_argument("--device", default="cpu", help="where the runs train: cpu (the recorded figures), cuda, cuda:N")
     parser.add_argument("--out", type=Path, default=Path("results"), help="where learning.md / .json go")
     parser.add_argument("--work", type=Path, default=Path("runs/learning"), help="data and run folders")
     parser.add_argument("--peers", type=Path, default=None,
