@@ -41,6 +41,7 @@ class DataConfig:
 class ModelConfig:
     depth: str = "dispnet"  # dispnet | resnet18
     pose: str = "snippet"  # snippet (SfMLearner: the whole snippet in, S poses out) | pairs (monodepth2)
+    pose_encoder: str = "conv"  # conv (SfMLearner's seven convolutions) | resnet18 (monodepth2's, from scratch)
     motion: str = "vehicle"  # vehicle (a car's camera: along the chord of a planar arc) | free (any rigid motion)
     pretrained: str | None = None  # safetensors weights for the ResNet-18 encoder (never downloaded)
     source_depth_grad: bool = False  # True: the loss trains the depth net through the sources' depth too (False: targets' only)
@@ -125,6 +126,7 @@ CHOICES = {
     "loss.combine_sources": ("mean", "sum"),
     "model.depth": ("dispnet", "resnet18"),
     "model.pose": ("snippet", "pairs"),
+    "model.pose_encoder": ("conv", "resnet18"),
     "model.motion": ("free", "vehicle"),
     "train.precision": ("auto", "fp32", "bf16"),
 }
@@ -213,6 +215,8 @@ def validate(config: Config) -> None:
         raise MasksfmError(f"config key loss.num_scales: 1 to 4, got {config.loss.num_scales}")
     if config.model.pose == "pairs" and config.loss.mask == "explainability":
         raise MasksfmError("config key model.pose: pairs has no explainability decoder; use snippet with loss.mask=explainability")
+    if config.model.pose_encoder == "resnet18" and config.loss.mask == "explainability":
+        raise MasksfmError("config key model.pose_encoder: resnet18 has no explainability decoder; use conv with loss.mask=explainability")
     for key in ("smoothness_weight", "consistency_weight", "velocity_weight"):
         if getattr(config.loss, key) < 0:
             raise MasksfmError(f"config key loss.{key}: must be >= 0, got {getattr(config.loss, key)}")

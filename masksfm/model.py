@@ -17,7 +17,7 @@ from torch import nn
 from masksfm.checkpoints import load_checkpoint, load_weights, resolve_checkpoint, unprefixed
 from masksfm.config import Config, stored_config
 from masksfm.errors import MasksfmError
-from masksfm.networks import PairPoseNet, PoseNet, VehicleMotion, build_depth_net
+from masksfm.networks import PairPoseNet, VehicleMotion, build_depth_net, make_pose_net
 from masksfm.objective import ModelOutput
 
 
@@ -66,9 +66,10 @@ def build_model(config: Config) -> SfMModel:
     depth_net = build_depth_net(config.model.depth, pretrained_weights=pretrained)
     num_sources = config.data.snippet_length - 1
     if config.model.pose == "pairs":
-        pose_net = PairPoseNet(num_sources)
+        pose_net = PairPoseNet(num_sources, encoder=config.model.pose_encoder)
     else:
-        pose_net = PoseNet(num_sources, explainability=config.loss.mask == "explainability")
+        pose_net = make_pose_net(num_sources, config.model.pose_encoder,
+                                 explainability=config.loss.mask == "explainability")
     if config.model.motion == "vehicle":
         pose_net = VehicleMotion(pose_net)
     return SfMModel(depth_net, pose_net, source_depth_grad=config.model.source_depth_grad)

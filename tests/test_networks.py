@@ -16,7 +16,8 @@ from skimage import data as skdata
 
 from masksfm.errors import MasksfmError
 from masksfm.geometry import invert_pose, mat_to_pose_vec, pose_vec_to_mat, relative_pose
-from masksfm.networks import DispNet, PairPoseNet, PoseNet, ResNetDepthNet, VehicleMotion, build_depth_net
+from masksfm.networks import (DispNet, PairPoseNet, PoseNet, ResNetDepthNet, ResNetPoseNet, VehicleMotion,
+                              build_depth_net, make_pose_net)
 from masksfm.networks.depth import disparity
 from masksfm.networks.pose import invert_pose_vec, onto_vehicle_path
 
@@ -287,6 +288,47 @@ class TestPoseNet:
             pose_nets[False](target, sources)
         with pytest.raises(ValueError, match="sources must have shape"):
             pose_nets[False](target, sources[:, :2, :, :, :40])
+
+
+class TestResNetPoseNet:
+    """monodepth2's pose net (`model.pose_encoder=resnet18`): a ResNet-18 over the stacked frames."""
+
+    @pytest.mark.parametrize("size", [(37, 50), (64, 208)])
+    def test_shapes_and_the_scaled_mean_of_the_last_conv(self, size):
+        torch.manual_seed(0)
+        net = ResNetPoseNet(num_sources=2).eval()
+        assert net.encoder.conv1.in_channels == 9
+        seen = {}
+        hook = net.decoder[-1].register_forward_hook(lambda m, i, o: seen.update(out=o))
+        with torch.no_grad():
+            poses = net(*TestPoseNet.snippet(3, size))
+        hook.remove()
+        assert poses.shape == (3, 2, 6)
+        assert torch.allclose(poses.reshape(3, 12), 0.01 * seen["out"].mean(dim=(2, 3)))
+        assert 0 < poses.abs().max() < 0.01
+
+    def test_evaluation_treats_each_snippet_alone(self):
+        # Batch normalisation: the batch's statistics in training, the running ones in evaluation, where
+        # a snippet's pose does not depend on the others in its batch.
+        torch.manual_seed(0)
+        net = ResNetPoseNet()
+        target, sources = TestPoseNet.snippet(3, (37, 50))
+        with torch.no_grad():
+            net.train()
+            alone, together = net(target[:1], sources[:1]), net(target, sources)[:1]
+            assert not torch.allclose(alone, together, atol=1e-7)
+            net.eval()
+            alone, together = net(target[:1], sources[:1]), net(target, sources)[:1]
+        assert torch.allclose(alone, together, atol=1e-6)
+
+    def test_gradients_reach_every_parameter_and_pairs_use_it(self):
+        net = PairPoseNet(encoder="resnet18").train()
+        assert isinstance(net.pair_net, ResNetPoseNet) and net.pair_net.encoder.conv1.in_channels == 6
+        net(*TestPoseNet.snippet(2, (37, 50))).sum().backward()
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
+        assert isinstance(make_pose_net(2), PoseNet)
+        with pytest.raises(ValueError, match="no explainability decoder"):
+            make_pose_net(2, "resnet18", explainability=True)
 
 
 class TestInvertPoseVec:

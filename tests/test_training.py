@@ -89,6 +89,7 @@ def test_yaml_and_overrides(tmp_path):
     assert config.optim.lr == 3e-5 and config.optim.lr_decay_steps == [10, 20]
     for bad, message in [("loss.bogus=1", "unknown config key 'loss.bogus'"), ("loss.repeats=x", "loss.repeats"),
                          ("loss.mask=magic", "not one of"), ("loss", "KEY=VALUE"), ("model.pose=stack", "not one of"),
+                         ("model.pose_encoder=vgg", "not one of conv, resnet18"),
                          ("model.motion=boat", "not one of free, vehicle")]:
         with pytest.raises(MasksfmError, match=message):
             load_config(None, [bad])
@@ -107,6 +108,8 @@ def test_yaml_and_overrides(tmp_path):
         load_config(None, ["loss.mask=automask", "loss.combine_sources=sum"])
     with pytest.raises(MasksfmError, match="model.pose: pairs has no explainability decoder"):
         load_config(None, ["model.pose=pairs", "loss.mask=explainability"])
+    with pytest.raises(MasksfmError, match="model.pose_encoder: resnet18 has no explainability decoder"):
+        load_config(None, ["model.pose_encoder=resnet18", "loss.mask=explainability"])
     path.write_text("loss: {repeat: 3}\n")
     with pytest.raises(MasksfmError, match="unknown config key 'loss.repeat'"):
         load_config(path)

@@ -13,6 +13,7 @@ from kornia.geometry.conversions import axis_angle_to_rotation_matrix
 from torch import nn
 
 from masksfm.networks.layers import NUM_SCALES, check_image, crop_like, normalize_image, xavier_init
+from masksfm.networks.resnet import RESNET18_CHANNELS, ResNet18Encoder
 
 # SfMLearner scales the pose output by 0.01 so that the untrained net predicts near-identity motion.
 POSE_SCALE = 0.01
@@ -101,6 +102,56 @@ class PoseNet(nn.Module):
         return poses, masks[::-1]
 
 
+class ResNetPoseNet(nn.Module):
+    """monodepth2's pose net: a ResNet-18 encoder over the stacked frames, then three convolutions.
+
+    The encoder's first convolution takes the 3·(1 + S) stacked channels; its 1/32 features go
+    through a 1x1 squeeze to 256 channels and two 3x3 convolutions of 256, each with a ReLU, then a
+    1x1 convolution to 6·S channels, averaged over the image and scaled by 0.01 (as `PoseNet`).
+    The encoder's batch normalisation uses the batch's statistics in training and the running ones
+    in evaluation. Same interface as `PoseNet` without the explainability decoder.
+
+    Args:
+        num_sources: S, the number of source frames per target.
+    """
+
+    def __init__(self, num_sources: int = 2):
+        super().__init__()
+        if num_sources < 1:
+            raise ValueError(f"num_sources must be at least 1, got {num_sources}")
+        self.num_sources = num_sources
+        self.explainability = False
+        self.encoder = ResNet18Encoder(in_channels=3 * (1 + num_sources))
+        self.decoder = nn.Sequential(
+            nn.Conv2d(RESNET18_CHANNELS[-1], 256, 1), nn.ReLU(inplace=True),
+            nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(256, 6 * num_sources, 1),
+        )
+
+    def forward(self, target: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
+        """Relative poses: (B, S, 6) `[tx, ty, tz, rx, ry, rz]` of T_t2s per source (see `PoseNet.forward`)."""
+        check_image("target", target)
+        if sources.dim() != 5 or tuple(sources.shape[1:]) != (self.num_sources, *target.shape[1:]):
+            raise ValueError(
+                f"sources must have shape (B, {self.num_sources}, {', '.join(map(str, target.shape[1:]))}), "
+                f"got {tuple(sources.shape)}"
+            )
+        x = normalize_image(torch.cat([target, sources.flatten(1, 2)], dim=1))
+        features = self.encoder(x)[-1]
+        return POSE_SCALE * self.decoder(features).mean(dim=(2, 3)).reshape(-1, self.num_sources, 6)
+
+
+def make_pose_net(num_sources: int, encoder: str = "conv", explainability: bool = False) -> nn.Module:
+    """The pose net over a target and `num_sources` sources: SfMLearner's convolutions (`conv`) or
+    monodepth2's ResNet-18 (`resnet18`, no explainability decoder)."""
+    if encoder == "resnet18":
+        if explainability:
+            raise ValueError("the ResNet-18 pose net has no explainability decoder")
+        return ResNetPoseNet(num_sources)
+    return PoseNet(num_sources, explainability=explainability)
+
+
 def invert_pose_vec(vec: torch.Tensor) -> torch.Tensor:
     """The 6-vector of the inverse transform: `[t, r]` -> `[−R(r)ᵀ t, −r]`.
 
@@ -172,15 +223,16 @@ class PairPoseNet(nn.Module):
 
     Args:
         num_sources: S (even): the first S/2 sources come before the target, the rest after it.
+        encoder: the pair net, `conv` (the PoseNet's) or `resnet18` (monodepth2's, `ResNetPoseNet`).
     """
 
-    def __init__(self, num_sources: int = 2):
+    def __init__(self, num_sources: int = 2, encoder: str = "conv"):
         super().__init__()
         if num_sources < 2 or num_sources % 2:
             raise ValueError(f"num_sources must be even and at least 2, got {num_sources}")
         self.num_sources = num_sources
         self.explainability = False
-        self.pair_net = PoseNet(num_sources=1)
+        self.pair_net = make_pose_net(1, encoder)
 
     def forward(self, target: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
         """T_t2s of each source (see `PoseNet.forward`).

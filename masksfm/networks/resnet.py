@@ -55,9 +55,10 @@ class ResNet18Encoder(nn.Module):
     input pixel 2i; a decoder that upsamples x2 and crops to the skip's size stays aligned at any size.
     """
 
-    def __init__(self):
+    def __init__(self, in_channels: int = 3):
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
+        # in_channels > 3: stacked frames (monodepth2's pose encoder takes a pair, 6 channels).
+        self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
@@ -77,7 +78,7 @@ class ResNet18Encoder(nn.Module):
         """Features of a normalised image.
 
         Args:
-            x: (B, 3, H, W) normalised image.
+            x: (B, in_channels, H, W) normalised image(s).
         Returns:
             Five feature maps, (B, C_k, ceil(H / 2^(k+1)), ceil(W / 2^(k+1))) for k = 0..4, with
             C_k = 64, 64, 128, 256, 512.
