@@ -145,6 +145,7 @@ LEVER_CASES = [
      ["model.source_depth_grad=true"]),
     ("  + each scale's error at its own size", "auto", True, ["loss.scales=downsample"]),
     ("  + the 3 finest scales in the loss", "auto", True, ["loss.num_scales=3"]),
+    ("  + monodepth2's ResNet-18 pose net", "auto", True, ["model.pose_encoder=resnet18"]),
 ]
 
 
