@@ -1,5 +1,6 @@
-"""What several test files share: the real command line (in a subprocess or in-process), an mp4
-encoder, and camera trajectories with known geometry (camera-to-world, KITTI axes)."""
+"""What several test files share: the real command line (in a subprocess or in-process) and the flags
+of a small training run, a fixed batch of rendered snippets, an mp4 encoder, and camera trajectories
+with known geometry (camera-to-world, KITTI axes)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,27 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+
+# The command line's flags for a small, quick training run on the suite's rendered set.
+SMALL = ["--height", "64", "--width", "208", "--batch-size", "2", "--set", "data.workers=0",
+         "--set", "train.val_every=1000", "--set", "train.log_every=1", "--set", "loss.warmup_steps=2"]
 
 
 def run_masksfm(*args, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
     """`python -m masksfm ARGS` in a subprocess, output captured as text."""
     return subprocess.run([sys.executable, "-m", "masksfm", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, **kwargs)
+
+
+def fixed_batch(root: Path, height: int = 32, width: int = 104, indices=(0, 1)) -> dict[str, torch.Tensor]:
+    """The train split's snippets `indices` without augmentation, at a small size, stacked (CPU tensors)."""
+    from masksfm.data.dataset import SnippetDataset
+    from masksfm.data.layout import load_split
+
+    dataset = SnippetDataset(load_split(root, "train"), height, width, augment=False, seed=0)
+    items = [dataset[i] for i in indices]
+    return {k: torch.stack([item[k] for item in items]) for k in ("images", "images_raw", "K")}
 
 
 def one_line_error(argv: list[str], capsys) -> str:

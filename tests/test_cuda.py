@@ -14,26 +14,22 @@ import torch
 from masksfm.checkpoints import load_checkpoint, unprefixed
 from masksfm.cli import main
 from masksfm.config import load_config
-from masksfm.data.dataset import SnippetDataset
-from masksfm.data.layout import load_split
 from masksfm.inference import run_eval_depth
 from masksfm.model import build_model, use_training_arithmetic
 from masksfm.objective import compute_objective
+
+from helpers import SMALL, fixed_batch
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
 
 H, W = 64, 208
-SMALL = ["--height", str(H), "--width", str(W), "--batch-size", "2", "--set", "data.workers=0",
-         "--set", "train.val_every=1000", "--set", "train.log_every=1", "--set", "loss.warmup_steps=2"]
 
 
 @pytest.fixture(scope="module")
 def batch(synth_dataset):
     """Two real rendered snippets at 64x208, no augmentation (CPU tensors)."""
-    dataset = SnippetDataset(load_split(synth_dataset, "train"), H, W, augment=False, seed=0)
-    items = [dataset[i] for i in range(2)]
-    return {k: torch.stack([it[k] for it in items]) for k in ("images", "images_raw", "K")}
+    return fixed_batch(synth_dataset, H, W)
 
 
 def loss_and_gradient(model, batch, device, loss_config) -> tuple[float, torch.Tensor]:
@@ -79,7 +75,7 @@ def test_the_default_arithmetic_on_cuda_is_bf16_and_close_to_float32(batch):
     assert cosine(grad_fp32, grad_bf16) > 0.99
 
 
-def _weights(run) -> dict[str, torch.Tensor]:
+def _weights(run) -> tuple[dict[str, torch.Tensor], int]:
     tensors, meta = load_checkpoint(run / "checkpoints" / "last.safetensors")
     return unprefixed(tensors, "model"), meta["step"]
 

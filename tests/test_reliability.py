@@ -24,11 +24,9 @@ import torch
 
 from masksfm.checkpoints import LAST, load_checkpoint, save_checkpoint, unprefixed
 
-from helpers import encode_mp4, run_masksfm
+from helpers import SMALL, encode_mp4, run_masksfm
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ignore"}
-SMALL = ["--height", "64", "--width", "208", "--batch-size", "2", "--set", "data.workers=0",
-         "--set", "train.val_every=1000", "--set", "train.log_every=1", "--set", "loss.warmup_steps=2"]
 
 
 def masksfm(*args, **kwargs) -> subprocess.CompletedProcess:

@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 
 from masksfm.config import load_config
-from masksfm.data.dataset import SnippetDataset
-from masksfm.data.layout import load_split
 from masksfm.losses import box_mean3
 from masksfm.model import build_model, native_bf16, use_training_arithmetic
 from masksfm.objective import compute_objective
+
+from helpers import fixed_batch
 
 H, W = 64, 208
 
@@ -29,9 +29,7 @@ H, W = 64, 208
 @pytest.fixture(scope="module")
 def batch(synth_dataset):
     """Two real rendered snippets (no augmentation) at 64x208."""
-    dataset = SnippetDataset(load_split(synth_dataset, "train"), H, W, augment=False, seed=0)
-    items = [dataset[i] for i in (0, 3)]
-    return {k: torch.stack([it[k] for it in items]) for k in ("images", "images_raw", "K")}
+    return fixed_batch(synth_dataset, H, W, indices=(0, 3))
 
 
 def loss_and_gradients(batch, precision: str | None) -> tuple[float, torch.Tensor]:

@@ -14,8 +14,6 @@ import torch
 from masksfm.checkpoints import load_checkpoint, save_checkpoint, unprefixed
 from masksfm.cli import main
 from masksfm.config import MASK_MODES, Config, from_dict, load_config
-from masksfm.data.dataset import SnippetDataset
-from masksfm.data.layout import load_split
 from masksfm.errors import MasksfmError
 from masksfm.geometry import pose_vec_to_mat
 from masksfm.masks import compute_masks
@@ -23,16 +21,8 @@ from masksfm.model import build_model
 from masksfm.objective import ModelOutput, compute_objective
 
 from conftest import TINY_TRAIN_SETTINGS
+from helpers import SMALL, fixed_batch
 
-SMALL = ["--height", "64", "--width", "208", "--batch-size", "2", "--set", "data.workers=0",
-         "--set", "train.val_every=1000", "--set", "train.log_every=1", "--set", "loss.warmup_steps=2"]
-
-
-def fixed_batch(root: Path, height=32, width=104, count=2):
-    """A fixed batch of snippets without augmentation, at a small size."""
-    dataset = SnippetDataset(load_split(root, "train"), height, width, augment=False, seed=0)
-    items = [dataset[i] for i in range(count)]
-    return {k: torch.stack([item[k] for item in items]) for k in ("images", "images_raw", "K")}
 
 
 @pytest.mark.slow

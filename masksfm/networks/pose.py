@@ -29,6 +29,26 @@ def _upconv(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(nn.ConvTranspose2d(in_channels, out_channels, 4, stride=2, padding=1), nn.ReLU(inplace=True))
 
 
+def stacked_input(target: torch.Tensor, sources: torch.Tensor, num_sources: int) -> torch.Tensor:
+    """The pose nets' input: the target and its sources checked and stacked on the channels, normalised.
+
+    Args:
+        target: (B, 3, H, W) RGB in [0, 1].
+        sources: (B, S, 3, H, W) RGB in [0, 1], S = `num_sources`.
+    Returns:
+        (B, 3·(1 + S), H, W), `normalize_image` of the stack.
+    Raises:
+        ValueError: a bad target (`check_image`) or sources of another shape.
+    """
+    check_image("target", target)
+    if sources.dim() != 5 or tuple(sources.shape[1:]) != (num_sources, *target.shape[1:]):
+        raise ValueError(
+            f"sources must have shape (B, {num_sources}, {', '.join(map(str, target.shape[1:]))}), "
+            f"got {tuple(sources.shape)}"
+        )
+    return normalize_image(torch.cat([target, sources.flatten(1, 2)], dim=1))
+
+
 class PoseNet(nn.Module):
     """SfMLearner's PoseExpNet: seven stride-2 convolutions over the stacked frames, then a 1x1 conv.
 
@@ -77,13 +97,7 @@ class PoseNet(nn.Module):
                 axis-angle in radians); with `explainability`, `(poses, masks)` where masks is
                 [m_0, m_1, m_2, m_3], finest first, m_k (B, S, ceil(H/2^k), ceil(W/2^k)) in (0, 1).
         """
-        check_image("target", target)
-        if sources.dim() != 5 or tuple(sources.shape[1:]) != (self.num_sources, *target.shape[1:]):
-            raise ValueError(
-                f"sources must have shape (B, {self.num_sources}, {', '.join(map(str, target.shape[1:]))}), "
-                f"got {tuple(sources.shape)}"
-            )
-        x = normalize_image(torch.cat([target, sources.flatten(1, 2)], dim=1))
+        x = stacked_input(target, sources, self.num_sources)
         features = []
         for conv in self.conv:
             x = conv(x)
@@ -131,13 +145,7 @@ class ResNetPoseNet(nn.Module):
 
     def forward(self, target: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
         """Relative poses: (B, S, 6) `[tx, ty, tz, rx, ry, rz]` of T_t2s per source (see `PoseNet.forward`)."""
-        check_image("target", target)
-        if sources.dim() != 5 or tuple(sources.shape[1:]) != (self.num_sources, *target.shape[1:]):
-            raise ValueError(
-                f"sources must have shape (B, {self.num_sources}, {', '.join(map(str, target.shape[1:]))}), "
-                f"got {tuple(sources.shape)}"
-            )
-        x = normalize_image(torch.cat([target, sources.flatten(1, 2)], dim=1))
+        x = stacked_input(target, sources, self.num_sources)
         features = self.encoder(x)[-1]
         return POSE_SCALE * self.decoder(features).mean(dim=(2, 3)).reshape(-1, self.num_sources, 6)
 
