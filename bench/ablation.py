@@ -70,7 +70,8 @@ MULTIMASK = ["loss.mask=multimask", "loss.repeats=0", "loss.overlap_tolerance=0.
              "loss.floor_out_of_view=false", "loss.dn=none"]
 VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "none": ("default", ["loss.mask=none", "loss.dn=none"], "every pixel, border padding"),
-    "explainability": ("default", ["loss.mask=explainability", "loss.dn=none"], "SfMLearner's explainability mask"),
+    "explainability": ("default", ["loss.mask=explainability", "loss.dn=none", "model.pose_encoder=conv"],
+                       "SfMLearner's explainability mask (from its pose net's decoder)"),
     "automask": ("default", ["loss.mask=automask", "loss.dn=none"], "monodepth2: min reprojection + auto-mask"),
     "multimask": ("default", MULTIMASK, "the paper's masks, repeats 0, τ 0, floor guard"),
     "multimask-r3": ("default", MULTIMASK + ["loss.repeats=3"], "repeats 3"),

@@ -66,15 +66,22 @@ from masksfm.inference import (  # noqa: E402
 from masksfm.model import load_model  # noqa: E402
 from masksfm.trajectory import chain_relative_poses  # noqa: E402
 
-# The default before 2026-12-03's sixth session: any rigid motion, the sources' depth with gradient; the
-# variants measured against it carry it, so that they stay the runs recorded in docs/results.md.
-FREE = ["model.motion=free", "model.source_depth_grad=true"]
+# The default before 2026-12-04's tenth session: SfMLearner's pose convolutions at 4x the depth net's
+# learning rate; the variants measured against it carry it, so that they stay the runs recorded in
+# docs/results.md.
+CONV_POSE = ["model.pose_encoder=conv", "optim.pose_lr_scale=4"]
+# The default before 2026-12-03's sixth session: any rigid motion, the sources' depth with gradient.
+FREE = [*CONV_POSE, "model.motion=free", "model.source_depth_grad=true"]
 # The default before 2026-12-03: one learning rate for both nets, float32 throughout, eager.
 PREVIOUS = [*FREE, "optim.pose_lr_scale=1", "train.precision=fp32", "train.compile=false"]
 # name -> (shipped config, overrides, what it is).
 VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "default": ("default", [], "configs/default.yaml as shipped (a car's camera, the sources' depth without gradient, "
-                               "pose lr x4, bf16 where native, compiled error)"),
+                               "monodepth2's ResNet-18 pose net at the depth net's lr, bf16 where native, compiled error)"),
+    "conv-pose": ("default", CONV_POSE, "the default before 2026-12-04's tenth session: SfMLearner's pose "
+                                        "convolutions at pose lr x4"),
+    "pairs-lr1": ("default", ["model.pose=pairs"],
+                  "the default on ordered frame pairs (monodepth2's pose input, at its one learning rate)"),
     "free-grad": ("default", FREE,
                   "the default before 2026-12-03's sixth session: any rigid motion, the sources' depth with gradient"),
     "pose-lr1": ("default", PREVIOUS, "the default before 2026-12-03: pose lr x1, float32, eager"),
@@ -90,7 +97,7 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
                  "free-grad on 5-frame snippets: the pose net gives a snippet's 4 poses in one call (SfMLearner's odometry setting)"),
     "scales3": ("default", [*FREE, "loss.num_scales=3"],
                 "free-grad with the 3 finest scales in the loss, not 4 (a quarter of the objective's cost)"),
-    "source-depth-nograd": ("default", ["model.motion=free", "model.source_depth_grad=false"],
+    "source-depth-nograd": ("default", [*CONV_POSE, "model.motion=free", "model.source_depth_grad=false"],
                             "free-grad with the sources' depth computed without gradient (a third of the backward)"),
     "masks+automask": ("default", [*FREE, "loss.mask=multimask+automask"],
                        "free-grad's masks (τ 0.1) times monodepth2's auto-mask (the ablation's best row was at τ 0)"),
@@ -98,29 +105,30 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
                             "the ablation's best row: the masks at τ 0 times monodepth2's auto-mask"),
     "velocity": ("default", [*FREE, "loss.velocity_weight=1"],
                  "free-grad with the constant-velocity prior on the pose net's steps, weight 1 (for the speed spread)"),
-    "vehicle": ("default", ["model.motion=vehicle", "model.source_depth_grad=true"],
+    "vehicle": ("default", [*CONV_POSE, "model.motion=vehicle", "model.source_depth_grad=true"],
                 "free-grad with a car's camera motion: the pose net's translation along the chord of a planar arc"),
-    "vehicle-nograd": ("default", ["model.motion=vehicle", "model.source_depth_grad=false"],
+    "vehicle-nograd": ("default", [*CONV_POSE, "model.motion=vehicle", "model.source_depth_grad=false"],
                        "vehicle with the sources' depth without gradient (the 1.4x cheaper step; the default since)"),
-    "vehicle-nograd-dn": ("default", ["model.motion=vehicle", "model.source_depth_grad=false", "loss.dn=snippet"],
+    "vehicle-nograd-dn": ("default", [*CONV_POSE, "model.motion=vehicle", "model.source_depth_grad=false",
+                                      "loss.dn=snippet"],
                           "vehicle-nograd with depth normalisation per snippet (the pose net's translation in units of "
                           "the snippet's mean depth)"),
-    "decay450": ("default", ["optim.lr_decay_steps=[450]"],
-                 "the default with both learning rates x0.1 for the last quarter (steps 450-600; monodepth2 decays at 3/4)"),
-    "lr2x-decay400": ("default", ["optim.lr=4e-4", "optim.pose_lr_scale=2", "optim.lr_decay_steps=[400]"],
-                      "the default with the depth net's lr x2 (the pose net's unchanged) and both x0.1 from step 400"),
-    "strides12": ("default", ["data.strides=[1, 2]"],
-                  "the default trained on snippets of consecutive frames and of every other frame (speeds x1 and x2)"),
-    "resnet18": ("default", ["model.depth=resnet18"],
-                 "the default with monodepth2's depth net (ResNet-18 encoder from scratch, its decoder)"),
-    "resnet18-pose": ("default", ["model.pose=pairs", "model.pose_encoder=resnet18"],
-                      "the default with monodepth2's pose net: a ResNet-18 (from scratch) on ordered frame pairs"),
-    "resnet18-pose-snippet": ("default", ["model.pose_encoder=resnet18"],
-                              "the default with monodepth2's pose net (a ResNet-18 from scratch) on the whole snippet"),
+    "decay450": ("default", [*CONV_POSE, "optim.lr_decay_steps=[450]"],
+                 "conv-pose with both learning rates x0.1 for the last quarter (steps 450-600; monodepth2 decays at 3/4)"),
+    "lr2x-decay400": ("default", [*CONV_POSE, "optim.lr=4e-4", "optim.pose_lr_scale=2", "optim.lr_decay_steps=[400]"],
+                      "conv-pose with the depth net's lr x2 (the pose net's unchanged) and both x0.1 from step 400"),
+    "strides12": ("default", [*CONV_POSE, "data.strides=[1, 2]"],
+                  "conv-pose trained on snippets of consecutive frames and of every other frame (speeds x1 and x2)"),
+    "resnet18": ("default", [*CONV_POSE, "model.depth=resnet18"],
+                 "conv-pose with monodepth2's depth net (ResNet-18 encoder from scratch, its decoder)"),
+    "resnet18-pose": ("default", ["model.pose=pairs", "model.pose_encoder=resnet18", "optim.pose_lr_scale=4"],
+                      "conv-pose with monodepth2's pose net (a ResNet-18 from scratch) on ordered frame pairs, pose lr x4"),
+    "resnet18-pose-snippet": ("default", ["model.pose_encoder=resnet18", "optim.pose_lr_scale=4"],
+                              "conv-pose with monodepth2's pose net (a ResNet-18 from scratch) on the whole snippet, pose lr x4"),
     "resnet18-pose-lr1": ("default", ["model.pose_encoder=resnet18", "optim.pose_lr_scale=1"],
-                          "resnet18-pose-snippet at the depth net's learning rate (monodepth2's one lr for both nets)"),
-    "default-fp32": ("default", ["train.precision=fp32"],
-                     "the default in float32 where the device has bf16 (the depth net without bf16 autocast)"),
+                          "resnet18-pose-snippet at the depth net's learning rate (monodepth2's one lr; the default since the tenth session)"),
+    "default-fp32": ("default", [*CONV_POSE, "train.precision=fp32"],
+                     "conv-pose in float32 where the device has bf16 (the depth net without bf16 autocast)"),
     "default+consistency": ("default", [*FREE, "loss.consistency_weight=0.5"],
                             "free-grad with SC-SfMLearner's depth scale consistency, weight 0.5 (for the speed spread)"),
     "snippet-pose": ("default", [*PREVIOUS, "model.pose=snippet"], "pose-lr1, SfMLearner's pose net on the whole snippet"),

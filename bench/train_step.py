@@ -145,7 +145,8 @@ LEVER_CASES = [
      ["model.source_depth_grad=true"]),
     ("  + each scale's error at its own size", "auto", True, ["loss.scales=downsample"]),
     ("  + the 3 finest scales in the loss", "auto", True, ["loss.num_scales=3"]),
-    ("  + monodepth2's ResNet-18 pose net", "auto", True, ["model.pose_encoder=resnet18"]),
+    ("  + SfMLearner's pose convolutions (the default before 2026-12-04, tenth session)", "auto", True,
+     ["model.pose_encoder=conv"]),
 ]
 
 

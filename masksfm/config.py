@@ -41,7 +41,7 @@ class DataConfig:
 class ModelConfig:
     depth: str = "dispnet"  # dispnet | resnet18
     pose: str = "snippet"  # snippet (SfMLearner: the whole snippet in, S poses out) | pairs (monodepth2)
-    pose_encoder: str = "conv"  # conv (SfMLearner's seven convolutions) | resnet18 (monodepth2's, from scratch)
+    pose_encoder: str = "resnet18"  # resnet18 (monodepth2's, from scratch) | conv (SfMLearner's seven convolutions)
     motion: str = "vehicle"  # vehicle (a car's camera: along the chord of a planar arc) | free (any rigid motion)
     pretrained: str | None = None  # safetensors weights for the ResNet-18 encoder (never downloaded)
     source_depth_grad: bool = False  # True: the loss trains the depth net through the sources' depth too (False: targets' only)
@@ -80,7 +80,7 @@ class LossConfig:
 @dataclass
 class OptimConfig:
     lr: float = 2e-4
-    pose_lr_scale: float = 4.0  # the pose net's learning rate is lr × this
+    pose_lr_scale: float = 1.0  # the pose net's learning rate is lr × this
     beta1: float = 0.9
     beta2: float = 0.999
     weight_decay: float = 0.0
@@ -189,8 +189,10 @@ def from_dict(values: dict) -> Config:
 
 # Keys whose default changed, with the value a configuration stored before the key existed ran with:
 # a run folder or checkpoint of then is read back as it was trained (the pose net unwrapped, the
-# sources' depth with gradient), not as today's default would train it.
-STORED_BEFORE_THE_KEY = {("model", "motion"): "free", ("model", "source_depth_grad"): True}
+# sources' depth with gradient, SfMLearner's pose convolutions, one learning rate), not as today's
+# default would train it.
+STORED_BEFORE_THE_KEY = {("model", "motion"): "free", ("model", "source_depth_grad"): True,
+                         ("model", "pose_encoder"): "conv", ("optim", "pose_lr_scale"): 1.0}
 
 
 def stored_config(values: dict) -> Config:

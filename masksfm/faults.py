@@ -61,6 +61,19 @@ def zero_backward(model: nn.Module) -> None:
     sum(p.sum() for p in model.parameters()).mul(0).backward()
 
 
+def saved_buffers(model: nn.Module) -> list[torch.Tensor]:
+    """Copies of the model's buffers (batch normalisation's running statistics and counts, which a
+    forward in training mode updates), to put back when the step is skipped: a non-finite batch
+    would otherwise leave NaN statistics behind for evaluation. (About 10 k numbers for the default.)"""
+    return [b.detach().clone() for b in model.buffers()]
+
+
+def restore_buffers(model: nn.Module, saved: list[torch.Tensor]) -> None:
+    with torch.no_grad():
+        for buffer, value in zip(model.buffers(), saved):
+            buffer.copy_(value)
+
+
 class SkippedSteps:
     """The count of skipped steps: in all (kept in checkpoints) and in a row (too many stop the run)."""
 

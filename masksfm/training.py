@@ -256,6 +256,7 @@ class Trainer:
         images_raw = batch["images_raw"].to(self.device, non_blocking=True)
         K = batch["K"].to(self.device, non_blocking=True)
         with_visuals = self.rank == 0 and self.step % cfg.train.image_every == 0
+        buffers = faults.saved_buffers(self.model)
         out = self.net(images)
         objective = compute_objective(out, images_raw, K, cfg.loss, use_masks=masks_active(cfg, self.step),
                                       with_visuals=with_visuals)
@@ -268,6 +269,8 @@ class Trainer:
             faults.zero_backward(self.model)
         if finite:
             self.optimizer.step()
+        else:
+            faults.restore_buffers(self.model, buffers)
         self.skipped.record(finite)
         if not finite and self.rank == 0:
             print(self.skipped.warning(self.step, objective.loss), file=sys.stderr)

@@ -1,5 +1,5 @@
 """What several test files share: the real command line (in a subprocess or in-process) and the flags
-of a small training run, a fixed batch of rendered snippets, an mp4 encoder, and camera trajectories
+of a small training run, a loss mask's settings, a fixed batch of rendered snippets, an mp4 encoder, and camera trajectories
 with known geometry (camera-to-world, KITTI axes)."""
 
 from __future__ import annotations
@@ -15,6 +15,16 @@ import torch
 # The command line's flags for a small, quick training run on the suite's rendered set.
 SMALL = ["--height", "64", "--width", "208", "--batch-size", "2", "--set", "data.workers=0",
          "--set", "train.val_every=1000", "--set", "train.log_every=1", "--set", "loss.warmup_steps=2"]
+
+# The pose net without batch normalisation (SfMLearner's convolutions), for which 2 DDP processes
+# compute what 1 does: the default ResNet-18 pose net normalises by each process's half of the batch.
+DDP_EXACT = "model.pose_encoder=conv"
+
+
+def mask_setting(mode: str) -> list[str]:
+    """The overrides for `loss.mask=mode`: SfMLearner's explainability masks come from its own pose
+    net's decoder (`model.pose_encoder=conv`; the default ResNet-18 pose net has none)."""
+    return [f"loss.mask={mode}", *(["model.pose_encoder=conv"] if mode == "explainability" else [])]
 
 
 def run_masksfm(*args, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:

@@ -162,9 +162,10 @@ def test_eval_pose_refine_through_the_command(tiny_run, synth_dataset, tmp_path)
 
 def test_eval_pose_refine_with_a_perfect_depth_net(tiny_run, synth_dataset, tmp_path, monkeypatch):
     """The whole `eval pose --refine` path with the true depth standing in for the net's: from the
-    tiny run's poses (snippet ATE about 0.9 m with free motion, 0.02 m with a car's), the refinement
-    comes within a centimetre or so (0.008 m seen) of the truth, and, the depth being metric, so does
-    the trajectory itself, unaligned (the snippet ATE's fitted scale would forgive a drive run backwards)."""
+    tiny run's poses (steps of 2-8 mm where the truth moves 1.2 m; snippet ATE 0.02 m with SfMLearner's
+    pose convolutions, 0.0095 m with the ResNet-18 pose net), the refinement comes within a centimetre
+    or so (0.008 m seen from either) of the truth, and, the depth being metric, so does the trajectory
+    itself, unaligned (the snippet ATE's fitted scale would forgive a drive run backwards, or 1000x short)."""
     import masksfm.inference
 
     scene = load_split(synth_dataset, "test")[0]
@@ -181,7 +182,7 @@ def test_eval_pose_refine_with_a_perfect_depth_net(tiny_run, synth_dataset, tmp_
           "--refine"])
     results = json.loads(out_json.read_text())
     assert results["refined"]["iterations"] == 10
-    assert results["refined"]["ate_mean"] < min(0.015, results["ate_mean"] / 2), results
+    assert results["refined"]["ate_mean"] < min(0.012, results["ate_mean"]), results
     from masksfm.data.layout import read_poses
 
     trajectory = read_poses(tmp_path / "t" / scene.name / "refined" / "trajectory.kitti.txt")

@@ -515,9 +515,9 @@ class TestVehicleMotion:
         from masksfm.config import load_config
         from masksfm.model import build_model
 
-        model = build_model(load_config(None, ["loss.mask=explainability"]))  # vehicle: the default
+        model = build_model(load_config(None, ["loss.mask=explainability", "model.pose_encoder=conv"]))  # vehicle: the default
         assert isinstance(model.pose_net, VehicleMotion)
-        assert isinstance(build_model(load_config(None, ["model.motion=free"])).pose_net, PoseNet)
+        assert isinstance(build_model(load_config(None, ["model.motion=free"])).pose_net, ResNetPoseNet)
         target, sources = TestPoseNet.snippet(2, (37, 50))
         with torch.no_grad():
             poses, masks = model.pose_net(target, sources)

@@ -19,6 +19,8 @@ from masksfm.objective import (
     target_frames,
 )
 
+from helpers import mask_setting
+
 H, W = 32, 104
 
 
@@ -52,7 +54,7 @@ def test_pair_frames_pairs_each_target_with_its_sources_in_pose_order():
 @pytest.mark.parametrize("mode", MASK_MODES)
 def test_identical_frames_and_identity_pose_give_zero_photometric_error(mode, still_snippet):
     images, K, disparities = still_snippet
-    cfg = load_config(None, [f"loss.mask={mode}"]).loss
+    cfg = load_config(None, [*mask_setting(mode)]).loss
     still = compute_objective(outputs(disparities, torch.zeros(1, 2, 6), mode), images, K, cfg)
     # Not 0 to the bit: the pixel -> point -> pixel round trip in float32 lands ~1e-5 px off.
     assert still.terms["photometric"].item() == pytest.approx(0.0, abs=2e-5)
@@ -122,7 +124,7 @@ def test_which_directions_are_warped(mode, bidirectional, warps_sources, synth_d
     for d in other:
         d[0] *= 2  # the first source frame only
     poses = torch.tensor([[[0.0, 0.0, -0.4, 0.0, 0.0, 0.0], [0.0, 0.0, 0.4, 0.0, 0.0, 0.0]]])
-    cfg = load_config(None, [f"loss.mask={mode}", f"loss.bidirectional={str(bidirectional).lower()}",
+    cfg = load_config(None, [*mask_setting(mode), f"loss.bidirectional={str(bidirectional).lower()}",
                              "loss.smoothness_weight=0"]).loss
     a = compute_objective(outputs(disparities, poses, mode), images, K, cfg).terms["photometric"]
     b = compute_objective(outputs(other, poses, mode), images, K, cfg).terms["photometric"]
@@ -143,7 +145,7 @@ def test_the_consistency_term_sees_a_source_at_another_depth_scale(mode, still_s
     with the sources at 20 m every pixel disagrees by |10 − 20| / 30 = 1/3, in both directions, at
     each of the 4 scales."""
     images, K, disparities = still_snippet
-    cfg = load_config(None, [f"loss.mask={mode}", "loss.consistency_weight=0.5", "loss.floor_out_of_view=true"]).loss
+    cfg = load_config(None, [*mask_setting(mode), "loss.consistency_weight=0.5", "loss.floor_out_of_view=true"]).loss
     still = torch.zeros(1, 2, 6)
     agree = compute_objective(outputs(disparities, still, mode), images, K, cfg)
     assert agree.terms["consistency"].item() == pytest.approx(0.0, abs=1e-5)
@@ -157,7 +159,7 @@ def test_the_consistency_term_sees_a_source_at_another_depth_scale(mode, still_s
     assert disagree.terms["consistency"].item() == pytest.approx(expected, rel=1e-4)
     # Off by default: no term, no extra warp.
     assert "consistency" not in compute_objective(outputs(far_sources, still, mode), images, K,
-                                                  load_config(None, [f"loss.mask={mode}"]).loss).terms
+                                                  load_config(None, [*mask_setting(mode)]).loss).terms
 
 
 def test_the_velocity_prior_adds_its_term_to_the_loss(still_snippet):
@@ -202,7 +204,7 @@ def test_summed_sources_weigh_the_photometric_term_by_their_count(mode, moving_s
     explainability = [torch.full((2, 2, H >> s, W >> s), 0.5) for s in range(4)] if mode == "explainability" else None
     out = ModelOutput(disparities, poses, explainability)
     mean, summed = (compute_objective(out, images, K,
-                                      load_config(None, [f"loss.mask={mode}", f"loss.combine_sources={how}"]).loss)
+                                      load_config(None, [*mask_setting(mode), f"loss.combine_sources={how}"]).loss)
                     for how in ("mean", "sum"))
     assert summed.terms["photometric"].item() == pytest.approx(2 * mean.terms["photometric"].item(), rel=1e-6)
     assert summed.terms["smoothness"] == mean.terms["smoothness"]

@@ -24,7 +24,7 @@ import torch
 
 from masksfm.checkpoints import LAST, load_checkpoint, save_checkpoint, unprefixed
 
-from helpers import SMALL, encode_mp4, run_masksfm
+from helpers import DDP_EXACT, SMALL, encode_mp4, mask_setting, run_masksfm
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ignore"}
 
@@ -492,7 +492,7 @@ def test_sigkill_at_a_random_moment_then_resume_is_bitwise_exact(reference, synt
         process.kill()
         process.communicate()
         killed_at = step_of(run) if (run / "checkpoints" / LAST).exists() else None
-        resumed = masksfm(*train_args(synth_dataset, run), "--resume")
+        resumed = masksfm(*train_args(synth_dataset, run, *exact), "--resume")
         assert resumed.returncode == 0, (seed, delay, resumed.stderr[-3000:])
         assert step_of(run) == REFERENCE_STEPS
         assert_bitwise_equal(weights(run), weights(reference_run))
@@ -513,7 +513,7 @@ def test_sigterm_saves_exits_cleanly_and_resumes_exactly(reference, synth_datase
     stopped = step_of(run)
     assert 1 <= stopped < REFERENCE_STEPS
     assert err.strip().splitlines()[-1].startswith(f"masksfm: stopped: SIGTERM at step {stopped}: checkpoint saved")
-    resumed = masksfm(*train_args(synth_dataset, run), "--resume")
+    resumed = masksfm(*train_args(synth_dataset, run, *exact), "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_bitwise_equal(weights(run), weights(reference_run))
 
@@ -622,6 +622,8 @@ def test_nonfinite_steps_are_skipped_and_too_many_in_a_row_stop_the_run(synth_da
     def net(images):
         if trainer.step == 0:
             images = images * float("nan")
+        elif trainer.step == 3:  # before its forward, which updates batch normalisation's statistics
+            good.update({k: v.clone() for k, v in trainer.model.state_dict().items()})
         return model_forward(images)
 
     def poisoned(*args, **kwargs):
@@ -629,7 +631,6 @@ def test_nonfinite_steps_are_skipped_and_too_many_in_a_row_stop_the_run(synth_da
         if trainer.step == 1:
             result.loss = result.loss + float("inf")
         elif trainer.step == 3:
-            good.update({k: v.clone() for k, v in trainer.model.state_dict().items()})
             result.loss = NaNGradient.apply(result.loss)
         elif trainer.step >= 4:
             result.loss = result.loss * float("nan")
@@ -647,7 +648,9 @@ def test_nonfinite_steps_are_skipped_and_too_many_in_a_row_stop_the_run(synth_da
     tensors, meta = load_checkpoint(tmp_path / "run" / "checkpoints" / LAST)
     assert meta["step"] == 6 and meta["skipped_steps"] == 5
     saved = unprefixed(tensors, "model")
-    assert_bitwise_equal(saved, good)  # the last good weights, untouched by the skipped steps
+    # the last good weights and batch-norm statistics (the pose net's), untouched by the skipped steps
+    assert any(k.endswith("running_mean") for k in saved)
+    assert_bitwise_equal(saved, good)
     assert all(torch.isfinite(v).all() for v in saved.values())
     adam_steps = {float(v) for k, v in unprefixed(tensors, "optimizer").items() if k.endswith(".step")}
     assert adam_steps == {1.0}, adam_steps  # step 2 updated the weights, nothing else
@@ -685,7 +688,7 @@ def degenerate_batch(case: str, explainability: bool):
 
 
 DEGENERATE = ["all masks zero", "constant images", "zero motion"]
-LOSS_VARIANTS = {mode: [f"loss.mask={mode}"] for mode in ("multimask", "none", "explainability", "automask",
+LOSS_VARIANTS = {mode: mask_setting(mode) for mode in ("multimask", "none", "explainability", "automask",
                                                           "multimask+automask")}
 LOSS_VARIANTS["paper"] = ["loss.ssim=gauss13", "loss.rho=robust", "loss.below_mean_mask=true",
                           "loss.scales=downsample", "loss.dn=image_max", "loss.repeats=3"]
@@ -729,14 +732,17 @@ def worker_of_rank(parent: int, rank: int) -> int | None:
 
 
 @pytest.mark.slow
-def test_ddp_worker_death_ends_the_job_and_resume_with_one_process(reference, synth_dataset, tmp_path):
+def test_ddp_worker_death_ends_the_job_and_resume_with_one_process(synth_dataset, tmp_path):
     """torchrun, 2 processes (gloo, CPU): process 1 is killed after the first checkpoint; the job ends
     with a message, not a hang; `--resume` in a single process finishes the run, close to the
-    uninterrupted single-process run (DDP only reorders the gradient sum)."""
-    reference_run, _ = reference
-    run = tmp_path / "run"
+    uninterrupted single-process run (DDP only reorders the gradient sum; with the pose net without
+    batch normalisation, `DDP_EXACT`)."""
+    exact = ("--set", DDP_EXACT)
+    reference_run, run = tmp_path / "reference", tmp_path / "run"
+    uninterrupted = masksfm(*train_args(synth_dataset, reference_run, *exact))
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533"]
-    job = subprocess.Popen([*torchrun, "-m", "masksfm", *map(str, train_args(synth_dataset, run))],
+    job = subprocess.Popen([*torchrun, "-m", "masksfm", *map(str, train_args(synth_dataset, run, *exact))],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     wait_until(lambda: (run / "checkpoints" / LAST).exists(), process=job)
     victim = worker_of_rank(job.pid, 1)
@@ -752,7 +758,7 @@ def test_ddp_worker_death_ends_the_job_and_resume_with_one_process(reference, sy
     stopped = step_of(run)
     assert 1 <= stopped < REFERENCE_STEPS, "the job finished before the kill: nothing tested"
 
-    resumed = masksfm(*train_args(synth_dataset, run), "--resume")
+    resumed = masksfm(*train_args(synth_dataset, run, *exact), "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert step_of(run) == REFERENCE_STEPS
     # The resumed steps' losses are the uninterrupted run's. (The weights are compared loosely: Adam
