@@ -492,7 +492,7 @@ def test_sigkill_at_a_random_moment_then_resume_is_bitwise_exact(reference, synt
         process.kill()
         process.communicate()
         killed_at = step_of(run) if (run / "checkpoints" / LAST).exists() else None
-        resumed = masksfm(*train_args(synth_dataset, run, *exact), "--resume")
+        resumed = masksfm(*train_args(synth_dataset, run), "--resume")
         assert resumed.returncode == 0, (seed, delay, resumed.stderr[-3000:])
         assert step_of(run) == REFERENCE_STEPS
         assert_bitwise_equal(weights(run), weights(reference_run))
@@ -513,7 +513,7 @@ def test_sigterm_saves_exits_cleanly_and_resumes_exactly(reference, synth_datase
     stopped = step_of(run)
     assert 1 <= stopped < REFERENCE_STEPS
     assert err.strip().splitlines()[-1].startswith(f"masksfm: stopped: SIGTERM at step {stopped}: checkpoint saved")
-    resumed = masksfm(*train_args(synth_dataset, run, *exact), "--resume")
+    resumed = masksfm(*train_args(synth_dataset, run), "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_bitwise_equal(weights(run), weights(reference_run))
 
