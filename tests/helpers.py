@@ -1,6 +1,6 @@
 """What several test files share: the real command line (in a subprocess or in-process) and the flags
-of a small training run, a loss mask's settings, a fixed batch of rendered snippets, an mp4 encoder, and camera trajectories
-with known geometry (camera-to-world, KITTI axes)."""
+of a small training run, a loss mask's settings, a fixed batch of rendered snippets, an mp4 encoder,
+and camera trajectories with known geometry (camera-to-world, KITTI axes)."""
 
 from __future__ import annotations
 

@@ -515,7 +515,8 @@ class TestVehicleMotion:
         from masksfm.config import load_config
         from masksfm.model import build_model
 
-        model = build_model(load_config(None, ["loss.mask=explainability", "model.pose_encoder=conv"]))  # vehicle: the default
+        # model.motion=vehicle is the default
+        model = build_model(load_config(None, ["loss.mask=explainability", "model.pose_encoder=conv"]))
         assert isinstance(model.pose_net, VehicleMotion)
         assert isinstance(build_model(load_config(None, ["model.motion=free"])).pose_net, ResNetPoseNet)
         target, sources = TestPoseNet.snippet(2, (37, 50))

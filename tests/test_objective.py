@@ -54,7 +54,7 @@ def test_pair_frames_pairs_each_target_with_its_sources_in_pose_order():
 @pytest.mark.parametrize("mode", MASK_MODES)
 def test_identical_frames_and_identity_pose_give_zero_photometric_error(mode, still_snippet):
     images, K, disparities = still_snippet
-    cfg = load_config(None, [*mask_setting(mode)]).loss
+    cfg = load_config(None, mask_setting(mode)).loss
     still = compute_objective(outputs(disparities, torch.zeros(1, 2, 6), mode), images, K, cfg)
     # Not 0 to the bit: the pixel -> point -> pixel round trip in float32 lands ~1e-5 px off.
     assert still.terms["photometric"].item() == pytest.approx(0.0, abs=2e-5)
@@ -159,7 +159,7 @@ def test_the_consistency_term_sees_a_source_at_another_depth_scale(mode, still_s
     assert disagree.terms["consistency"].item() == pytest.approx(expected, rel=1e-4)
     # Off by default: no term, no extra warp.
     assert "consistency" not in compute_objective(outputs(far_sources, still, mode), images, K,
-                                                  load_config(None, [*mask_setting(mode)]).loss).terms
+                                                  load_config(None, mask_setting(mode)).loss).terms
 
 
 def test_the_velocity_prior_adds_its_term_to_the_loss(still_snippet):
