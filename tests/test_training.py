@@ -335,7 +335,8 @@ def test_a_run_stored_before_a_default_changed_loads_as_it_was_trained(tmp_path)
     del stored["model"]["motion"], stored["model"]["source_depth_grad"], stored["model"]["pose_encoder"]
     read = stored_config(stored)
     assert (read.model.motion, read.model.source_depth_grad, read.model.pose_encoder) == ("free", True, "conv")
-    assert (from_dict(stored).model.motion, from_dict(stored).model.pose_encoder) == ("vehicle", "resnet18")  # a partial YAML file: today's defaults fill it
+    partial_yaml = from_dict(stored)  # a partial YAML file: today's defaults fill it
+    assert (partial_yaml.model.motion, partial_yaml.model.pose_encoder) == ("vehicle", "resnet18")
     assert stored_config(old.to_dict()) == old and stored_config(load_config(None).to_dict()) == load_config(None)
     torch.manual_seed(0)
     trained = build_model(old)

@@ -29,6 +29,16 @@ def _upconv(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(nn.ConvTranspose2d(in_channels, out_channels, 4, stride=2, padding=1), nn.ReLU(inplace=True))
 
 
+def check_snippet(target: torch.Tensor, sources: torch.Tensor, num_sources: int) -> None:
+    """Raise ValueError for a bad target (`check_image`) or sources not (B, `num_sources`, 3, H, W)."""
+    check_image("target", target)
+    if sources.dim() != 5 or tuple(sources.shape[1:]) != (num_sources, *target.shape[1:]):
+        raise ValueError(
+            f"sources must have shape (B, {num_sources}, {', '.join(map(str, target.shape[1:]))}), "
+            f"got {tuple(sources.shape)}"
+        )
+
+
 def stacked_input(target: torch.Tensor, sources: torch.Tensor, num_sources: int) -> torch.Tensor:
     """The pose nets' input: the target and its sources checked and stacked on the channels, normalised.
 
@@ -38,14 +48,9 @@ def stacked_input(target: torch.Tensor, sources: torch.Tensor, num_sources: int)
     Returns:
         (B, 3·(1 + S), H, W), `normalize_image` of the stack.
     Raises:
-        ValueError: a bad target (`check_image`) or sources of another shape.
+        ValueError: `check_snippet`'s.
     """
-    check_image("target", target)
-    if sources.dim() != 5 or tuple(sources.shape[1:]) != (num_sources, *target.shape[1:]):
-        raise ValueError(
-            f"sources must have shape (B, {num_sources}, {', '.join(map(str, target.shape[1:]))}), "
-            f"got {tuple(sources.shape)}"
-        )
+    check_snippet(target, sources, num_sources)
     return normalize_image(torch.cat([target, sources.flatten(1, 2)], dim=1))
 
 
@@ -251,13 +256,8 @@ class PairPoseNet(nn.Module):
         Returns:
             (B, S, 6) `[t, axis-angle]` of T_t2s per source.
         """
-        check_image("target", target)
+        check_snippet(target, sources, self.num_sources)
         b, num = sources.shape[:2]
-        if num != self.num_sources or tuple(sources.shape[2:]) != tuple(target.shape[1:]):
-            raise ValueError(
-                f"sources must have shape (B, {self.num_sources}, {', '.join(map(str, target.shape[1:]))}), "
-                f"got {tuple(sources.shape)}"
-            )
         half = num // 2
         targets = target.unsqueeze(1).expand_as(sources)
         earlier = torch.cat([sources[:, :half], targets[:, half:]], dim=1).flatten(0, 1)
