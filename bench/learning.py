@@ -80,6 +80,8 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
                                "monodepth2's ResNet-18 pose net at the depth net's lr, bf16 where native, compiled error)"),
     "conv-pose": ("default", CONV_POSE, "the default before 2026-12-04's tenth session: SfMLearner's pose "
                                         "convolutions at pose lr x4"),
+    "source-yaw1": ("default", ["data.source_yaw=1"],
+                    "the default with each source's camera turned by up to 1 degree about its vertical axis"),
     "pairs-lr1": ("default", ["model.pose=pairs"],
                   "the default on ordered frame pairs (monodepth2's pose input, at its one learning rate)"),
     "free-grad": ("default", FREE,

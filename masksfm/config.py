@@ -32,6 +32,7 @@ class DataConfig:
     augment: bool = True  # flip, scale-and-crop, colour jitter
     colour_jitter: bool = True  # with augment: monodepth2's colour jitter of the nets' input (the authors: none)
     independent_crop_scale: bool = False  # with augment: x and y enlarged by separate factors (the authors, SfMLearner's code)
+    source_yaw: float = 0.0  # with augment: turn each source's camera by up to this many degrees about its vertical axis
     workers: int = 2  # DataLoader worker processes
     train_split: str = "train"
     val_split: str = "val"
@@ -211,6 +212,8 @@ def validate(config: Config) -> None:
         raise MasksfmError(f"config key data.snippet_length: must be odd and >= 3, got {config.data.snippet_length}")
     if not config.data.strides or any(not isinstance(k, int) or k < 1 for k in config.data.strides):
         raise MasksfmError(f"config key data.strides: a list of positive frame spacings, got {config.data.strides}")
+    if not 0 <= config.data.source_yaw <= 10:
+        raise MasksfmError(f"config key data.source_yaw: degrees from 0 to 10, got {config.data.source_yaw}")
     if min(config.data.height, config.data.width) < 32:
         raise MasksfmError(f"config data.height x data.width: at least 32x32, got {config.data.height}x{config.data.width}")
     if not 1 <= config.loss.num_scales <= 4:

@@ -20,6 +20,7 @@ from masksfm.data.dataset import (
     draw_augmentation,
     make_loader,
     resize_and_crop,
+    turn_about_vertical,
 )
 from masksfm.errors import MasksfmError
 from masksfm.geometry import flip_intrinsics, scale_intrinsics
@@ -190,6 +191,35 @@ class TestColourJitter:
         assert theirs.scale_y != theirs.scale
 
 
+    def test_sources_turns_are_drawn_last_and_spare_the_target(self):
+        for i in range(100):
+            plain = draw_augmentation(np.random.default_rng([7, i]))
+            turned = draw_augmentation(np.random.default_rng([7, i]), length=5, source_yaw=1.5)
+            assert plain.yaw == () and (turned.scale, turned.crop, turned.flip) == (plain.scale, plain.crop, plain.flip)
+            assert len(turned.yaw) == 5 and turned.yaw[2] == 0.0
+            assert all(0 < abs(a) <= np.radians(1.5) for k, a in enumerate(turned.yaw) if k != 2)
+
+
+def test_a_turned_frame_is_what_the_turned_camera_renders():
+    # The renderer's view from P · R_y(1°) against the view from P turned by the homography: equal to
+    # resampling (1.3 / 255 on average away from the entering strip), where the view itself differs by 11.8.
+    from masksfm.data.synthetic import Camera, kitti_intrinsics, make_scene, make_trajectory, render_view
+    from masksfm.geometry import pose_vec_to_mat
+
+    rng = np.random.default_rng(1)
+    pose, scene = make_trajectory(rng, 1)[0], make_scene(rng, 200.0)
+    K = kitti_intrinsics(128, 416)
+    angle = np.radians(1.0)
+    R = pose_vec_to_mat(torch.tensor([[0, 0, 0, 0, angle, 0]], dtype=torch.float64))[0].numpy()
+    view, truth = (render_view(scene.at(0), Camera(P, K, 128, 416)).rgb for P in (pose, pose @ R))
+
+    def error(image):
+        return np.abs(image[:, 10:-10].astype(float) - truth[:, 10:-10].astype(float)).mean()
+
+    assert error(turn_about_vertical(view, K, angle)) < 2.0
+    assert error(turn_about_vertical(view, K, -angle)) > 10 and error(view) > 10
+
+
 class TestSnippetDataset:
     def test_items_shapes_and_order(self, scenes):
         ds = SnippetDataset(scenes, H, W, augment=False)
@@ -247,6 +277,14 @@ class TestSnippetDataset:
             # Frames of a snippet share one geometry: the ramps are the same in every frame.
             assert torch.equal(item["images_raw"][0, :2], item["images_raw"][2, :2])
         assert 0 < sum(flips) < len(ds)  # both branches exercised
+
+    def test_sources_turn_and_the_target_does_not(self, scenes):
+        plain = SnippetDataset(scenes, H, W, seed=3)
+        turned = SnippetDataset(scenes, H, W, seed=3, source_yaw=2.0)
+        item, reference = turned[(1, 0)], plain[(1, 0)]
+        assert torch.equal(item["images_raw"][1], reference["images_raw"][1]) and torch.equal(item["K"], reference["K"])
+        for source in (0, 2):
+            assert not torch.equal(item["images_raw"][source], reference["images_raw"][source])
 
     def test_jitter_changes_colour_only(self, scenes):
         ds = SnippetDataset(scenes, H, W, seed=0)

@@ -80,7 +80,8 @@ def test_yaml_and_overrides(tmp_path):
     for bad, message in [("loss.bogus=1", "unknown config key 'loss.bogus'"), ("loss.repeats=x", "loss.repeats"),
                          ("loss.mask=magic", "not one of"), ("loss", "KEY=VALUE"), ("model.pose=stack", "not one of"),
                          ("model.pose_encoder=vgg", "not one of conv, resnet18"),
-                         ("model.motion=boat", "not one of free, vehicle")]:
+                         ("model.motion=boat", "not one of free, vehicle"),
+                         ("data.source_yaw=20", "data.source_yaw: degrees from 0 to 10")]:
         with pytest.raises(MasksfmError, match=message):
             load_config(None, [bad])
     for bad, message in [("loss.image_range=byte", "not one of unit, signed"),

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image, ImageEnhance
@@ -67,6 +68,8 @@ class Augmentation:
             [0, 1] of the free range (0 = left/top, 1 = right/bottom).
         flip: mirror horizontally.
         jitter: colour jitter of the network input, or None.
+        yaw: one angle per frame of the snippet (0 for the target): the frame as seen by its camera
+            turned about its own vertical axis (`turn_about_vertical`), or () for none.
     """
 
     scale: float = 1.0
@@ -74,17 +77,21 @@ class Augmentation:
     flip: bool = False
     jitter: ColourJitter | None = None
     scale_y: float | None = None  # the height's own enlargement factor; None: `scale`
+    yaw: tuple[float, ...] = ()  # per frame, radians: each frame's camera turned about its vertical axis; () none
 
 
 def draw_augmentation(rng: np.random.Generator, colour_jitter: bool = True,
-                      independent_scale: bool = False) -> Augmentation:
+                      independent_scale: bool = False, length: int = 3, source_yaw: float = 0.0) -> Augmentation:
     """Draw one snippet's augmentation. Every number is drawn whether used or not, so the stream
-    consumed per item is fixed (the height's own factor last, so the other draws do not depend on it).
+    consumed per item is fixed (the height's own factor, then the sources' turns last, so the other
+    draws do not depend on them).
 
     Args:
         rng: the item's generator.
         colour_jitter: jitter the nets' input half the time (monodepth2); off: never (the authors).
         independent_scale: enlarge the height by its own factor (the authors), else by the width's.
+        length: the snippet's frames, L.
+        source_yaw: turn each source's camera by an angle uniform in ±this many degrees; 0: none.
     """
     scale = float(rng.uniform(*SCALE_RANGE))
     crop = (float(rng.random()), float(rng.random()))
@@ -99,8 +106,35 @@ def draw_augmentation(rng: np.random.Generator, colour_jitter: bool = True,
         order=tuple(int(i) for i in rng.permutation(4)),
     )
     scale_y = float(rng.uniform(*SCALE_RANGE))
+    yaw = ()
+    if source_yaw > 0:
+        yaw = tuple(float(a) for a in np.radians(rng.uniform(-source_yaw, source_yaw, length)))
+        yaw = yaw[:length // 2] + (0.0,) + yaw[length // 2 + 1:]
     return Augmentation(scale=scale, crop=crop, flip=flip, jitter=jitter if use_jitter and colour_jitter else None,
-                        scale_y=scale_y if independent_scale else None)
+                        scale_y=scale_y if independent_scale else None, yaw=yaw)
+
+
+def turn_about_vertical(frame: np.ndarray, K: np.ndarray, yaw: float) -> np.ndarray:
+    """A frame as its camera would see it turned by `yaw` about its own vertical (y) axis.
+
+    A rotation about the camera centre moves every pixel by the homography K·R·K⁻¹, whatever the
+    depth, so the turned frame is exact but for the strip that enters at the border (replicated,
+    about f·yaw pixels wide) and resampling. The pose that relates it to the other frames gains R.
+
+    Args:
+        frame: (H, W, 3) uint8 RGB.
+        K: (3, 3) its intrinsics, pixels.
+        yaw: radians: the turned camera's camera-to-world pose is P · R_y(yaw), R_y the rotation
+            about the camera's y axis (the axis-angle (0, yaw, 0)).
+    Returns:
+        (H, W, 3) uint8.
+    """
+    c, s = np.cos(yaw), np.sin(yaw)
+    R = np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
+    H = K @ R.T @ np.linalg.inv(K)
+    height, width = frame.shape[:2]
+    # OpenCV's warp (bilinear, border replicated): the pixel-centre convention of K is OpenCV's.
+    return cv2.warpPerspective(frame, H, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
 def resize_and_crop(
@@ -181,7 +215,8 @@ def augment_snippet(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Bring a snippet to the training size and apply one augmentation to all of its frames.
 
-    Order: scale-and-crop, flip, colour jitter; the geometric steps update K exactly.
+    Order: scale-and-crop, flip, the sources' turns, colour jitter; the geometric steps update K exactly
+    (a turn changes the frame's pose, not K).
 
     Args:
         frames: (L, H0, W0, 3) uint8 RGB as stored.
@@ -197,6 +232,8 @@ def augment_snippet(
     frames, K = resize_and_crop(frames, K, height, width, augmentation.scale, augmentation.crop, augmentation.scale_y)
     if augmentation.flip:
         frames, K = frames[:, :, ::-1], flip_intrinsics(K, width)
+    if any(augmentation.yaw):
+        frames = np.stack([turn_about_vertical(f, K, a) if a else f for f, a in zip(frames, augmentation.yaw)])
     images_raw = _to_tensor(frames)
     images = images_raw if augmentation.jitter is None else _to_tensor(colour_jitter(frames, augmentation.jitter))
     return images, images_raw, torch.from_numpy(K).float()
@@ -226,6 +263,8 @@ class SnippetDataset(Dataset):
         source: what to name in error messages (the split file); by default the scenes' folder.
         strides: the frame spacings of the snippets (`data.strides`); more than one spacing gives the
             pose net camera speeds that vary by that factor (the same drive, every k-th frame).
+        source_yaw: with `augment`, turn each source's camera about its vertical axis by up to this
+            many degrees (`data.source_yaw`): rotations the drives do not have; 0: none.
     """
 
     def __init__(
@@ -240,6 +279,7 @@ class SnippetDataset(Dataset):
         colour_jitter: bool = True,
         independent_crop_scale: bool = False,
         strides: Sequence[int] = (1,),
+        source_yaw: float = 0.0,
     ) -> None:
         if snippet_length < 3 or snippet_length % 2 == 0:
             raise MasksfmError(f"snippet length must be odd and at least 3 (target in the middle), "
@@ -249,6 +289,7 @@ class SnippetDataset(Dataset):
         self.snippet_length = snippet_length
         self.augment = augment
         self.colour_jitter, self.independent_crop_scale = colour_jitter, independent_crop_scale
+        self.source_yaw = float(source_yaw)
         self.seed = int(seed)
         self.source = source or ", ".join(sorted({str(scene.path.parent) for scene in self.scenes})) or "data"
         self.epoch = 0
@@ -289,7 +330,7 @@ class SnippetDataset(Dataset):
         if not self.augment:
             return None
         return draw_augmentation(np.random.default_rng([self.seed, epoch, index, _AUGMENT_STREAM]),
-                                 self.colour_jitter, self.independent_crop_scale)
+                                 self.colour_jitter, self.independent_crop_scale, self.snippet_length, self.source_yaw)
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, torch.Tensor | int]:
         """One snippet.
