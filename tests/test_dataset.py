@@ -190,7 +190,6 @@ class TestColourJitter:
             assert (theirs.scale, theirs.crop, theirs.flip) == (ours.scale, ours.crop, ours.flip)
         assert theirs.scale_y != theirs.scale
 
-
     def test_sources_turns_are_drawn_last_and_spare_the_target(self):
         for i in range(100):
             plain = draw_augmentation(np.random.default_rng([7, i]))
