@@ -69,6 +69,9 @@ class LossConfig:
     combine_sources: str = "mean"  # photometric term over a snippet's sources: mean | sum (the authors)
     smoothness_weight: float = 1e-3
     consistency_weight: float = 0.0  # SC-SfMLearner's geometric (depth scale) consistency; 0 = off
+    turn_weight: float = 0.0  # the pose net's rotation to turned sources against its rotation to them unturned (losses.turn_inconsistency); 0 = off
+    turn_degrees: float = 1.0  # turn_weight: each source turned by an angle uniform in ± this many degrees
+    stride_weight: float = 0.0  # the pose net's poses to sources two frames away against its poses one frame away, twice (losses.stride_inconsistency); 0 = off
     velocity_weight: float = 0.0  # the constant-velocity prior on the pose net's steps (losses.velocity_change); 0 = off
     smoothness_scale_base: float = 2.0  # the smoothness weight is divided by base^scale
     explainability_weight: float = 0.2  # SfMLearner's regulariser, loss.mask = explainability only
@@ -214,6 +217,8 @@ def validate(config: Config) -> None:
         raise MasksfmError(f"config key data.strides: a list of positive frame spacings, got {config.data.strides}")
     if not 0 <= config.data.source_yaw <= 10:
         raise MasksfmError(f"config key data.source_yaw: degrees from 0 to 10, got {config.data.source_yaw}")
+    if not 0 < config.loss.turn_degrees <= 10:
+        raise MasksfmError(f"config key loss.turn_degrees: degrees above 0 up to 10, got {config.loss.turn_degrees}")
     if min(config.data.height, config.data.width) < 32:
         raise MasksfmError(f"config data.height x data.width: at least 32x32, got {config.data.height}x{config.data.width}")
     if not 1 <= config.loss.num_scales <= 4:
@@ -222,7 +227,7 @@ def validate(config: Config) -> None:
         raise MasksfmError("config key model.pose: pairs has no explainability decoder; use snippet with loss.mask=explainability")
     if config.model.pose_encoder == "resnet18" and config.loss.mask == "explainability":
         raise MasksfmError("config key model.pose_encoder: resnet18 has no explainability decoder; use conv with loss.mask=explainability")
-    for key in ("smoothness_weight", "consistency_weight", "velocity_weight"):
+    for key in ("smoothness_weight", "consistency_weight", "velocity_weight", "turn_weight", "stride_weight"):
         if getattr(config.loss, key) < 0:
             raise MasksfmError(f"config key loss.{key}: must be >= 0, got {getattr(config.loss, key)}")
     if config.loss.below_mean_factor <= 0:

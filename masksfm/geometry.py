@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from kornia.geometry.conversions import axis_angle_to_rotation_matrix, rotation_matrix_to_axis_angle
+from kornia.geometry.transform import warp_perspective
 
 # Points closer than this (metres, along z) are treated as on or behind the camera when projecting;
 # SfMLearner clamps the same way so that the division never blows up.
@@ -244,6 +245,33 @@ def snippet_transforms(T_t2s: torch.Tensor) -> torch.Tensor:
     centre = (T_t2s.shape[1] + 1) // 2
     identity = torch.eye(4, dtype=T_t2s.dtype, device=T_t2s.device).expand(T_t2s.shape[0], 1, 4, 4)
     return torch.cat([T_t2s[:, :centre], identity, T_t2s[:, centre:]], dim=1)
+
+
+def yaw_rotation(yaw: torch.Tensor) -> torch.Tensor:
+    """Rotations (..., 3, 3) about the camera's vertical (y) axis by `yaw` (...,) radians: axis-angle (0, yaw, 0)."""
+    c, s, zero, one = torch.cos(yaw), torch.sin(yaw), torch.zeros_like(yaw), torch.ones_like(yaw)
+    return torch.stack([c, zero, s, zero, one, zero, -s, zero, c], dim=-1).unflatten(-1, (3, 3))
+
+
+def turn_frames(frames: torch.Tensor, K: torch.Tensor, yaw: torch.Tensor) -> torch.Tensor:
+    """Frames as their cameras would see them turned by `yaw` about their own vertical axes.
+
+    A rotation about the camera centre moves every pixel by the homography K·Rᵀ·K⁻¹ whatever the
+    depth, so the turn is exact but for the strip that enters at the border (replicated) and the
+    bilinear resampling; the turned camera's camera-to-world pose is P · R_y(yaw), so a pose T_t2s
+    to a turned source becomes R_y(yaw)ᵀ · T_t2s.
+
+    Args:
+        frames: (N, C, H, W).
+        K: (N, 3, 3) their intrinsics, pixels (pixel centres at integers).
+        yaw: (N,) radians.
+    Returns:
+        (N, C, H, W) the turned frames.
+    """
+    K = K.double()
+    H = K @ yaw_rotation(yaw.to(K)).transpose(-1, -2) @ torch.linalg.inv(K)
+    return warp_perspective(frames, H.to(frames.dtype), tuple(frames.shape[-2:]), padding_mode="border",
+                            align_corners=True)
 
 
 def relative_pose(cam_to_world_t, cam_to_world_s):

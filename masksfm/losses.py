@@ -11,7 +11,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from masksfm.geometry import snippet_transforms
+from kornia.geometry.conversions import axis_angle_to_rotation_matrix, rotation_matrix_to_axis_angle
+
+from masksfm.geometry import mat_to_pose_vec, pose_vec_to_mat, snippet_transforms, yaw_rotation
 
 # SSIM stabilisers for images in [0, 1] (Wang et al. 2004; monodepth2 and the authors alike).
 SSIM_C1 = 0.01**2
@@ -179,6 +181,43 @@ def velocity_change(T_t2s: torch.Tensor, length: int, eps: float = 1e-12) -> tor
     steps = (t[:, 1:] - R[:, 1:] @ R[:, :-1].transpose(-1, -2) @ t[:, :-1]).squeeze(-1)  # (B, L − 1, 3)
     size = steps.pow(2).sum(-1)
     return (steps[:, 1:] - steps[:, :-1]).pow(2).sum(-1) / (size[:, 1:] + size[:, :-1] + eps)
+
+
+def turn_inconsistency(rotation: torch.Tensor, turned_rotation: torch.Tensor, yaw: torch.Tensor) -> torch.Tensor:
+    """How far the pose net's rotation to a turned source is from its rotation to the source unturned,
+    composed with the turn: a source's camera turned by `yaw` about its vertical axis makes
+    T_t2s into R_y(yaw)ᵀ · T_t2s, exactly (`masksfm.geometry.turn_frames`).
+
+    Both sides carry gradient: the term holds the difference of the two rotations to the turn, and
+    leaves their common part to the photometric loss. (With the unturned side held fixed, the net
+    chases its own moving output and drifts: measured, the rotation ran to hundreds of degrees.)
+
+    Args:
+        rotation: (N, 3) the pose net's axis-angle (radians) of T_t2s for the plain sources.
+        turned_rotation: (N, 3) its axis-angle for the same sources turned.
+        yaw: (N,) the turns, radians.
+    Returns:
+        (N,) the L1 distance of the axis-angle vectors, radians.
+    """
+    expected = yaw_rotation(yaw).transpose(-1, -2) @ axis_angle_to_rotation_matrix(rotation)
+    return (turned_rotation - rotation_matrix_to_axis_angle(expected.contiguous())).abs().sum(-1)
+
+
+def stride_inconsistency(poses: torch.Tensor, wide_poses: torch.Tensor) -> torch.Tensor:
+    """How far the pose net's poses to sources two frames away are from its poses to the sources one
+    frame away, applied twice: a camera at a constant velocity (a constant twist) makes
+    T_{t→t±2} = T_{t→t±1}², twice the rotation and, on a straight path, twice the distance (a car's
+    speed and turn change by a few per cent from one frame to the next: the relation is a prior, not
+    an identity).
+
+    Args:
+        poses: (N, 6) `[t, axis-angle]` of T_{t→s}, s one frame from the target.
+        wide_poses: (N, 6) the same for the source two frames away on the same side.
+    Returns:
+        (N,) the L1 distance of `wide_poses` from the 6-vectors of T_{t→s}² (model units and radians).
+    """
+    T = pose_vec_to_mat(poses)
+    return (wide_poses - mat_to_pose_vec(T @ T)).abs().sum(-1)
 
 
 @torch.no_grad()

@@ -18,7 +18,7 @@ from masksfm.checkpoints import load_checkpoint, load_weights, resolve_checkpoin
 from masksfm.config import Config, stored_config
 from masksfm.errors import MasksfmError
 from masksfm.networks import PairPoseNet, VehicleMotion, build_depth_net, make_pose_net
-from masksfm.objective import ModelOutput
+from masksfm.objective import ModelOutput, snippet_sources
 
 
 class SfMModel(nn.Module):
@@ -37,11 +37,13 @@ class SfMModel(nn.Module):
         # The warp, the masks and the loss work in float32 whatever the depth net computed in.
         return [d.float() for d in disparities]
 
-    def forward(self, images: torch.Tensor) -> ModelOutput:
-        """Args: images (B, L, 3, H, W) in [0, 1], target = frame L // 2."""
+    def forward(self, images: torch.Tensor, other_sources: tuple[torch.Tensor, ...] = ()) -> ModelOutput:
+        """Args: images (B, L, 3, H, W) in [0, 1], target = frame L // 2; other_sources: more sources
+        for the same targets, each (B, L − 1, 3, H, W) (turned, or farther away in time), for which the
+        pose net also runs, in the same batch (`ModelOutput.other_poses`)."""
         b, length = images.shape[:2]
         center = length // 2
-        sources = torch.cat([images[:, :center], images[:, center + 1:]], dim=1)
+        sources = snippet_sources(images)
         if self.source_depth_grad or not torch.is_grad_enabled():
             disparities = self.disparities(images.flatten(0, 1))
         else:
@@ -49,8 +51,13 @@ class SfMModel(nn.Module):
             with torch.no_grad():
                 source = self.disparities(sources.flatten(0, 1))
             disparities = [in_snippet_order(t, s.unflatten(0, (b, length - 1))) for t, s in zip(target, source)]
-        out = self.pose_net(images[:, center], sources)
+        copies = 1 + len(other_sources)
+        out = self.pose_net(images[:, center].repeat(copies, 1, 1, 1), torch.cat([sources, *other_sources]))
         poses, explainability = out if isinstance(out, tuple) else (out, None)
+        if other_sources:
+            poses, *other_poses = poses.split(b)
+            explainability = None if explainability is None else [m[:b] for m in explainability]
+            return ModelOutput(disparities, poses, explainability, tuple(other_poses))
         return ModelOutput(disparities, poses, explainability)
 
 

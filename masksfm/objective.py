@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from masksfm.config import LossConfig
-from masksfm.geometry import invert_pose, inverse_warp, pose_vec_to_mat, reproject, scale_intrinsics
+from masksfm.geometry import invert_pose, inverse_warp, pose_vec_to_mat, reproject, scale_intrinsics, turn_frames
 from masksfm.losses import (
     automasked_reprojection,
     below_mean_mask,
@@ -39,10 +39,13 @@ from masksfm.losses import (
     scale_weight,
     smoothness_loss,
     source_weight,
+    stride_inconsistency,
+    turn_inconsistency,
     velocity_change,
 )
 from masksfm.masks import compute_masks
 from masksfm.networks.layers import upsample_bilinear
+from masksfm.networks.pose import POSE_SCALE
 
 MASK_NAMES = ("edge", "overlap", "blank", "combined")
 
@@ -53,11 +56,13 @@ class ModelOutput(NamedTuple):
     disparities: per scale, finest first, (B·L, 1, h, w), frames of a snippet consecutive.
     poses: (B, S, 6) [t, axis-angle] of T_t2s for each source in snippet order (target skipped).
     explainability: per scale (B, S, h, w) in (0, 1), or None.
+    other_poses: per set of other sources given to `SfMModel.forward`, (B, S, 6) the pose net's T_t2s to them.
     """
 
     disparities: list[torch.Tensor]
     poses: torch.Tensor
     explainability: list[torch.Tensor] | None
+    other_poses: tuple[torch.Tensor, ...] = ()
 
 
 @dataclass
@@ -422,3 +427,44 @@ def compute_objective(
             terms[f"mask_{key}"] = torch.cat([getattr(masks_t, key), getattr(masks_s, key)]).mean()
     terms["total"] = loss.detach()
     return Objective(loss, terms, visuals)
+
+
+def snippet_sources(images: torch.Tensor) -> torch.Tensor:
+    """The sources of snippets (B, L, ...): every frame but the middle one, (B, L − 1, ...)."""
+    center = images.shape[1] // 2
+    return torch.cat([images[:, :center], images[:, center + 1:]], dim=1)
+
+
+def middle_frames(images: torch.Tensor, length: int) -> torch.Tensor:
+    """The middle `length` frames of snippets (B, L', ...)."""
+    start = (images.shape[1] - length) // 2
+    return images[:, start:start + length]
+
+
+def turned_sources(images: torch.Tensor, K: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
+    """The sources of snippets (B, L, 3, H, W) with intrinsics K (B, 3, 3), each turned by turns
+    (B, L − 1) radians about its camera's vertical axis (`geometry.turn_frames`): (B, L − 1, 3, H, W)."""
+    sources = snippet_sources(images)
+    num_src = sources.shape[1]
+    turned = turn_frames(sources.flatten(0, 1), K.repeat_interleave(num_src, dim=0), turns.flatten())
+    return turned.unflatten(0, sources.shape[:2])
+
+
+def add_pose_consistency(objective: Objective, out: ModelOutput, cfg: LossConfig, turns: torch.Tensor | None) -> None:
+    """Add the pose net's consistency terms to the objective and its terms, in its output units
+    (÷ POSE_SCALE): `loss.stride_weight` × the mean `stride_inconsistency` (`stride`; the wide snippet's
+    poses are `out.other_poses[0]`) and `loss.turn_weight` × the mean `turn_inconsistency` (`turn`; the
+    turned sources' poses are the last of `out.other_poses`, `turns` (B, S) radians)."""
+    added = {}
+    if cfg.stride_weight > 0:
+        inconsistency = stride_inconsistency(out.poses.reshape(-1, 6), out.other_poses[0].reshape(-1, 6))
+        added["stride"] = cfg.stride_weight * inconsistency.mean() / POSE_SCALE
+    if turns is not None:
+        inconsistency = turn_inconsistency(out.poses[..., 3:].reshape(-1, 3), out.other_poses[-1][..., 3:].reshape(-1, 3),
+                                           turns.flatten())
+        added["turn"] = cfg.turn_weight * inconsistency.mean() / POSE_SCALE
+    for name, term in added.items():
+        objective.loss = objective.loss + term
+        objective.terms[name] = term.detach()
+    if added:
+        objective.terms["total"] = objective.loss.detach()

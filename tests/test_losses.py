@@ -289,3 +289,56 @@ class TestVelocityChange:
 def test_reflect_pad1_is_reflection_padding():
     x = torch.rand(2, 3, 5, 7, dtype=torch.float64)
     assert torch.equal(L.reflect_pad1(x), torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect"))
+
+
+class TestTurnInconsistency:
+    """The pose net's rotation to a turned source against R_y(yaw)ᵀ · its rotation to the source unturned."""
+
+    def test_zero_for_the_exact_composition_of_camera_poses(self):
+        # Two camera-to-world poses; the source's camera turned by 0.7°: T_t2s from the poses themselves.
+        from masksfm.geometry import mat_to_pose_vec, pose_vec_to_mat, relative_pose
+
+        yaw = math.radians(0.7)
+        P_t = pose_vec_to_mat(torch.tensor([[0.3, 0.0, 1.0, 0.01, 0.02, -0.01]], dtype=torch.float64))[0]
+        P_s = pose_vec_to_mat(torch.tensor([[0.1, 0.05, 2.0, 0.0, -0.03, 0.02]], dtype=torch.float64))[0]
+        turn = pose_vec_to_mat(torch.tensor([[0.0, 0.0, 0.0, 0.0, yaw, 0.0]], dtype=torch.float64))[0]
+        plain = mat_to_pose_vec(relative_pose(P_t, P_s)[None])[:, 3:]
+        turned = mat_to_pose_vec(relative_pose(P_t, P_s @ turn)[None])[:, 3:]
+        inconsistency = L.turn_inconsistency(plain, turned, torch.tensor([yaw], dtype=torch.float64))
+        assert inconsistency.item() < 1e-12
+        assert L.turn_inconsistency(plain, plain, torch.tensor([yaw], dtype=torch.float64)).item() > 0.9 * yaw
+
+    def test_a_net_that_ignores_the_turn_misses_it_whole_and_both_sides_learn(self):
+        rotation = torch.zeros(2, 3, requires_grad=True)
+        turned = torch.zeros(2, 3, requires_grad=True)
+        yaw = torch.tensor([0.01, -0.02])
+        inconsistency = L.turn_inconsistency(rotation, turned, yaw)
+        assert torch.allclose(inconsistency, yaw.abs(), atol=1e-7)
+        inconsistency.sum().backward()
+        assert turned.grad[:, 1].tolist() == pytest.approx([1.0, -1.0])
+        assert rotation.grad[:, 1].tolist() == pytest.approx([-1.0, 1.0], abs=1e-3)
+
+
+class TestStrideInconsistency:
+    """The pose net's poses two frames away against its poses one frame away applied twice."""
+
+    @staticmethod
+    def vec(T: torch.Tensor) -> torch.Tensor:
+        from masksfm.geometry import mat_to_pose_vec
+
+        return mat_to_pose_vec(T[None])
+
+    def test_zero_on_a_circle_at_one_speed(self):
+        # Yaw 2° a frame on a 25 m radius: T_{t→t+2} is T_{t→t+1} twice, exactly.
+        pose = TestVelocityChange.pose
+        radius, turn = 25.0, math.radians(2.0)
+        at = [pose(k * turn, radius * (1 - math.cos(k * turn)), radius * math.sin(k * turn)) for k in range(3)]
+        from masksfm.geometry import relative_pose
+
+        one, two = self.vec(relative_pose(at[0], at[1])), self.vec(relative_pose(at[0], at[2]))
+        assert L.stride_inconsistency(one, two).item() < 1e-12
+
+    def test_a_speed_change_and_a_turn_missed(self):
+        one = torch.tensor([[0.0, 0.0, 1.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+        two = torch.tensor([[0.0, 0.0, 2.2, 0.0, 0.01, 0.0]], dtype=torch.float64)  # 1 m, then 1.2 m; turned 0.01 rad
+        assert L.stride_inconsistency(one, two).item() == pytest.approx(0.2 + 0.01, rel=1e-12)

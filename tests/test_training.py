@@ -90,6 +90,9 @@ def test_yaml_and_overrides(tmp_path):
                          ("loss.combine_sources=max", "not one of mean, sum"),
                          ("loss.below_mean_factor=0", "loss.below_mean_factor: must be positive"),
                          ("loss.velocity_weight=-1", "loss.velocity_weight: must be >= 0"),
+                         ("loss.turn_weight=-1", "loss.turn_weight: must be >= 0"),
+                         ("loss.stride_weight=-0.1", "loss.stride_weight: must be >= 0"),
+                         ("loss.turn_degrees=0", "loss.turn_degrees: degrees above 0 up to 10"),
                          ("data.colour_jitter=3", "data.colour_jitter"),
                          ("data.strides=[1, 0]", "data.strides: a list of positive frame spacings"),
                          ("data.strides=[]", "data.strides")]:
@@ -147,11 +150,13 @@ def _model_tensors(run: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-def test_resume_is_bitwise_exact(synth_dataset, tmp_path):
+@pytest.mark.parametrize("recipe", [[], ["--set", "loss.turn_weight=0.1", "--set", "loss.stride_weight=0.1"]],
+                         ids=["default", "turns-strides"])
+def test_resume_is_bitwise_exact(recipe, synth_dataset, tmp_path):
     straight, halves = tmp_path / "straight", tmp_path / "halves"
-    main(["train", str(synth_dataset), "--out", str(straight), "--steps", "4", *SMALL])
-    main(["train", str(synth_dataset), "--out", str(halves), "--steps", "2", *SMALL])
-    main(["train", str(synth_dataset), "--out", str(halves), "--steps", "4", "--resume", *SMALL])
+    main(["train", str(synth_dataset), "--out", str(straight), "--steps", "4", *SMALL, *recipe])
+    main(["train", str(synth_dataset), "--out", str(halves), "--steps", "2", *SMALL, *recipe])
+    main(["train", str(synth_dataset), "--out", str(halves), "--steps", "4", "--resume", *SMALL, *recipe])
     a, b = _model_tensors(straight), _model_tensors(halves)
     assert a.keys() == b.keys()
     for key in a:
