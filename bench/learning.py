@@ -85,9 +85,9 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "turns": ("default", ["loss.turn_weight=0.1"],
               "the default with the pose net's rotation to sources turned by up to 1 degree held to its "
               "rotation to them unturned, composed with the turn"),
-    "turns-strides": ("default", ["loss.turn_weight=0.1", "loss.stride_weight=0.1"],
-                      "turns, and the pose net's poses to sources two frames away held to its poses one "
-                      "frame away applied twice"),
+    "turns-strides": ("default", ["loss.turn_weight=0.1", "loss.stride_weight=0.1", "loss.stride_from_step=200"],
+                      "turns, and from step 200 the pose net's poses to sources two frames away held to its "
+                      "poses one frame away applied twice"),
     "pairs-lr1": ("default", ["model.pose=pairs"],
                   "the default on ordered frame pairs (monodepth2's pose input, at its one learning rate)"),
     "free-grad": ("default", FREE,

@@ -72,6 +72,7 @@ class LossConfig:
     turn_weight: float = 0.0  # the pose net's rotation to turned sources against its rotation to them unturned (losses.turn_inconsistency); 0 = off
     turn_degrees: float = 1.0  # turn_weight: each source turned by an angle uniform in ± this many degrees
     stride_weight: float = 0.0  # the pose net's poses to sources two frames away against its poses one frame away, twice (losses.stride_inconsistency); 0 = off
+    stride_from_step: int = 0  # stride_weight: the term counts from this step on (the pose net's distances are tiny before)
     velocity_weight: float = 0.0  # the constant-velocity prior on the pose net's steps (losses.velocity_change); 0 = off
     smoothness_scale_base: float = 2.0  # the smoothness weight is divided by base^scale
     explainability_weight: float = 0.2  # SfMLearner's regulariser, loss.mask = explainability only
@@ -235,6 +236,8 @@ def validate(config: Config) -> None:
     if config.loss.combine_sources == "sum" and config.loss.mask == "automask":
         raise MasksfmError("config key loss.combine_sources: sum adds per-source terms; loss.mask=automask has one "
                            "term for all sources (the per-pixel minimum); use mean")
+    if config.loss.stride_from_step < 0:
+        raise MasksfmError(f"config key loss.stride_from_step: must be >= 0, got {config.loss.stride_from_step}")
     for key in ("optim.batch_size", "optim.steps", "train.checkpoint_every", "train.log_every", "train.val_every"):
         section, name = key.split(".")
         if getattr(getattr(config, section), name) <= 0:

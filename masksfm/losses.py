@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from kornia.geometry.conversions import axis_angle_to_rotation_matrix, rotation_matrix_to_axis_angle
 
-from masksfm.geometry import mat_to_pose_vec, pose_vec_to_mat, snippet_transforms, yaw_rotation
+from masksfm.geometry import pose_vec_to_mat, snippet_transforms, yaw_rotation
 
 # SSIM stabilisers for images in [0, 1] (Wang et al. 2004; monodepth2 and the authors alike).
 SSIM_C1 = 0.01**2
@@ -203,21 +203,26 @@ def turn_inconsistency(rotation: torch.Tensor, turned_rotation: torch.Tensor, ya
     return (turned_rotation - rotation_matrix_to_axis_angle(expected.contiguous())).abs().sum(-1)
 
 
-def stride_inconsistency(poses: torch.Tensor, wide_poses: torch.Tensor) -> torch.Tensor:
+def stride_inconsistency(poses: torch.Tensor, wide_poses: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
     """How far the pose net's poses to sources two frames away are from its poses to the sources one
     frame away, applied twice: a camera at a constant velocity (a constant twist) makes
     T_{t→t±2} = T_{t→t±1}², twice the rotation and, on a straight path, twice the distance (a car's
     speed and turn change by a few per cent from one frame to the next: the relation is a prior, not
-    an identity).
+    an identity). The distances are compared by their ratio, so the term is the same at any scale of
+    the depth (an absolute difference would pull the camera to a standstill: measured, the depth collapsed).
 
     Args:
         poses: (N, 6) `[t, axis-angle]` of T_{t→s}, s one frame from the target.
         wide_poses: (N, 6) the same for the source two frames away on the same side.
+        eps: model units, keeps a standing camera's log finite.
     Returns:
-        (N,) the L1 distance of `wide_poses` from the 6-vectors of T_{t→s}² (model units and radians).
+        (the rotations' L1 distance (N,), radians; the absolute log-ratio of the distances (N,)).
     """
     T = pose_vec_to_mat(poses)
-    return (wide_poses - mat_to_pose_vec(T @ T)).abs().sum(-1)
+    twice = T @ T
+    rotation = (wide_poses[:, 3:] - 2 * poses[:, 3:]).abs().sum(-1)
+    distance = (torch.log(wide_poses[:, :3].norm(dim=-1) + eps) - torch.log(twice[:, :3, 3].norm(dim=-1) + eps)).abs()
+    return rotation, distance
 
 
 @torch.no_grad()

@@ -450,15 +450,17 @@ def turned_sources(images: torch.Tensor, K: torch.Tensor, turns: torch.Tensor) -
     return turned.unflatten(0, sources.shape[:2])
 
 
-def add_pose_consistency(objective: Objective, out: ModelOutput, cfg: LossConfig, turns: torch.Tensor | None) -> None:
-    """Add the pose net's consistency terms to the objective and its terms, in its output units
-    (÷ POSE_SCALE): `loss.stride_weight` × the mean `stride_inconsistency` (`stride`; the wide snippet's
-    poses are `out.other_poses[0]`) and `loss.turn_weight` × the mean `turn_inconsistency` (`turn`; the
-    turned sources' poses are the last of `out.other_poses`, `turns` (B, S) radians)."""
+def add_pose_consistency(objective: Objective, out: ModelOutput, cfg: LossConfig, turns: torch.Tensor | None,
+                         stride_factor: float = 1.0) -> None:
+    """Add the pose net's consistency terms to the objective and its terms: `loss.stride_weight` ×
+    `stride_factor` × the mean `stride_inconsistency`, its rotation in the net's output units (÷ POSE_SCALE)
+    plus its distances' log-ratio (`stride`; the wide snippet's poses are `out.other_poses[0]`), and
+    `loss.turn_weight` × the mean `turn_inconsistency` in the net's output units (`turn`; the turned
+    sources' poses are the last of `out.other_poses`, `turns` (B, S) radians)."""
     added = {}
     if cfg.stride_weight > 0:
-        inconsistency = stride_inconsistency(out.poses.reshape(-1, 6), out.other_poses[0].reshape(-1, 6))
-        added["stride"] = cfg.stride_weight * inconsistency.mean() / POSE_SCALE
+        rotation, distance = stride_inconsistency(out.poses.reshape(-1, 6), out.other_poses[0].reshape(-1, 6))
+        added["stride"] = stride_factor * cfg.stride_weight * (rotation.mean() / POSE_SCALE + distance.mean())
     if turns is not None:
         inconsistency = turn_inconsistency(out.poses[..., 3:].reshape(-1, 3), out.other_poses[-1][..., 3:].reshape(-1, 3),
                                            turns.flatten())

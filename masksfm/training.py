@@ -278,7 +278,7 @@ class Trainer:
         out = self.net(images, tuple(other_sources))
         objective = compute_objective(out, images_raw, K, cfg.loss, use_masks=masks_active(cfg, self.step),
                                       with_visuals=with_visuals)
-        add_pose_consistency(objective, out, cfg.loss, turns)
+        add_pose_consistency(objective, out, cfg.loss, turns, stride_factor=float(self.step >= cfg.loss.stride_from_step))
         self.optimizer.zero_grad(set_to_none=True)
         finite, stop = faults.agree(objective.loss, interrupted, self.world)
         if finite:

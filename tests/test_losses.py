@@ -336,9 +336,14 @@ class TestStrideInconsistency:
         from masksfm.geometry import relative_pose
 
         one, two = self.vec(relative_pose(at[0], at[1])), self.vec(relative_pose(at[0], at[2]))
-        assert L.stride_inconsistency(one, two).item() < 1e-12
+        rotation, distance = L.stride_inconsistency(one, two)
+        assert rotation.item() < 1e-12 and distance.item() < 1e-9
 
-    def test_a_speed_change_and_a_turn_missed(self):
+    def test_a_speed_change_and_a_turn_missed_at_any_scale(self):
         one = torch.tensor([[0.0, 0.0, 1.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
         two = torch.tensor([[0.0, 0.0, 2.2, 0.0, 0.01, 0.0]], dtype=torch.float64)  # 1 m, then 1.2 m; turned 0.01 rad
-        assert L.stride_inconsistency(one, two).item() == pytest.approx(0.2 + 0.01, rel=1e-12)
+        rotation, distance = L.stride_inconsistency(one, two)
+        assert rotation.item() == pytest.approx(0.01, rel=1e-12)
+        assert distance.item() == pytest.approx(math.log(2.2 / 2.0), rel=1e-5)
+        scaled = torch.cat([0.01 * one[:, :3], one[:, 3:]], dim=1), torch.cat([0.01 * two[:, :3], two[:, 3:]], dim=1)
+        assert L.stride_inconsistency(*scaled)[1].item() == pytest.approx(distance.item(), rel=1e-3)

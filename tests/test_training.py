@@ -93,6 +93,7 @@ def test_yaml_and_overrides(tmp_path):
                          ("loss.turn_weight=-1", "loss.turn_weight: must be >= 0"),
                          ("loss.stride_weight=-0.1", "loss.stride_weight: must be >= 0"),
                          ("loss.turn_degrees=0", "loss.turn_degrees: degrees above 0 up to 10"),
+                         ("loss.stride_from_step=-1", "loss.stride_from_step: must be >= 0"),
                          ("data.colour_jitter=3", "data.colour_jitter"),
                          ("data.strides=[1, 0]", "data.strides: a list of positive frame spacings"),
                          ("data.strides=[]", "data.strides")]:
