@@ -275,7 +275,7 @@ class Trainer:
         turns = self._turns(images.shape[0], images.shape[1] - 1) if cfg.loss.turn_weight > 0 else None
         if turns is not None:
             other_sources.append(turned_sources(images, K, turns))
-        out = self.net(images, tuple(other_sources))
+        out = self.net(images, tuple(other_sources)) if other_sources else self.net(images)
         objective = compute_objective(out, images_raw, K, cfg.loss, use_masks=masks_active(cfg, self.step),
                                       with_visuals=with_visuals)
         add_pose_consistency(objective, out, cfg.loss, turns, stride_factor=float(self.step >= cfg.loss.stride_from_step))
