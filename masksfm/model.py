@@ -51,8 +51,10 @@ class SfMModel(nn.Module):
             with torch.no_grad():
                 source = self.disparities(sources.flatten(0, 1))
             disparities = [in_snippet_order(t, s.unflatten(0, (b, length - 1))) for t, s in zip(target, source)]
-        copies = 1 + len(other_sources)
-        out = self.pose_net(images[:, center].repeat(copies, 1, 1, 1), torch.cat([sources, *other_sources]))
+        target = images[:, center]
+        if other_sources:  # one pass of the pose net over the snippet and the other sources, same targets
+            target, sources = target.repeat(1 + len(other_sources), 1, 1, 1), torch.cat([sources, *other_sources])
+        out = self.pose_net(target, sources)
         poses, explainability = out if isinstance(out, tuple) else (out, None)
         if other_sources:
             poses, *other_poses = poses.split(b)
