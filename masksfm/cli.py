@@ -197,7 +197,8 @@ def _add_device(p) -> None:
 def _add_refine(p) -> None:
     p.add_argument("--refine", type=_positive_int, nargs="?", const=10, default=None, metavar="ITERATIONS",
                    help="also refine each consecutive pair's pose photometrically against the depth net's depth "
-                        "(robust Levenberg-Marquardt, coarse to fine; ITERATIONS per pyramid level, default 10)")
+                        "(robust Levenberg-Marquardt, coarse to fine; ITERATIONS per pyramid level, default 10), "
+                        "with the model's motion: a car's camera (model.motion=vehicle) stays on its path")
 
 
 def _add_synth(commands) -> None:

@@ -247,6 +247,36 @@ def snippet_transforms(T_t2s: torch.Tensor) -> torch.Tensor:
     return torch.cat([T_t2s[:, :centre], identity, T_t2s[:, centre:]], dim=1)
 
 
+def vehicle_chord(R: torch.Tensor) -> torch.Tensor:
+    """Where a car's camera at the target sees the source's camera centre, in the source's frame.
+
+    A camera fixed to a car and looking ahead travels in its horizontal plane along a circular arc
+    tangent to its optical axis (non-holonomic planar motion; the model of Scaramuzza's 1-point
+    visual odometry), so the source's centre lies on the chord from the target at half the heading
+    change: direction d = (sin ψ/2, 0, cos ψ/2) in the target's frame, ψ the yaw of the source's
+    optical axis there (Rᵀ e_z). On that path the translation of T_t2s is a multiple of u = R d.
+
+    Args:
+        R: (B, 3, 3) rotations of T_t2s.
+    Returns:
+        (B, 3) unit u = R d; ψ carries no gradient (u's gradient is R's).
+    """
+    _check("R", R, (None, 3, 3))
+    half_turn = 0.5 * torch.atan2(R[:, 2, 0], R[:, 2, 2]).detach()
+    chord = torch.stack([torch.sin(half_turn), torch.zeros_like(half_turn), torch.cos(half_turn)], dim=1)
+    return (R @ chord[..., None])[..., 0]
+
+
+def onto_vehicle_chord(T: torch.Tensor) -> torch.Tensor:
+    """Transforms T_t2s (B, 4, 4) with their translation replaced by its part along
+    :func:`vehicle_chord`, t' = (t·u) u (the source's centre projected onto the chord); rotations kept."""
+    _check("T", T, (None, 4, 4))
+    u = vehicle_chord(T[:, :3, :3])
+    out = T.clone()
+    out[:, :3, 3] = (T[:, :3, 3] * u).sum(1, keepdim=True) * u
+    return out
+
+
 def yaw_rotation(yaw: torch.Tensor) -> torch.Tensor:
     """Rotations (..., 3, 3) about the camera's vertical (y) axis by `yaw` (...,) radians: axis-angle (0, yaw, 0)."""
     c, s, zero, one = torch.cos(yaw), torch.sin(yaw), torch.zeros_like(yaw), torch.ones_like(yaw)

@@ -344,7 +344,8 @@ def run_eval_pose(run: Path, data: Path, split: str = "test", out: Path | None =
     With `refine` (LM iterations per pyramid level), the pose net's relative poses are also refined
     photometrically against the depth net's depth (:func:`masksfm.refine.refine_relative_poses`)
     and scored alike: `refined` beside the pose net's own figures (overall and per scene; its
-    trajectory files in OUT/<scene>/refined/), which stay as they are.
+    trajectory files in OUT/<scene>/refined/), which stay as they are. The refinement keeps the
+    model's motion (`model.motion`: a car's camera stays on its chord).
     """
     from masksfm.model import load_model, pick_device
     from masksfm.refine import refine_relative_poses
@@ -372,7 +373,8 @@ def run_eval_pose(run: Path, data: Path, split: str = "test", out: Path | None =
         own.append((snippets, scene.poses))
         if refine is not None:
             K = scale_intrinsics(scene.K, config.data.width / scene.size[1], config.data.height / scene.size[0])
-            rel = refine_relative_poses(model.depth_net, frames, rel, K, dev, iterations=refine)
+            rel = refine_relative_poses(model.depth_net, frames, rel, K, dev, iterations=refine,
+                                        motion=config.model.motion)
             _, sequences[scene.name]["refined"] = sequence_pose_results(scene, rel, out / scene.name / "refined")
             refined.append((rel, scene.poses))
     if not predicted:

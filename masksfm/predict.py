@@ -181,7 +181,7 @@ def _predict_sequence(model, config, sequence: FrameSequence, folder: Path, save
         rel = predict_relative_poses(model.pose_net, frames, config.data.snippet_length, device)
         if refine is not None:  # before the metric scale: refined translations are in the depth net's unit
             rel = refine_relative_poses(model.depth_net, frames, rel, np.stack(net_K), device, batch_size,
-                                        iterations=refine)
+                                        iterations=refine, motion=config.model.motion)
         if camera_height is not None:
             # One scale for the whole path: per-frame scales would bend it with their noise.
             rel[:, :3, 3] *= summary["scale_median"]
@@ -231,7 +231,8 @@ def run_predict(
         intrinsics: "fx,fy,cx,cy" in the input's pixels; fov: horizontal field of view, degrees.
         progress: a progress bar on stderr.
         refine: with `trajectory`, refine the pose net's relative poses photometrically against the
-            depth net's depth, this many LM iterations per pyramid level (:mod:`masksfm.refine`).
+            depth net's depth, this many LM iterations per pyramid level (:mod:`masksfm.refine`),
+            with the model's motion (`model.motion`).
     Returns:
         A summary per sequence (keyed by its label): frames, out, and the scale / trajectory figures.
     """

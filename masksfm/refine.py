@@ -28,17 +28,23 @@ from masksfm.geometry import (
     MIN_PROJECTION_Z,
     _check,
     backproject,
+    onto_vehicle_chord,
     pixels_to_grid,
     pose_vec_to_mat,
     project,
     scale_intrinsics,
     transform_points,
+    vehicle_chord,
 )
 
 # Cauchy is the default: its weight falls to 0 for large residuals, so occluded pixels (the street's
 # parked cars, poles and facades moving across each other) stop pulling; with Huber they still pull
 # and leave about twice the bias on the rendered street with true depth (bench/refine.py).
 ROBUST_KINDS = ("huber", "cauchy")
+# The camera's motion model, as the pose net's (`model.motion`): any rigid motion, or a car's camera
+# whose translation lies on the chord of a planar arc (`geometry.vehicle_chord`; 4 unknowns: the
+# distance along the chord and the rotation).
+MOTIONS = ("free", "vehicle")
 # Residuals are in image intensity, [0, 1]. Beyond about 10/255 a difference is more likely an
 # occlusion, a moving object or a depth error than a misalignment (DSO uses 9/255 for its Huber).
 ROBUST_SCALE = 0.04
@@ -173,16 +179,28 @@ def _linearise(T, points, valid_t, target, source_and_grad, K_s, need_jacobian: 
     return r, valid, torch.where(valid[..., None], J, 0.0)
 
 
-def _level(T, points, valid_t, target, source, K_s, iterations, robust, robust_scale):
-    """LM iterations at one pyramid level (arguments as for :func:`_linearise`); the refined T."""
+def _on_chord(J: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The Jacobian (B, C, N, 6) of a twist (v, ω) reduced to (B, C, N, 4) of (s, ω) with v = s·u,
+    u (B, 3) the chord's direction: the 4 unknowns of a car's camera."""
+    return torch.cat([(J[..., :3] * u[:, None, None].to(J.dtype)).sum(-1, keepdim=True), J[..., 3:]], dim=-1)
+
+
+def _level(T, points, valid_t, target, source, K_s, iterations, robust, robust_scale, vehicle: bool = False):
+    """LM iterations at one pyramid level (arguments as for :func:`_linearise`); the refined T.
+
+    With `vehicle`, T stays on the chord of a car's camera: the step solves for the distance along
+    the current chord and the rotation, and the new pose is put back onto its own chord (the chord
+    turns with the heading) before its cost is compared."""
     source_and_grad = torch.cat([source, _gradients(source)], dim=1)
     r, valid, J = _linearise(T, points, valid_t, target, source_and_grad, K_s)
     # λ starts afresh at each level: a finer level's cost is another function.
     lam = torch.full((len(T),), LAMBDA_INIT, dtype=torch.float64, device=T.device)
     for _ in range(iterations):
         _, weight = robust_cost_and_weight(r, robust, robust_scale)
-        WJ = (J * weight[..., None]).flatten(1, 2)  # (B, C·N, 6)
-        Jf = J.flatten(1, 2)
+        u = vehicle_chord(T[:, :3, :3]) if vehicle else None
+        Jp = _on_chord(J, u) if vehicle else J  # (B, C, N, P): P = 4 or 6 unknowns
+        WJ = (Jp * weight[..., None]).flatten(1, 2)  # (B, C·N, P)
+        Jf = Jp.flatten(1, 2)
         # Normal equations in float64: the 6x6 system is tiny, and float32 loses the rotation
         # block against the translation block when depth is large.
         H = (WJ.transpose(1, 2) @ Jf).double()
@@ -191,7 +209,11 @@ def _level(T, points, valid_t, target, source, K_s, iterations, robust, robust_s
         floor = SINGULAR_EPS * diag.amax(1, keepdim=True).clamp(min=1e-30)
         A = H + torch.diag_embed(lam[:, None] * diag + floor)
         delta = -torch.linalg.solve(A, g)[..., 0]
-        T_new = se3_exp(delta.to(T.dtype)) @ T
+        if vehicle:
+            twist = torch.cat([delta[:, :1] * u.to(delta.dtype), delta[:, 1:]], dim=1)
+            T_new = onto_vehicle_chord(se3_exp(twist.to(T.dtype)) @ T)
+        else:
+            T_new = se3_exp(delta.to(T.dtype)) @ T
         r_new, valid_new, J_new = _linearise(T_new, points, valid_t, target, source_and_grad, K_s)
         # Compare both poses on the pixels valid at both: a step must not win by pushing pixels
         # out of view.
@@ -222,6 +244,7 @@ def refine_pose(
     robust_scale: float = ROBUST_SCALE,
     channels: str = "grey",
     K_source: torch.Tensor | None = None,
+    motion: str = "free",
 ) -> torch.Tensor:
     """Refine target-to-source poses by robust photometric alignment against the target's depth.
 
@@ -236,9 +259,12 @@ def refine_pose(
         robust: "huber" or "cauchy"; robust_scale: its k, in intensity units.
         channels: "grey" (one residual per pixel, BT.601 luma) or "rgb" (one per channel).
         K_source: (B, 3, 3) the source's intrinsics when they differ (a stereo rig), else None.
+        motion: "free" (any rigid motion, 6 unknowns) or "vehicle" (a car's camera, as
+            `model.motion=vehicle`: T_init is put onto the chord of :func:`masksfm.geometry.vehicle_chord`
+            and every step keeps it there; 4 unknowns, the distance along the chord and the rotation).
     Returns:
         (B, 4, 4) refined T_t2s, T_init's dtype and device. A pair whose cost no step lowers keeps
-        its T_init exactly.
+        its T_init exactly (with `vehicle`, T_init on its chord).
     """
     _check("target", target, (None, None, None, None))
     b, _, h, w = target.shape
@@ -250,6 +276,8 @@ def refine_pose(
         _check("K_source", K_source, (b, 3, 3))
     if robust not in ROBUST_KINDS:
         raise ValueError(f"robust must be one of {ROBUST_KINDS}, got {robust!r}")
+    if motion not in MOTIONS:
+        raise ValueError(f"motion must be one of {MOTIONS}, got {motion!r}")
     if iterations < 0 or levels < 1:
         raise ValueError(f"iterations must be >= 0 and levels >= 1, got {iterations} and {levels}")
     dtype = target.dtype
@@ -264,9 +292,12 @@ def refine_pose(
         image_t, depth, valid = _half(image_t, depth, valid)
         pyramid.append((image_t, F.avg_pool2d(image_s, 2), depth, valid,
                         scale_intrinsics(K_t, 0.5, 0.5), scale_intrinsics(K_s, 0.5, 0.5)))
-    T = T_init  # composed in its own dtype: float64 poses stay float64 with float32 images
+    vehicle = motion == "vehicle"
+    # composed in its own dtype: float64 poses stay float64 with float32 images
+    T = onto_vehicle_chord(T_init) if vehicle else T_init
     for image_t, image_s, depth, valid, K_t, K_s in reversed(pyramid):
-        T = _level(T, backproject(depth, K_t), valid, image_t, image_s, K_s, iterations, robust, robust_scale)
+        T = _level(T, backproject(depth, K_t), valid, image_t, image_s, K_s, iterations, robust, robust_scale,
+                   vehicle)
     return T
 
 
@@ -289,7 +320,7 @@ def refine_sequence(frames, depths, rel, K, device: torch.device | str = "cpu", 
         K: (3, 3) or (N, 3, 3) intrinsics of the frames, pixels (numpy array or tensor).
         device: where the refinement is computed.
         batch_size: pairs per batch.
-        options: passed to :func:`refine_pose` (iterations, levels, robust, ...).
+        options: passed to :func:`refine_pose` (iterations, levels, robust, motion, ...).
     Returns:
         (N − 1, 4, 4) refined relative poses in `rel`'s convention, type and dtype.
     """

@@ -318,10 +318,10 @@ class TestRefine:
     def test_refined_trajectory_through_the_command(self, tiny_run, scene_dir, tmp_path):
         """`predict --trajectory --refine 3` in a real process, on the scene's first 6 frames at twice
         the net's size (cam.txt scaled): the trajectory is the chain of
-        `refine_relative_poses` on the frames at the net's size with cam.txt scaled back, and not the
-        pose net's own."""
+        `refine_relative_poses` on the frames at the net's size with cam.txt scaled back, with the
+        model's motion (a car's camera: every refined pair on its chord), and not the pose net's own."""
         from masksfm.data.layout import read_poses, write_cam
-        from masksfm.geometry import scale_intrinsics
+        from masksfm.geometry import scale_intrinsics, vehicle_chord
         from masksfm.inference import frames_to_tensor, predict_relative_poses
         from masksfm.model import load_model
         from masksfm.refine import refine_relative_poses
@@ -340,8 +340,12 @@ class TestRefine:
         model, config, _ = load_model(tiny_run)
         x = frames_to_tensor(np.stack(frames), config.data.height, config.data.width)
         rel = predict_relative_poses(model.pose_net, x, config.data.snippet_length, torch.device("cpu"))
-        refined = refine_relative_poses(model.depth_net, x, rel, scene.K, iterations=3)
+        assert config.model.motion == "vehicle"
+        refined = refine_relative_poses(model.depth_net, x, rel, scene.K, iterations=3, motion="vehicle")
         written = read_poses(out / "trajectory.kitti.txt")
+        steps = torch.from_numpy(np.linalg.inv(written[:-1]) @ written[1:])  # T_t2s, target i+1 and source i: on its chord
+        chord = vehicle_chord(steps[:, :3, :3])
+        assert torch.linalg.cross(steps[:, :3, 3], chord, dim=1).norm(dim=1).max() < 1e-4 * steps[:, :3, 3].norm(dim=1).min()
         assert np.allclose(written, chain_relative_poses(refined), atol=1e-4)
         assert not np.allclose(written, chain_relative_poses(rel), atol=1e-2)
 

@@ -12,6 +12,7 @@ import torch
 from kornia.geometry.conversions import axis_angle_to_rotation_matrix
 from torch import nn
 
+from masksfm.geometry import vehicle_chord
 from masksfm.networks.layers import NUM_SCALES, check_image, crop_like, normalize_image, xavier_init
 from masksfm.networks.resnet import RESNET18_CHANNELS, ResNet18Encoder
 
@@ -180,16 +181,11 @@ def invert_pose_vec(vec: torch.Tensor) -> torch.Tensor:
 
 
 def onto_vehicle_path(vec: torch.Tensor) -> torch.Tensor:
-    """Pose vectors with the camera moved onto the path of a car's camera (Ackermann steering).
-
-    A camera fixed to a car and looking ahead travels in its horizontal plane along a circular arc
-    tangent to its optical axis (non-holonomic planar motion; the model of Scaramuzza's 1-point
-    visual odometry), so the source's camera centre lies on the chord from the target at half the
-    heading change: direction d = (sin ψ/2, 0, cos ψ/2) in the target's frame, ψ the yaw of the
-    source's optical axis there (Rᵀ e_z). The translation is replaced by its part along that chord
-    as seen in the source's frame, t' = (t·u) u with u = R d (the centre −Rᵀt projected onto d);
-    the rotation is kept, and ψ carries no gradient, so the photometric loss moves the speed along
-    the chord and the rotation as before.
+    """Pose vectors with the camera moved onto the path of a car's camera (Ackermann steering):
+    the translation replaced by its part along :func:`masksfm.geometry.vehicle_chord`, t' = (t·u) u
+    (the source's centre projected onto the chord of the planar arc); the rotation is kept, and the
+    heading change carries no gradient, so the photometric loss moves the speed along the chord and
+    the rotation as before.
 
     Args:
         vec: (..., 6) `[t, axis-angle]` of T_t2s.
@@ -197,10 +193,7 @@ def onto_vehicle_path(vec: torch.Tensor) -> torch.Tensor:
         (..., 6) the same rotation, the translation along the chord.
     """
     flat = vec.reshape(-1, 6)
-    R = axis_angle_to_rotation_matrix(flat[:, 3:])
-    half_turn = 0.5 * torch.atan2(R[:, 2, 0], R[:, 2, 2]).detach()
-    chord = torch.stack([torch.sin(half_turn), torch.zeros_like(half_turn), torch.cos(half_turn)], dim=1)
-    u = (R @ chord[..., None])[..., 0]
+    u = vehicle_chord(axis_angle_to_rotation_matrix(flat[:, 3:]))
     t = (flat[:, :3] * u).sum(1, keepdim=True) * u
     return torch.cat([t, flat[:, 3:]], dim=1).reshape(vec.shape)
 
