@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import torch
 from PIL import Image, ImageEnhance
@@ -21,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from masksfm.data.layout import Scene
 from masksfm.errors import MasksfmError
-from masksfm.geometry import crop_intrinsics, flip_intrinsics, scale_intrinsics
+from masksfm.geometry import crop_intrinsics, flip_intrinsics, scale_intrinsics, turn_frames
 
 # SfMLearner's scale-and-crop: enlarge by up to 15 %, then crop a window of the training size. Its
 # PyTorch code (which the authors' train.py uses) draws separate factors for x and y
@@ -117,9 +116,10 @@ def draw_augmentation(rng: np.random.Generator, colour_jitter: bool = True,
 def turn_about_vertical(frame: np.ndarray, K: np.ndarray, yaw: float) -> np.ndarray:
     """A frame as its camera would see it turned by `yaw` about its own vertical (y) axis.
 
-    A rotation about the camera centre moves every pixel by the homography K·R·K⁻¹, whatever the
+    A rotation about the camera centre moves every pixel by the homography K·Rᵀ·K⁻¹, whatever the
     depth, so the turned frame is exact but for the strip that enters at the border (replicated,
-    about f·yaw pixels wide) and resampling. The pose that relates it to the other frames gains R.
+    about f·yaw pixels wide) and resampling (:func:`masksfm.geometry.turn_frames`). The pose that
+    relates it to the other frames gains R.
 
     Args:
         frame: (H, W, 3) uint8 RGB.
@@ -129,12 +129,11 @@ def turn_about_vertical(frame: np.ndarray, K: np.ndarray, yaw: float) -> np.ndar
     Returns:
         (H, W, 3) uint8.
     """
-    c, s = np.cos(yaw), np.sin(yaw)
-    R = np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
-    H = K @ R.T @ np.linalg.inv(K)
-    height, width = frame.shape[:2]
-    # OpenCV's warp (bilinear, border replicated): the pixel-centre convention of K is OpenCV's.
-    return cv2.warpPerspective(frame, H, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    # geometry.turn_frames, the trainer's turn (loss.turn_weight), on the frame as float, rounded back.
+    image = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)[None].float()
+    turned = turn_frames(image, torch.from_numpy(np.asarray(K, dtype=np.float64))[None],
+                         torch.tensor([float(yaw)], dtype=torch.float64))
+    return turned[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
 def resize_and_crop(
