@@ -88,6 +88,12 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "turns-strides": ("default", ["loss.turn_weight=0.1", "loss.stride_weight=0.1", "loss.stride_from_step=200"],
                       "turns, and from step 200 the pose net's poses to sources two frames away held to its "
                       "poses one frame away applied twice"),
+    "turns-strides-x3": ("default", ["loss.turn_weight=0.3", "loss.stride_weight=0.3", "loss.stride_from_step=200"],
+                         "turns-strides with both relations at 3x the weight (0.3)"),
+    "smooth-x3": ("default", ["loss.smoothness_weight=3e-3"],
+                  "the default with 3x monodepth2's smoothness weight (3e-3 on the mean-normalised disparity)"),
+    "smooth-x0.3": ("default", ["loss.smoothness_weight=3e-4"],
+                    "the default with 0.3x monodepth2's smoothness weight (3e-4 on the mean-normalised disparity)"),
     "pairs-lr1": ("default", ["model.pose=pairs"],
                   "the default on ordered frame pairs (monodepth2's pose input, at its one learning rate)"),
     "free-grad": ("default", FREE,
