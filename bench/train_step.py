@@ -14,7 +14,9 @@ torch.compile, whose first call compiles).
 Default: the levers of the default recipe (channels_last, bf16 autocast of the depth net,
 torch.compile of the photometric error: `train.precision`, `train.compile`), two recipe changes on
 top of it that change what is learned (the sources' depth without gradient, `model.source_depth_grad`;
-each scale's error at its own size, `loss.scales=downsample`), and SfmLearner-Pytorch's own
+each scale's error at its own size, `loss.scales=downsample`), the pose net's relations (`loss.turn_weight`,
+`loss.stride_weight`: the step as the trainer takes it, `objective.batch_objective`, on items of 5 frames
+for the strides), and SfmLearner-Pytorch's own
 default step timed by the peer driver `sfp_step.py` (in --peers, default ../shared/peers beside the
 repository) on its code (--sfp: the extracted SfmLearner-Pytorch folder, or $SFP), in a subprocess between masksfm's rounds; without them the ratio is not printed and the
 output says why. Target (issue 14): default recipe <= 1.5x SfmLearner's step at 128x416, batch 4.
@@ -80,12 +82,12 @@ class MaskTimer:
         return out
 
 
-def fixed_batch(batch: int, height: int, width: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """`batch` consecutive snippets of one rendered synthetic scene, without augmentation."""
+def fixed_batch(batch: int, height: int, width: int, device: torch.device, length: int = 3) -> dict[str, torch.Tensor]:
+    """`batch` consecutive items of `length` frames of one rendered synthetic scene, without augmentation."""
     with tempfile.TemporaryDirectory() as tmp:
-        root = render_dataset(Path(tmp) / "data", scenes=1, frames=batch + 2, height=height, width=width, seed=0,
-                              moving_cars=1, progress=False)
-        dataset = SnippetDataset(load_split(root, "train"), height, width, augment=False)
+        root = render_dataset(Path(tmp) / "data", scenes=1, frames=batch + length - 1, height=height, width=width,
+                              seed=0, moving_cars=1, progress=False)
+        dataset = SnippetDataset(load_split(root, "train"), height, width, length, augment=False)
         items = [dataset[i] for i in range(batch)]
     return {k: torch.stack([it[k] for it in items]).to(device) for k in ("images", "images_raw", "K")}
 
@@ -147,6 +149,10 @@ LEVER_CASES = [
     ("  + the 3 finest scales in the loss", "auto", True, ["loss.num_scales=3"]),
     ("  + SfMLearner's pose convolutions (the default before 2026-12-04, tenth session)", "auto", True,
      ["model.pose_encoder=conv"]),
+    # The pose net's relations (twelfth session): it also reads turned sources, and the wide snippet.
+    ("  + the turns (loss.turn_weight=0.1)", "auto", True, ["loss.turn_weight=0.1"]),
+    ("  + the turns and the strides (turns-strides)", "auto", True,
+     ["loss.turn_weight=0.1", "loss.stride_weight=0.1"]),
 ]
 
 
@@ -165,8 +171,17 @@ def lever_cases(device: torch.device) -> list[tuple[str, str | None, bool, list[
             for name, precision, compile_error, overrides in LEVER_CASES if precision != "bf16" or native]
 
 
-def one_step(model, optimizer, batch, loss_config) -> None:
-    result = objective_module.compute_objective(model(batch["images"]), batch["images_raw"], batch["K"], loss_config)
+def one_step(model, optimizer, batches, config) -> None:
+    """One training step as the trainer's (`objective.batch_objective`), on the batch of the items'
+    length in `batches` ({frames per item: batch}); the turns, if any, drawn as the trainer draws them."""
+    loss = config.loss
+    batch = batches[objective_module.item_length(config.data.snippet_length, loss)]
+    turns = None
+    if loss.turn_weight > 0:
+        turns = objective_module.random_turns(len(batch["K"]), config.data.snippet_length - 1, loss.turn_degrees,
+                                              seed=0).to(batch["K"].device)
+    result = objective_module.batch_objective(model, batch["images"], batch["images_raw"], batch["K"], loss,
+                                              config.data.snippet_length, turns)
     optimizer.zero_grad()
     result.loss.backward()
     optimizer.step()
@@ -195,8 +210,9 @@ def find_peer(args) -> tuple[Path | None, Path | None, str]:
     return peers, sfp, f"SfmLearner-Pytorch timed by {peers / 'sfp_step.py'} on {sfp}"
 
 
-def measure_levers(args, batch, device, sync) -> tuple[dict[str, float], float | None, str]:
-    """ms per step for each lever case and SfmLearner's step (or None), interleaved round by round."""
+def measure_levers(args, batches, device, sync) -> tuple[dict[str, float], float | None, str]:
+    """ms per step for each lever case and SfmLearner's step (or None), interleaved round by round;
+    `batches`: {frames per item: batch} (3, and 5 for the strides' cases)."""
     size = [f"data.height={args.height}", f"data.width={args.width}"]
     eager = objective_module._photometric_error
     objective_module.use_compiled_photometric_error()
@@ -209,16 +225,16 @@ def measure_levers(args, batch, device, sync) -> tuple[dict[str, float], float |
         if precision is not None:
             use_training_arithmetic(model, precision)
         cases.append((name, model, torch.optim.Adam(model.parameters(), lr=1e-4, fused=True),
-                      compiled if compile_error else eager, config.loss))
+                      compiled if compile_error else eager, config))
     peers, sfp, peer_note = find_peer(args)
     times = {name: [] for name, *_ in cases}
     sfp_times = []
     for i in range(args.repeat + 2):
-        for name, model, optimizer, error, loss_config in cases:
+        for name, model, optimizer, error, config in cases:
             objective_module._photometric_error = error
             sync()
             start = time.perf_counter()
-            one_step(model, optimizer, batch, loss_config)
+            one_step(model, optimizer, batches, config)
             sync()
             if i >= 2:  # two warm-up rounds: allocators, kernels, and torch.compile's first call
                 times[name].append(time.perf_counter() - start)
@@ -280,7 +296,7 @@ def profile(args, batch, device, sync) -> list[tuple[str, float]]:
         objective_module.use_compiled_photometric_error()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
     rounds = args.repeat
-    step_ms = timed(lambda: one_step(model, optimizer, batch, config.loss), sync, rounds)
+    step_ms = timed(lambda: one_step(model, optimizer, {3: batch}, config), sync, rounds)
 
     # Capture what the objective hands to its parts in one step.
     captured = {"warp": [], "error": [], "masks": []}
@@ -387,7 +403,8 @@ def main(argv=None):
     if args.masks:
         figures.update(mask_table(args, batch, device, sync, where))
     else:
-        ms, sfp_ms, peer_note = measure_levers(args, batch, device, sync)
+        batches = {3: batch, 5: fixed_batch(args.batch, args.height, args.width, device, length=5)}
+        ms, sfp_ms, peer_note = measure_levers(args, batches, device, sync)
         default = default_recipe_case(device)
         plain = ms[LEVER_CASES[0][0]]
         print(f"training step of the default recipe's loss, {where}; load average {os.getloadavg()[0]:.1f} "

@@ -16,6 +16,7 @@ batched warp per scale. What weights each pixel is the `loss.mask` mode, a `Mask
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -470,3 +471,48 @@ def add_pose_consistency(objective: Objective, out: ModelOutput, cfg: LossConfig
         objective.terms[name] = term.detach()
     if added:
         objective.terms["total"] = objective.loss.detach()
+
+
+def item_length(snippet_length: int, cfg: LossConfig) -> int:
+    """Frames per training item: the snippet's, or with `loss.stride_weight` twice the snippet less
+    one (the snippet in the middle, its every-other-frame twin over the whole item)."""
+    return 2 * snippet_length - 1 if cfg.stride_weight > 0 else snippet_length
+
+
+def random_turns(batch: int, num_sources: int, degrees: float, seed: int) -> torch.Tensor:
+    """(batch, num_sources) turns of the sources (`loss.turn_weight`), radians, uniform in ± `degrees`,
+    drawn from `seed` alone (float32, CPU)."""
+    generator = torch.Generator().manual_seed(seed)
+    limit = math.radians(degrees)
+    return ((2 * torch.rand(batch, num_sources, generator=generator, dtype=torch.float64) - 1) * limit).float()
+
+
+def batch_objective(net: Callable[..., ModelOutput], images: torch.Tensor, images_raw: torch.Tensor, K: torch.Tensor,
+                    cfg: LossConfig, snippet_length: int, turns: torch.Tensor | None = None,
+                    stride_factor: float = 1.0, use_masks: bool = True, with_visuals: bool = False) -> Objective:
+    """The objective of a training batch: the model on its items, `compute_objective`, and the pose
+    net's relations (`add_pose_consistency`): what the trainer's step and `bench/train_step.py` compute.
+
+    Args:
+        net: the model (`SfMModel`, or its DDP wrapper): called as `net(images)`, or
+            `net(images, other_sources)` when the relations need the pose net on more sources.
+        images, images_raw: (B, F, 3, H, W) the items as the nets and the loss see them, F =
+            `item_length(snippet_length, cfg)`.
+        K: (B, 3, 3) intrinsics at (H, W).
+        cfg: the loss configuration.
+        snippet_length: L, the snippet the loss is on.
+        turns: (B, L − 1) radians for `loss.turn_weight` (`random_turns`), else None.
+        stride_factor: multiplies `loss.stride_weight` (0 before `loss.stride_from_step`).
+        use_masks, with_visuals: as for `compute_objective`.
+    """
+    other_sources = []
+    if cfg.stride_weight > 0:
+        # The items span twice the snippet: its middle is the snippet, every other frame the wide one.
+        other_sources.append(snippet_sources(images[:, ::2]))
+        images, images_raw = (middle_frames(x, snippet_length) for x in (images, images_raw))
+    if turns is not None:
+        other_sources.append(turned_sources(images, K, turns))
+    out = net(images, tuple(other_sources)) if other_sources else net(images)
+    objective = compute_objective(out, images_raw, K, cfg, use_masks=use_masks, with_visuals=with_visuals)
+    add_pose_consistency(objective, out, cfg, turns, stride_factor)
+    return objective

@@ -46,11 +46,9 @@ from masksfm.inference import evaluate_depth
 from masksfm.model import build_model, pick_device, use_training_arithmetic
 from masksfm.objective import (
     Objective,
-    add_pose_consistency,
-    compute_objective,
-    middle_frames,
-    snippet_sources,
-    turned_sources,
+    batch_objective,
+    item_length,
+    random_turns,
     use_compiled_photometric_error,
 )
 from masksfm.progress import progress_bar
@@ -171,9 +169,8 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DistributedDataParallel(self.model, device_ids=ids)
 
-        # loss.stride_weight: items of twice the snippet (the snippet and its every-other-frame twin).
-        item_length = 2 * config.data.snippet_length - 1 if config.loss.stride_weight > 0 else config.data.snippet_length
-        self.dataset = SnippetDataset(scenes, config.data.height, config.data.width, item_length,
+        self.dataset = SnippetDataset(scenes, config.data.height, config.data.width,
+                                      item_length(config.data.snippet_length, config.loss),
                                       augment=config.data.augment, seed=config.train.seed,
                                       source=str(split_path(self.data_root, config.data.train_split)),
                                       colour_jitter=config.data.colour_jitter,
@@ -267,18 +264,10 @@ class Trainer:
         K = batch["K"].to(self.device, non_blocking=True)
         with_visuals = self.rank == 0 and self.step % cfg.train.image_every == 0
         buffers = faults.saved_buffers(self.model)
-        other_sources = []
-        if cfg.loss.stride_weight > 0:
-            # The items span twice the snippet: its middle is the snippet, every other frame the wide one.
-            other_sources.append(snippet_sources(images[:, ::2]))
-            images, images_raw = (middle_frames(x, cfg.data.snippet_length) for x in (images, images_raw))
-        turns = self._turns(images.shape[0], images.shape[1] - 1) if cfg.loss.turn_weight > 0 else None
-        if turns is not None:
-            other_sources.append(turned_sources(images, K, turns))
-        out = self.net(images, tuple(other_sources)) if other_sources else self.net(images)
-        objective = compute_objective(out, images_raw, K, cfg.loss, use_masks=masks_active(cfg, self.step),
-                                      with_visuals=with_visuals)
-        add_pose_consistency(objective, out, cfg.loss, turns, stride_factor=float(self.step >= cfg.loss.stride_from_step))
+        turns = self._turns(images.shape[0], cfg.data.snippet_length - 1) if cfg.loss.turn_weight > 0 else None
+        objective = batch_objective(self.net, images, images_raw, K, cfg.loss, cfg.data.snippet_length, turns,
+                                    stride_factor=float(self.step >= cfg.loss.stride_from_step),
+                                    use_masks=masks_active(cfg, self.step), with_visuals=with_visuals)
         self.optimizer.zero_grad(set_to_none=True)
         finite, stop = faults.agree(objective.loss, interrupted, self.world)
         if finite:
@@ -300,10 +289,8 @@ class Trainer:
         """(batch, num_sources) turns of the sources (`loss.turn_weight`), radians, uniform in
         ± `loss.turn_degrees`: drawn from the seed, the step and the process, so a resumed run draws
         the same."""
-        generator = torch.Generator().manual_seed((self.config.train.seed * 1_000_003 + self.step) * 1024 + self.rank)
-        limit = math.radians(self.config.loss.turn_degrees)
-        turns = (2 * torch.rand(batch, num_sources, generator=generator, dtype=torch.float64) - 1) * limit
-        return turns.float().to(self.device)
+        seed = (self.config.train.seed * 1_000_003 + self.step) * 1024 + self.rank
+        return random_turns(batch, num_sources, self.config.loss.turn_degrees, seed).to(self.device)
 
     def _report(self, terms: dict[str, torch.Tensor] | None, visuals: dict[str, torch.Tensor] | None) -> bool:
         """Rank 0 after a step: log it (if it was taken), validate and checkpoint when due; whether

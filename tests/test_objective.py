@@ -287,3 +287,38 @@ def test_the_authors_below_mean_mask_by_hand():
     # masksfm's form: the mean 0.1 · n / (n + 1) is under every pixel's 0.1: nothing kept, the term is 0.
     cfg.below_mean_factor, cfg.below_mean_per_channel = 1.0, False
     assert compute_objective(out, images, K, cfg).terms["photometric"].item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_the_batch_objective_is_the_model_and_compute_objective_with_the_relations(synth_dataset):
+    """`batch_objective` (the trainer's step): without relations, exactly `compute_objective` of the
+    model's output; with the strides, the loss on the items' middle frames plus the stride term, and
+    the stride term scaled by `stride_factor`; with the turns, plus the turn term."""
+    from masksfm.model import build_model
+    from masksfm.objective import batch_objective, item_length, middle_frames, random_turns
+
+    config = load_config(None, [f"data.height={H}", f"data.width={W}", "loss.stride_weight=0.1"])
+    assert item_length(3, config.loss) == 5 and item_length(3, load_config(None).loss) == 3
+    dataset = SnippetDataset(load_split(synth_dataset, "train"), H, W, 5, augment=False, seed=0)
+    items = [dataset[i] for i in (0, 2)]
+    wide = {k: torch.stack([item[k] for item in items]) for k in ("images", "images_raw", "K")}
+    torch.manual_seed(0)
+    model = build_model(config).eval()  # batch norm on running statistics: calls with other sources agree
+    narrow = {k: middle_frames(wide[k], 3) if k != "K" else wide[k] for k in wide}
+    with torch.no_grad():
+        plain = compute_objective(model(narrow["images"]), narrow["images_raw"], narrow["K"], config.loss)
+        default_cfg = load_config(None, [f"data.height={H}", f"data.width={W}"]).loss
+        same = batch_objective(model, narrow["images"], narrow["images_raw"], narrow["K"], default_cfg, 3)
+        assert torch.equal(same.loss, compute_objective(model(narrow["images"]), narrow["images_raw"], narrow["K"],
+                                                        default_cfg).loss)
+        strided = batch_objective(model, wide["images"], wide["images_raw"], wide["K"], config.loss, 3)
+        assert strided.terms["photometric"] == pytest.approx(plain.terms["photometric"].item(), rel=1e-5)
+        assert strided.terms["stride"] > 0
+        assert strided.loss.item() == pytest.approx(plain.loss.item() + strided.terms["stride"].item(), rel=1e-5)
+        off = batch_objective(model, wide["images"], wide["images_raw"], wide["K"], config.loss, 3, stride_factor=0.0)
+        assert off.terms["stride"] == 0 and off.loss.item() == pytest.approx(plain.loss.item(), rel=1e-5)
+        turns = random_turns(2, 2, 1.0, seed=0)
+        assert turns.abs().max() <= torch.pi / 180 and torch.equal(turns, random_turns(2, 2, 1.0, seed=0))
+        turned_cfg = load_config(None, [f"data.height={H}", f"data.width={W}", "loss.turn_weight=0.1"]).loss
+        turned = batch_objective(model, narrow["images"], narrow["images_raw"], narrow["K"], turned_cfg, 3, turns)
+        assert turned.terms["turn"] > 0
+        assert turned.loss.item() == pytest.approx(plain.loss.item() + turned.terms["turn"].item(), rel=1e-5)

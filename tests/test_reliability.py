@@ -616,7 +616,7 @@ def test_nonfinite_steps_are_skipped_and_too_many_in_a_row_stop_the_run(synth_da
                                 "optim.steps=20", "train.checkpoint_every=1000", "train.log_every=1"])
     trainer = T.Trainer(synth_dataset, tmp_path / "run", config, device="cpu", progress=False)
     trainer.val_scenes = []
-    model_forward, objective = trainer.net, T.compute_objective
+    model_forward, objective = trainer.net, T.batch_objective
     good: dict[str, torch.Tensor] = {}
 
     def net(images):
@@ -637,7 +637,7 @@ def test_nonfinite_steps_are_skipped_and_too_many_in_a_row_stop_the_run(synth_da
         return result
 
     trainer.net = net
-    monkeypatch.setattr(T, "compute_objective", poisoned)
+    monkeypatch.setattr(T, "batch_objective", poisoned)
     with pytest.raises(T.MasksfmError, match="3 steps in a row had a non-finite loss or gradient") as stop:
         trainer.train()
     assert "from before step 3" in str(stop.value) and "--resume" in str(stop.value)
