@@ -18,6 +18,7 @@ import yaml
 
 from masksfm.errors import MasksfmError
 
+MOTIONS = ("free", "vehicle")  # model.motion: any rigid motion | a car's camera (geometry.vehicle_chord)
 MASK_MODES = ("multimask", "none", "explainability", "automask", "multimask+automask")
 DN_MODES = ("none", "snippet", "image_mean", "image_max")
 GUARDS = ("none", "warmup", "floor")
@@ -132,7 +133,7 @@ CHOICES = {
     "model.depth": ("dispnet", "resnet18"),
     "model.pose": ("snippet", "pairs"),
     "model.pose_encoder": ("conv", "resnet18"),
-    "model.motion": ("free", "vehicle"),
+    "model.motion": MOTIONS,
     "train.precision": ("auto", "fp32", "bf16"),
 }
 

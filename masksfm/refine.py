@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from masksfm.config import MOTIONS  # the camera's motion model, as the pose net's (`model.motion`)
 from masksfm.geometry import (
     MIN_PROJECTION_Z,
     _check,
@@ -41,10 +42,6 @@ from masksfm.geometry import (
 # parked cars, poles and facades moving across each other) stop pulling; with Huber they still pull
 # and leave about twice the bias on the rendered street with true depth (bench/refine.py).
 ROBUST_KINDS = ("huber", "cauchy")
-# The camera's motion model, as the pose net's (`model.motion`): any rigid motion, or a car's camera
-# whose translation lies on the chord of a planar arc (`geometry.vehicle_chord`; 4 unknowns: the
-# distance along the chord and the rotation).
-MOTIONS = ("free", "vehicle")
 # Residuals are in image intensity, [0, 1]. Beyond about 10/255 a difference is more likely an
 # occlusion, a moving object or a depth error than a misalignment (DSO uses 9/255 for its Huber).
 ROBUST_SCALE = 0.04

@@ -12,7 +12,7 @@ import torch
 from kornia.geometry.conversions import axis_angle_to_rotation_matrix
 from torch import nn
 
-from masksfm.geometry import vehicle_chord
+from masksfm.geometry import onto_vehicle_chord, pose_vec_to_mat
 from masksfm.networks.layers import NUM_SCALES, check_image, crop_like, normalize_image, xavier_init
 from masksfm.networks.resnet import RESNET18_CHANNELS, ResNet18Encoder
 
@@ -182,8 +182,8 @@ def invert_pose_vec(vec: torch.Tensor) -> torch.Tensor:
 
 def onto_vehicle_path(vec: torch.Tensor) -> torch.Tensor:
     """Pose vectors with the camera moved onto the path of a car's camera (Ackermann steering):
-    the translation replaced by its part along :func:`masksfm.geometry.vehicle_chord`, t' = (t·u) u
-    (the source's centre projected onto the chord of the planar arc); the rotation is kept, and the
+    the translation replaced by its part along the chord of the planar arc, t' = (t·u) u (the source's
+    centre projected onto the chord, :func:`masksfm.geometry.onto_vehicle_chord`); the rotation is kept, and the
     heading change carries no gradient, so the photometric loss moves the speed along the chord and
     the rotation as before.
 
@@ -193,8 +193,7 @@ def onto_vehicle_path(vec: torch.Tensor) -> torch.Tensor:
         (..., 6) the same rotation, the translation along the chord.
     """
     flat = vec.reshape(-1, 6)
-    u = vehicle_chord(axis_angle_to_rotation_matrix(flat[:, 3:]))
-    t = (flat[:, :3] * u).sum(1, keepdim=True) * u
+    t = onto_vehicle_chord(pose_vec_to_mat(flat))[:, :3, 3]
     return torch.cat([t, flat[:, 3:]], dim=1).reshape(vec.shape)
 
 
