@@ -90,9 +90,6 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
                       "poses one frame away applied twice"),
     "turns-strides-x3": ("default", ["loss.turn_weight=0.3", "loss.stride_weight=0.3", "loss.stride_from_step=200"],
                          "turns-strides with both relations at 3x the weight (0.3)"),
-    "pose-disparity": ("default", ["model.pose_input=frames+disparity"],
-                       "the default with the pose net given each frame's disparity over its mean "
-                       "(without gradient) as one more input channel"),
     "smooth-x3": ("default", ["loss.smoothness_weight=3e-3"],
                   "the default with 3x monodepth2's smoothness weight (3e-3 on the mean-normalised disparity)"),
     "smooth-x0.3": ("default", ["loss.smoothness_weight=3e-4"],

@@ -44,7 +44,6 @@ class ModelConfig:
     depth: str = "dispnet"  # dispnet | resnet18
     pose: str = "snippet"  # snippet (SfMLearner: the whole snippet in, S poses out) | pairs (monodepth2)
     pose_encoder: str = "resnet18"  # resnet18 (monodepth2's, from scratch) | conv (SfMLearner's seven convolutions)
-    pose_input: str = "frames"  # frames | frames+disparity (the depth net's disparities over their mean too: networks.pose.DisparityInput; snippet pose net only)
     motion: str = "vehicle"  # vehicle (a car's camera: along the chord of a planar arc) | free (any rigid motion)
     pretrained: str | None = None  # safetensors weights for the ResNet-18 encoder (never downloaded)
     source_depth_grad: bool = False  # True: the loss trains the depth net through the sources' depth too (False: targets' only)
@@ -134,7 +133,6 @@ CHOICES = {
     "model.depth": ("dispnet", "resnet18"),
     "model.pose": ("snippet", "pairs"),
     "model.pose_encoder": ("conv", "resnet18"),
-    "model.pose_input": ("frames", "frames+disparity"),
     "model.motion": MOTIONS,
     "train.precision": ("auto", "fp32", "bf16"),
 }
@@ -231,8 +229,6 @@ def validate(config: Config) -> None:
         raise MasksfmError("config key model.pose: pairs has no explainability decoder; use snippet with loss.mask=explainability")
     if config.model.pose_encoder == "resnet18" and config.loss.mask == "explainability":
         raise MasksfmError("config key model.pose_encoder: resnet18 has no explainability decoder; use conv with loss.mask=explainability")
-    if config.model.pose_input == "frames+disparity" and config.model.pose == "pairs":
-        raise MasksfmError("config key model.pose_input: frames+disparity is for the snippet pose net; use model.pose=snippet")
     for key in ("smoothness_weight", "consistency_weight", "velocity_weight", "turn_weight", "stride_weight"):
         if getattr(config.loss, key) < 0:
             raise MasksfmError(f"config key loss.{key}: must be >= 0, got {getattr(config.loss, key)}")

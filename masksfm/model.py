@@ -17,7 +17,7 @@ from torch import nn
 from masksfm.checkpoints import load_checkpoint, load_weights, resolve_checkpoint, unprefixed
 from masksfm.config import Config, stored_config
 from masksfm.errors import MasksfmError
-from masksfm.networks import DisparityInput, PairPoseNet, VehicleMotion, build_depth_net, make_pose_net
+from masksfm.networks import PairPoseNet, VehicleMotion, build_depth_net, make_pose_net
 from masksfm.objective import ModelOutput, snippet_sources
 
 
@@ -74,22 +74,14 @@ def build_model(config: Config) -> SfMModel:
     pretrained = Path(config.model.pretrained) if config.model.pretrained else None
     depth_net = build_depth_net(config.model.depth, pretrained_weights=pretrained)
     num_sources = config.data.snippet_length - 1
-    with_disparity = config.model.pose_input == "frames+disparity"
     if config.model.pose == "pairs":
         pose_net = PairPoseNet(num_sources, encoder=config.model.pose_encoder)
     else:
         pose_net = make_pose_net(num_sources, config.model.pose_encoder,
-                                 explainability=config.loss.mask == "explainability",
-                                 extra_channels=(1 + num_sources) * with_disparity)
-    if with_disparity:
-        pose_net = DisparityInput(pose_net)
-    disparity_input = pose_net
+                                 explainability=config.loss.mask == "explainability")
     if config.model.motion == "vehicle":
         pose_net = VehicleMotion(pose_net)
-    model = SfMModel(depth_net, pose_net, source_depth_grad=config.model.source_depth_grad)
-    if with_disparity:
-        disparity_input.disparities = model.disparities
-    return model
+    return SfMModel(depth_net, pose_net, source_depth_grad=config.model.source_depth_grad)
 
 
 def native_bf16(device: torch.device) -> bool:

@@ -16,7 +16,7 @@ from skimage import data as skdata
 
 from masksfm.errors import MasksfmError
 from masksfm.geometry import invert_pose, mat_to_pose_vec, pose_vec_to_mat, relative_pose
-from masksfm.networks import (DisparityInput, DispNet, PairPoseNet, PoseNet, ResNetDepthNet, ResNetPoseNet, VehicleMotion,
+from masksfm.networks import (DispNet, PairPoseNet, PoseNet, ResNetDepthNet, ResNetPoseNet, VehicleMotion,
                               build_depth_net, make_pose_net)
 from masksfm.networks.depth import disparity
 from masksfm.networks.pose import invert_pose_vec, onto_vehicle_path
@@ -525,54 +525,3 @@ class TestVehicleMotion:
             inner, inner_masks = model.pose_net.net(target, sources)
         assert torch.equal(poses, onto_vehicle_path(inner))
         assert all(torch.equal(a, b) for a, b in zip(masks, inner_masks))
-
-
-class TestDisparityInput:
-    """`model.pose_input=frames+disparity`: the pose net also sees each frame's disparity over its mean."""
-
-    @staticmethod
-    def model(*overrides: str):
-        from masksfm.config import load_config
-        from masksfm.model import build_model
-
-        torch.manual_seed(0)
-        return build_model(load_config(None, ["model.pose_input=frames+disparity", *overrides])).eval()
-
-    def test_built_around_the_model_depth_net(self):
-        model = self.model()
-        assert isinstance(model.pose_net, VehicleMotion) and isinstance(model.pose_net.net, DisparityInput)
-        assert model.pose_net.net.net.encoder.conv1.in_channels == 9 + 3
-        assert model.pose_net.net.disparities == model.disparities
-        # the depth net's weights are the model's once, not the pose net's too
-        assert not any(name.startswith("pose_net") and "depth" in name for name in model.state_dict())
-        conv = self.model("model.pose_encoder=conv", "model.motion=free", "data.snippet_length=5").pose_net
-        assert conv.net.conv[0][0].in_channels == 15 + 5
-
-    def test_the_inner_net_sees_the_normalised_disparities(self):
-        """A depth net that sees a flat wall (one disparity everywhere): the extra channels are all 1;
-        a depth net k x another: the same poses (the input is blind to the depth's overall scale);
-        another structure: other poses."""
-        model = self.model("model.motion=free")
-        wrapper = model.pose_net
-        target, sources = TestPoseNet.snippet(2, (64, 96))
-        with torch.no_grad():
-            wrapper.disparities = lambda frames: [torch.full_like(frames[:, :1], 0.25)]
-            flat = wrapper(target, sources)
-            assert torch.equal(flat, wrapper.net(target, sources, torch.ones(2, 3, 64, 96)))
-            wrapper.disparities = model.disparities
-            poses = wrapper(target, sources)
-            wrapper.disparities = lambda frames: [3.0 * d for d in model.disparities(frames)]
-            assert torch.allclose(wrapper(target, sources), poses, rtol=1e-4, atol=1e-9)
-        assert (poses - flat).abs().max() > 1e-3 * poses.abs().max()
-
-    def test_the_pose_loss_trains_the_pose_net_only(self):
-        """In the model's forward and alone: the poses the same, no gradient from them to the depth net."""
-        model = self.model().train()
-        target, sources = TestPoseNet.snippet(2, (64, 96))
-        images = torch.cat([sources[:, :1], target[:, None], sources[:, 1:]], dim=1)
-        poses = model(images).poses
-        with torch.no_grad():
-            assert torch.allclose(model.pose_net(target, sources), poses, rtol=1e-5, atol=1e-12)
-        (poses ** 2).sum().backward()
-        assert all(p.grad is None for p in model.depth_net.parameters())
-        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.pose_net.parameters())

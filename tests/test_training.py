@@ -105,8 +105,6 @@ def test_yaml_and_overrides(tmp_path):
         load_config(None, ["model.pose=pairs", "loss.mask=explainability"])
     with pytest.raises(MasksfmError, match="model.pose_encoder: resnet18 has no explainability decoder"):
         load_config(None, ["model.pose_encoder=resnet18", "loss.mask=explainability"])
-    with pytest.raises(MasksfmError, match="model.pose_input: frames\\+disparity is for the snippet pose net"):
-        load_config(None, ["model.pose=pairs", "model.pose_input=frames+disparity"])
     path.write_text("loss: {repeat: 3}\n")
     with pytest.raises(MasksfmError, match="unknown config key 'loss.repeat'"):
         load_config(path)

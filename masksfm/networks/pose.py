@@ -40,22 +40,19 @@ def check_snippet(target: torch.Tensor, sources: torch.Tensor, num_sources: int)
         )
 
 
-def stacked_input(target: torch.Tensor, sources: torch.Tensor, num_sources: int,
-                  extra: torch.Tensor | None = None) -> torch.Tensor:
+def stacked_input(target: torch.Tensor, sources: torch.Tensor, num_sources: int) -> torch.Tensor:
     """The pose nets' input: the target and its sources checked and stacked on the channels, normalised.
 
     Args:
         target: (B, 3, H, W) RGB in [0, 1].
         sources: (B, S, 3, H, W) RGB in [0, 1], S = `num_sources`.
-        extra: (B, C, H, W) more channels appended as they are (`DisparityInput`'s), or None.
     Returns:
-        (B, 3·(1 + S) [+ C], H, W), `normalize_image` of the stack [then `extra`].
+        (B, 3·(1 + S), H, W), `normalize_image` of the stack.
     Raises:
         ValueError: `check_snippet`'s.
     """
     check_snippet(target, sources, num_sources)
-    stack = normalize_image(torch.cat([target, sources.flatten(1, 2)], dim=1))
-    return stack if extra is None else torch.cat([stack, extra], dim=1)
+    return normalize_image(torch.cat([target, sources.flatten(1, 2)], dim=1))
 
 
 class PoseNet(nn.Module):
@@ -76,16 +73,15 @@ class PoseNet(nn.Module):
     KERNEL_SIZES = (7, 5, 3, 3, 3, 3, 3)
     DECODER_CHANNELS = (256, 128, 64, 32, 16)  # 1/16 .. full resolution
 
-    def __init__(self, num_sources: int = 2, explainability: bool = False, extra_channels: int = 0):
+    def __init__(self, num_sources: int = 2, explainability: bool = False):
         super().__init__()
         if num_sources < 1:
             raise ValueError(f"num_sources must be at least 1, got {num_sources}")
         self.num_sources = num_sources
         self.explainability = explainability
         enc, dec = self.ENCODER_CHANNELS, self.DECODER_CHANNELS
-        in_channels = 3 * (1 + num_sources) + extra_channels
         self.conv = nn.ModuleList(
-            _conv(c_in, c_out, k) for c_in, c_out, k in zip((in_channels,) + enc[:-1], enc, self.KERNEL_SIZES)
+            _conv(c_in, c_out, k) for c_in, c_out, k in zip((3 * (1 + num_sources),) + enc[:-1], enc, self.KERNEL_SIZES)
         )
         self.pose_pred = nn.Conv2d(enc[-1], 6 * num_sources, 1)
         if explainability:
@@ -95,20 +91,19 @@ class PoseNet(nn.Module):
         xavier_init(self)
 
     def forward(
-        self, target: torch.Tensor, sources: torch.Tensor, extra: torch.Tensor | None = None
+        self, target: torch.Tensor, sources: torch.Tensor
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """Relative poses (and explainability masks).
 
         Args:
             target: (B, 3, H, W) RGB in [0, 1], H, W >= 32.
             sources: (B, S, 3, H, W) RGB in [0, 1].
-            extra: (B, `extra_channels`, H, W) more input channels, or None.
         Returns:
             poses: (B, S, 6) `[tx, ty, tz, rx, ry, rz]` of T_t2s per source (translation, then
                 axis-angle in radians); with `explainability`, `(poses, masks)` where masks is
                 [m_0, m_1, m_2, m_3], finest first, m_k (B, S, ceil(H/2^k), ceil(W/2^k)) in (0, 1).
         """
-        x = stacked_input(target, sources, self.num_sources, extra)
+        x = stacked_input(target, sources, self.num_sources)
         features = []
         for conv in self.conv:
             x = conv(x)
@@ -140,13 +135,13 @@ class ResNetPoseNet(nn.Module):
         num_sources: S, the number of source frames per target.
     """
 
-    def __init__(self, num_sources: int = 2, extra_channels: int = 0):
+    def __init__(self, num_sources: int = 2):
         super().__init__()
         if num_sources < 1:
             raise ValueError(f"num_sources must be at least 1, got {num_sources}")
         self.num_sources = num_sources
         self.explainability = False
-        self.encoder = ResNet18Encoder(in_channels=3 * (1 + num_sources) + extra_channels)
+        self.encoder = ResNet18Encoder(in_channels=3 * (1 + num_sources))
         self.decoder = nn.Sequential(
             nn.Conv2d(RESNET18_CHANNELS[-1], 256, 1), nn.ReLU(inplace=True),
             nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(inplace=True),
@@ -154,56 +149,21 @@ class ResNetPoseNet(nn.Module):
             nn.Conv2d(256, 6 * num_sources, 1),
         )
 
-    def forward(self, target: torch.Tensor, sources: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, target: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
         """Relative poses: (B, S, 6) `[tx, ty, tz, rx, ry, rz]` of T_t2s per source (see `PoseNet.forward`)."""
-        x = stacked_input(target, sources, self.num_sources, extra)
+        x = stacked_input(target, sources, self.num_sources)
         features = self.encoder(x)[-1]
         return POSE_SCALE * self.decoder(features).mean(dim=(2, 3)).reshape(-1, self.num_sources, 6)
 
 
-def make_pose_net(num_sources: int, encoder: str = "conv", explainability: bool = False,
-                  extra_channels: int = 0) -> nn.Module:
+def make_pose_net(num_sources: int, encoder: str = "conv", explainability: bool = False) -> nn.Module:
     """The pose net over a target and `num_sources` sources: SfMLearner's convolutions (`conv`) or
-    monodepth2's ResNet-18 (`resnet18`, no explainability decoder); `extra_channels` more input
-    channels (`DisparityInput`'s)."""
+    monodepth2's ResNet-18 (`resnet18`, no explainability decoder)."""
     if encoder == "resnet18":
         if explainability:
             raise ValueError("the ResNet-18 pose net has no explainability decoder")
-        return ResNetPoseNet(num_sources, extra_channels)
-    return PoseNet(num_sources, explainability=explainability, extra_channels=extra_channels)
-
-
-class DisparityInput(nn.Module):
-    """A snippet pose net that also sees the depth net's disparities (`model.pose_input=frames+disparity`).
-
-    Each frame's disparity (the depth net's finest, computed here without gradient) divided by its
-    image mean goes in as one more channel per frame: the scene's structure, which the translation's
-    flow depends on (flow ~ translation x disparity), without the depth net's arbitrary overall
-    scale. Same interface as the net it wraps.
-
-    Args:
-        net: a pose net built with `extra_channels` = 1 + S (`make_pose_net`).
-    Attributes:
-        disparities: the depth net on frames, (N, 3, H, W) -> per scale (N, 1, h, w), finest first
-            (`SfMModel.disparities`); set by the model that owns both nets (not a submodule here,
-            so the depth net's weights are stored and optimised once).
-    """
-
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        self.net = net
-        self.num_sources = net.num_sources
-        self.explainability = net.explainability
-        self.disparities = None
-
-    def forward(self, target: torch.Tensor, sources: torch.Tensor):
-        check_snippet(target, sources, self.num_sources)
-        if self.disparities is None:
-            raise RuntimeError("DisparityInput needs the depth net: set .disparities")
-        frames = torch.cat([target.unsqueeze(1), sources], dim=1)
-        with torch.no_grad():
-            disparity = self.disparities(frames.flatten(0, 1))[0].unflatten(0, frames.shape[:2])[:, :, 0]
-        return self.net(target, sources, disparity / disparity.mean(dim=(2, 3), keepdim=True))
+        return ResNetPoseNet(num_sources)
+    return PoseNet(num_sources, explainability=explainability)
 
 
 def invert_pose_vec(vec: torch.Tensor) -> torch.Tensor:
