@@ -90,6 +90,8 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
                       "poses one frame away applied twice"),
     "turns-strides-x3": ("default", ["loss.turn_weight=0.3", "loss.stride_weight=0.3", "loss.stride_from_step=200"],
                          "turns-strides with both relations at 3x the weight (0.3)"),
+    "reverse": ("default", ["data.time_reverse=true"],
+                "the default with half the training snippets in reverse order (the camera driving backwards)"),
     "smooth-x3": ("default", ["loss.smoothness_weight=3e-3"],
                   "the default with 3x monodepth2's smoothness weight (3e-3 on the mean-normalised disparity)"),
     "smooth-x0.3": ("default", ["loss.smoothness_weight=3e-4"],

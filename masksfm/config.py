@@ -34,6 +34,7 @@ class DataConfig:
     colour_jitter: bool = True  # with augment: monodepth2's colour jitter of the nets' input (the authors: none)
     independent_crop_scale: bool = False  # with augment: x and y enlarged by separate factors (the authors, SfMLearner's code)
     source_yaw: float = 0.0  # with augment: turn each source's camera by up to this many degrees about its vertical axis
+    time_reverse: bool = False  # with augment: half the snippets in reverse order (the camera driving backwards)
     workers: int = 2  # DataLoader worker processes
     train_split: str = "train"
     val_split: str = "val"
