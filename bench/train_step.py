@@ -396,8 +396,8 @@ def main(argv=None):
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     batch = fixed_batch(args.batch, args.height, args.width, device)
     command = "command: .venv/bin/python bench/train_step.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    where = (f"batch {args.batch} snippets of 3 frames at {args.height}x{args.width}, {device.type}, "
-             f"{torch.get_num_threads()} threads, median of {args.repeat} interleaved steps")
+    where = (f"batch {args.batch} snippets of 3 frames (5 for the strides' case) at {args.height}x{args.width}, "
+             f"{device.type}, {torch.get_num_threads()} threads, median of {args.repeat} interleaved steps")
     figures = {"device": device.type, "threads": torch.get_num_threads(), "batch": args.batch,
                "size": [args.height, args.width]}
     if args.masks:

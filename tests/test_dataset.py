@@ -309,6 +309,9 @@ class TestSnippetDataset:
                 assert torch.equal(item[key], reference[key].flip(0) if reverse else reference[key])
             assert torch.equal(item["K"], reference["K"])
         assert seen == {False, True}
+        late = SnippetDataset(scenes, H, W, seed=3, snippet_length=5, time_reverse=True, time_reverse_from_epoch=2)
+        for epoch, index in [(e, i) for e in range(4) for i in range(len(plain))]:
+            assert late.augmentation(epoch, index).reverse == (epoch >= 2 and backwards.augmentation(epoch, index).reverse)
 
     def test_jitter_changes_colour_only(self, scenes):
         ds = SnippetDataset(scenes, H, W, seed=0)

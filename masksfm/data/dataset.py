@@ -274,6 +274,7 @@ class SnippetDataset(Dataset):
             many degrees (`data.source_yaw`): rotations the drives do not have; 0: none.
         time_reverse: with `augment`, reverse half the snippets (`data.time_reverse`): the same
             views driven backwards, so that the direction of travel has to be read from the frames.
+        time_reverse_from_epoch: the first epoch whose snippets may be reversed.
     """
 
     def __init__(
@@ -290,6 +291,7 @@ class SnippetDataset(Dataset):
         strides: Sequence[int] = (1,),
         source_yaw: float = 0.0,
         time_reverse: bool = False,
+        time_reverse_from_epoch: int = 0,
     ) -> None:
         if snippet_length < 3 or snippet_length % 2 == 0:
             raise MasksfmError(f"snippet length must be odd and at least 3 (target in the middle), "
@@ -300,7 +302,7 @@ class SnippetDataset(Dataset):
         self.augment = augment
         self.colour_jitter, self.independent_crop_scale = colour_jitter, independent_crop_scale
         self.source_yaw = float(source_yaw)
-        self.time_reverse = bool(time_reverse)
+        self.time_reverse, self.time_reverse_from_epoch = bool(time_reverse), int(time_reverse_from_epoch)
         self.seed = int(seed)
         self.source = source or ", ".join(sorted({str(scene.path.parent) for scene in self.scenes})) or "data"
         self.epoch = 0
@@ -342,7 +344,7 @@ class SnippetDataset(Dataset):
             return None
         return draw_augmentation(np.random.default_rng([self.seed, epoch, index, _AUGMENT_STREAM]),
                                  self.colour_jitter, self.independent_crop_scale, self.snippet_length, self.source_yaw,
-                                 self.time_reverse)
+                                 self.time_reverse and epoch >= self.time_reverse_from_epoch)
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, torch.Tensor | int]:
         """One snippet.
