@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from masksfm.config import MOTIONS
 from masksfm.errors import MasksfmError, one_line
 
 EPILOG = """\
@@ -136,7 +137,8 @@ def cmd_eval_pose(args) -> None:
 
     from masksfm.inference import run_eval_pose
 
-    results = run_eval_pose(args.run, args.data, args.split, args.out, args.device, refine=args.refine)
+    results = run_eval_pose(args.run, args.data, args.split, args.out, args.device, refine=args.refine,
+                            refine_motion=args.refine_motion)
     keys = ["ate_mean", "ate_std", "ate3_mean", "ate3_std", "ate_own_mean", "ate_own_std", "ate_rmse", "rpe_trans",
             "rpe_rot", "t_rel", "r_rel"]
     table = Table(title=f"pose, split {args.split} (snippet ATE, metres: 5 frames (ate) and 3 frames (ate3) chained "
@@ -163,7 +165,8 @@ def cmd_predict(args) -> None:
 
     summaries = run_predict(args.run, args.input, args.out, save=args.save, ply=args.ply, trajectory=args.trajectory,
                             camera_height=args.camera_height, batch_size=args.batch_size, device=args.device,
-                            intrinsics=args.intrinsics, fov=args.fov, refine=args.refine)
+                            intrinsics=args.intrinsics, fov=args.fov, refine=args.refine,
+                            refine_motion=args.refine_motion)
     frames = sum(s["frames"] for s in summaries.values())
     scales = [f" (median scale {s['scale_median']:.4g} m per model unit)"
               for s in summaries.values() if "scale_median" in s]
@@ -199,6 +202,9 @@ def _add_refine(p) -> None:
                    help="also refine each consecutive pair's pose photometrically against the depth net's depth "
                         "(robust Levenberg-Marquardt, coarse to fine; ITERATIONS per pyramid level, default 10), "
                         "with the model's motion: a car's camera (model.motion=vehicle) stays on its path")
+    p.add_argument("--refine-motion", choices=MOTIONS, default=None,
+                   help="the motion --refine solves for, instead of the model's: free (any rigid motion, 6 unknowns; "
+                        "e.g. a car's camera on a bumpy road) or vehicle (along a car's path, 4 unknowns)")
 
 
 def _add_synth(commands) -> None:

@@ -336,7 +336,7 @@ def snippet_summary(sequences: list[tuple[np.ndarray, np.ndarray]],
 
 
 def run_eval_pose(run: Path, data: Path, split: str = "test", out: Path | None = None, device: str | None = None,
-                  progress: bool = True, refine: int | None = None) -> dict:
+                  progress: bool = True, refine: int | None = None, refine_motion: str | None = None) -> dict:
     """`masksfm eval pose`: snippet ATE over all test scenes, and per scene the full trajectory
     chained from pairwise predictions (ATE RMSE, RPE, KITTI t_rel / r_rel), its KITTI and TUM files
     and a plot (docs/design.md §1, §6).
@@ -345,12 +345,14 @@ def run_eval_pose(run: Path, data: Path, split: str = "test", out: Path | None =
     photometrically against the depth net's depth (:func:`masksfm.refine.refine_relative_poses`)
     and scored alike: `refined` beside the pose net's own figures (overall and per scene; its
     trajectory files in OUT/<scene>/refined/), which stay as they are. The refinement keeps the
-    model's motion (`model.motion`: a car's camera stays on its chord).
+    model's motion (`model.motion`: a car's camera stays on its chord), or solves for `refine_motion`.
     """
     from masksfm.model import load_model, pick_device
     from masksfm.refine import refine_relative_poses
 
     refuse_video_without_truth(data, split, "poses")
+    if refine_motion is not None and refine is None:
+        raise MasksfmError("--refine-motion is the motion --refine solves for: add --refine")
     dev = pick_device(device)
     model, config, _ = load_model(run, dev)
     scenes = [s for s in load_split(data, split) if s.poses is not None]
@@ -374,7 +376,7 @@ def run_eval_pose(run: Path, data: Path, split: str = "test", out: Path | None =
         if refine is not None:
             K = scale_intrinsics(scene.K, config.data.width / scene.size[1], config.data.height / scene.size[0])
             rel = refine_relative_poses(model.depth_net, frames, rel, K, dev, iterations=refine,
-                                        motion=config.model.motion)
+                                        motion=refine_motion or config.model.motion)
             _, sequences[scene.name]["refined"] = sequence_pose_results(scene, rel, out / scene.name / "refined")
             refined.append((rel, scene.poses))
     if not predicted:
@@ -382,5 +384,6 @@ def run_eval_pose(run: Path, data: Path, split: str = "test", out: Path | None =
     bar.close()
     results = {**snippet_summary(predicted, own), "sequences": sequences, "out": str(out)}
     if refine is not None:
-        results["refined"] = {**snippet_summary(refined), "iterations": refine}
+        results["refined"] = {**snippet_summary(refined), "iterations": refine,
+                              "motion": refine_motion or config.model.motion}
     return results

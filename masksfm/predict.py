@@ -107,7 +107,7 @@ class _FrameWriter:
 
 def _predict_sequence(model, config, sequence: FrameSequence, folder: Path, save: frozenset[str], ply: bool,
                       trajectory: bool, camera_height: float | None, batch_size: int, device: torch.device,
-                      progress: bool, refine: int | None = None) -> dict:
+                      progress: bool, refine: int | None = None, refine_motion: str | None = None) -> dict:
     from masksfm.inference import frames_to_tensor, predict_disparity, predict_relative_poses
     from masksfm.refine import refine_relative_poses
     from masksfm.trajectory import chain_relative_poses, plot_trajectories, write_tum
@@ -181,7 +181,7 @@ def _predict_sequence(model, config, sequence: FrameSequence, folder: Path, save
         rel = predict_relative_poses(model.pose_net, frames, config.data.snippet_length, device)
         if refine is not None:  # before the metric scale: refined translations are in the depth net's unit
             rel = refine_relative_poses(model.depth_net, frames, rel, np.stack(net_K), device, batch_size,
-                                        iterations=refine, motion=config.model.motion)
+                                        iterations=refine, motion=refine_motion or config.model.motion)
         if camera_height is not None:
             # One scale for the whole path: per-frame scales would bend it with their noise.
             rel[:, :3, 3] *= summary["scale_median"]
@@ -215,6 +215,7 @@ def run_predict(
     fov: float | None = None,
     progress: bool = True,
     refine: int | None = None,
+    refine_motion: str | None = None,
 ) -> dict:
     """`masksfm predict`: depth (and point clouds, metric scale, trajectories) for every frame of INPUT.
 
@@ -232,7 +233,7 @@ def run_predict(
         progress: a progress bar on stderr.
         refine: with `trajectory`, refine the pose net's relative poses photometrically against the
             depth net's depth, this many LM iterations per pyramid level (:mod:`masksfm.refine`),
-            with the model's motion (`model.motion`).
+            with the model's motion (`model.motion`), or `refine_motion` (free | vehicle).
     Returns:
         A summary per sequence (keyed by its label): frames, out, and the scale / trajectory figures.
     """
@@ -245,6 +246,8 @@ def run_predict(
         raise MasksfmError(f"--batch-size must be a positive integer, got {batch_size}")
     if refine is not None and not trajectory:
         raise MasksfmError("--refine refines the poses of --trajectory: add --trajectory")
+    if refine_motion is not None and refine is None:
+        raise MasksfmError("--refine-motion is the motion --refine solves for: add --refine")
     sequences = open_input(input, intrinsics, fov)
     dev = pick_device(device)
     model, config, _ = load_model(run, dev)
@@ -259,5 +262,5 @@ def run_predict(
     for sequence in sequences:
         folder = out / sequence.scene if sequence.scene is not None else out
         summaries[sequence.label] = _predict_sequence(model, config, sequence, folder, save, ply, trajectory,
-                                                      camera_height, batch_size, dev, progress, refine)
+                                                      camera_height, batch_size, dev, progress, refine, refine_motion)
     return summaries

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from masksfm.cli import main
-from masksfm.data.layout import load_split
+from masksfm.data.layout import load_split, read_poses
 from masksfm.evaluation import DEPTH_METRICS
+from masksfm.geometry import vehicle_chord
 from masksfm.inference import (
     depth_items,
     evaluate_depth_items,
@@ -158,6 +159,22 @@ def test_eval_pose_refine_through_the_command(tiny_run, synth_dataset, tmp_path)
     assert (out_dir / name / "refined" / "trajectory.kitti.txt").is_file()
     assert not np.allclose(np.loadtxt(out_dir / name / "refined" / "trajectory.kitti.txt"),
                            np.loadtxt(out_dir / name / "trajectory.kitti.txt"))
+    # --refine-motion free: the tiny run is a car's camera, refined on SE(3) its steps leave the chord
+    free_json = tmp_path / "free.json"
+    main(["eval", "pose", str(tiny_run), str(synth_dataset), "--json", str(free_json), "--out", str(tmp_path / "f"),
+          "--refine", "2", "--refine-motion", "free"])
+    free = json.loads(free_json.read_text())
+    assert (refined["refined"]["motion"], free["refined"]["motion"]) == ("vehicle", "free")
+    assert free["ate_mean"] == pytest.approx(plain["ate_mean"], rel=1e-6)
+
+    def off_chord(folder):
+        """The largest sideways part of a refined step's travel, relative to its length: 0 on the chord."""
+        written = read_poses(folder / name / "refined" / "trajectory.kitti.txt")
+        steps = torch.from_numpy(np.linalg.inv(written[:-1]) @ written[1:])
+        t = steps[:, :3, 3]
+        return float((torch.linalg.cross(t, vehicle_chord(steps[:, :3, :3]), dim=1).norm(dim=1) / t.norm(dim=1)).max())
+
+    assert off_chord(out_dir) < 1e-4 < off_chord(tmp_path / "f")
 
 
 def test_eval_pose_refine_with_a_perfect_depth_net(tiny_run, synth_dataset, tmp_path, monkeypatch):
