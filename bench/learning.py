@@ -90,11 +90,6 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
                       "poses one frame away applied twice"),
     "turns-strides-x3": ("default", ["loss.turn_weight=0.3", "loss.stride_weight=0.3", "loss.stride_from_step=200"],
                          "turns-strides with both relations at 3x the weight (0.3)"),
-    "reverse": ("default", ["data.time_reverse=true"],
-                "the default with half the training snippets in reverse order (the camera driving backwards)"),
-    "reverse-from-200": ("default", ["data.time_reverse=true", "data.time_reverse_from_step=200"],
-                         "reverse, from the first epoch after step 200 (the camera stood still on a set "
-                         "when reversed from the start)"),
     "smooth-x3": ("default", ["loss.smoothness_weight=3e-3"],
                   "the default with 3x monodepth2's smoothness weight (3e-3 on the mean-normalised disparity)"),
     "smooth-x0.3": ("default", ["loss.smoothness_weight=3e-4"],

@@ -34,8 +34,6 @@ class DataConfig:
     colour_jitter: bool = True  # with augment: monodepth2's colour jitter of the nets' input (the authors: none)
     independent_crop_scale: bool = False  # with augment: x and y enlarged by separate factors (the authors, SfMLearner's code)
     source_yaw: float = 0.0  # with augment: turn each source's camera by up to this many degrees about its vertical axis
-    time_reverse: bool = False  # with augment: half the snippets in reverse order (the camera driving backwards)
-    time_reverse_from_step: int = 0  # time_reverse: from the first epoch that starts at or after this step
     workers: int = 2  # DataLoader worker processes
     train_split: str = "train"
     val_split: str = "val"
@@ -241,8 +239,6 @@ def validate(config: Config) -> None:
                            "term for all sources (the per-pixel minimum); use mean")
     if config.loss.stride_from_step < 0:
         raise MasksfmError(f"config key loss.stride_from_step: must be >= 0, got {config.loss.stride_from_step}")
-    if config.data.time_reverse_from_step < 0:
-        raise MasksfmError(f"config key data.time_reverse_from_step: must be >= 0, got {config.data.time_reverse_from_step}")
     for key in ("optim.batch_size", "optim.steps", "train.checkpoint_every", "train.log_every", "train.val_every"):
         section, name = key.split(".")
         if getattr(getattr(config, section), name) <= 0:

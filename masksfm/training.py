@@ -175,11 +175,7 @@ class Trainer:
                                       source=str(split_path(self.data_root, config.data.train_split)),
                                       colour_jitter=config.data.colour_jitter,
                                       independent_crop_scale=config.data.independent_crop_scale,
-                                      strides=config.data.strides, source_yaw=config.data.source_yaw,
-                                      time_reverse=config.data.time_reverse)
-        # data.time_reverse_from_step in the epochs the dataset draws by (SnippetBatchSampler's)
-        steps_per_epoch = max(1, len(self.dataset) // config.optim.batch_size)
-        self.dataset.time_reverse_from_epoch = -(-config.data.time_reverse_from_step // steps_per_epoch)
+                                      strides=config.data.strides, source_yaw=config.data.source_yaw)
         self.val_scenes = []
         if split_path(self.data_root, config.data.val_split).exists():
             self.val_scenes = [s for s in load_split(self.data_root, config.data.val_split, allow_empty=True) if s.has_depth]

@@ -199,16 +199,6 @@ class TestColourJitter:
             assert all(0 < abs(a) <= np.radians(1.5) for k, a in enumerate(turned.yaw) if k != 2)
 
 
-    def test_the_reversal_is_drawn_last_half_the_time(self):
-        reversed_ = []
-        for i in range(400):
-            plain = draw_augmentation(np.random.default_rng([7, i]), source_yaw=1.5)
-            drawn = draw_augmentation(np.random.default_rng([7, i]), source_yaw=1.5, time_reverse=True)
-            assert not plain.reverse and drawn == Augmentation(**{**vars(plain), "reverse": drawn.reverse})
-            reversed_.append(drawn.reverse)
-        assert 160 < sum(reversed_) < 240
-
-
 def test_a_turned_frame_is_what_the_turned_camera_renders():
     # The renderer's view from P · R_y(1°) against the view from P turned by the homography: equal to
     # resampling (1.3 / 255 on average away from the entering strip), where the view itself differs by 11.8.
@@ -294,24 +284,6 @@ class TestSnippetDataset:
         assert torch.equal(item["images_raw"][1], reference["images_raw"][1]) and torch.equal(item["K"], reference["K"])
         for source in (0, 2):
             assert not torch.equal(item["images_raw"][source], reference["images_raw"][source])
-
-    def test_reversed_snippets_are_the_frames_backwards(self, scenes):
-        """`data.time_reverse`: an item reversed is the same item (same crop, flip, jitter, K) with its
-        frames in reverse order; the others are untouched."""
-        plain = SnippetDataset(scenes, H, W, seed=3, snippet_length=5)
-        backwards = SnippetDataset(scenes, H, W, seed=3, snippet_length=5, time_reverse=True)
-        seen = set()
-        for epoch, index in [(e, i) for e in range(4) for i in range(len(plain))]:
-            item, reference = backwards[(epoch, index)], plain[(epoch, index)]
-            reverse = backwards.augmentation(epoch, index).reverse
-            seen.add(reverse)
-            for key in ("images", "images_raw"):
-                assert torch.equal(item[key], reference[key].flip(0) if reverse else reference[key])
-            assert torch.equal(item["K"], reference["K"])
-        assert seen == {False, True}
-        late = SnippetDataset(scenes, H, W, seed=3, snippet_length=5, time_reverse=True, time_reverse_from_epoch=2)
-        for epoch, index in [(e, i) for e in range(4) for i in range(len(plain))]:
-            assert late.augmentation(epoch, index).reverse == (epoch >= 2 and backwards.augmentation(epoch, index).reverse)
 
     def test_jitter_changes_colour_only(self, scenes):
         ds = SnippetDataset(scenes, H, W, seed=0)

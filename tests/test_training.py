@@ -94,7 +94,6 @@ def test_yaml_and_overrides(tmp_path):
                          ("loss.stride_weight=-0.1", "loss.stride_weight: must be >= 0"),
                          ("loss.turn_degrees=0", "loss.turn_degrees: degrees above 0 up to 10"),
                          ("loss.stride_from_step=-1", "loss.stride_from_step: must be >= 0"),
-                         ("data.time_reverse_from_step=-1", "data.time_reverse_from_step: must be >= 0"),
                          ("data.colour_jitter=3", "data.colour_jitter"),
                          ("data.strides=[1, 0]", "data.strides: a list of positive frame spacings"),
                          ("data.strides=[]", "data.strides")]:
@@ -353,17 +352,3 @@ def test_a_run_stored_before_a_default_changed_loads_as_it_was_trained(tmp_path)
     model, config, _ = load_model(path)
     assert type(model.pose_net) is PoseNet and config.model.motion == "free"
     assert all(torch.equal(a, b) for a, b in zip(model.pose_net.state_dict().values(), trained.pose_net.state_dict().values()))
-
-
-def test_time_reverse_from_step_counts_in_the_epochs_the_data_is_drawn_by(synth_dataset, tmp_path):
-    """`data.time_reverse_from_step`: the first epoch that starts at or after that step."""
-    from masksfm.training import Trainer
-
-    for from_step, batch in [(0, 2), (1, 2), (200, 4)]:
-        config = load_config(None, ["data.height=32", "data.width=104", f"optim.batch_size={batch}", "data.workers=0",
-                                    "data.time_reverse=true", f"data.time_reverse_from_step={from_step}"])
-        trainer = Trainer(synth_dataset, tmp_path / f"r{from_step}", config, device="cpu", progress=False)
-        steps_per_epoch = len(trainer.dataset) // batch
-        epoch = trainer.dataset.time_reverse_from_epoch
-        assert epoch * steps_per_epoch >= from_step and (epoch == 0 or (epoch - 1) * steps_per_epoch < from_step)
-        assert (epoch > 0) == (from_step > 0)

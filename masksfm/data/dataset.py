@@ -27,7 +27,6 @@ from masksfm.geometry import crop_intrinsics, flip_intrinsics, scale_intrinsics,
 # (`independent_crop_scale`); masksfm by default enlarges both by one factor, keeping the aspect.
 SCALE_RANGE = (1.0, 1.15)
 FLIP_PROBABILITY = 0.5
-REVERSE_PROBABILITY = 0.5  # data.time_reverse
 # monodepth2's colour jitter (torchvision ColorJitter(0.2, 0.2, 0.2, 0.1)), applied half the time.
 JITTER_PROBABILITY = 0.5
 BRIGHTNESS = CONTRAST = SATURATION = 0.2
@@ -70,7 +69,6 @@ class Augmentation:
         jitter: colour jitter of the network input, or None.
         yaw: one angle per frame of the snippet (0 for the target): the frame as seen by its camera
             turned about its own vertical axis (`turn_about_vertical`), or () for none.
-        reverse: the snippet's frames in reverse order (the camera driving backwards).
     """
 
     scale: float = 1.0
@@ -79,15 +77,13 @@ class Augmentation:
     jitter: ColourJitter | None = None
     scale_y: float | None = None  # the height's own enlargement factor; None: `scale`
     yaw: tuple[float, ...] = ()  # per frame, radians: each frame's camera turned about its vertical axis; () none
-    reverse: bool = False
 
 
 def draw_augmentation(rng: np.random.Generator, colour_jitter: bool = True,
-                      independent_scale: bool = False, length: int = 3, source_yaw: float = 0.0,
-                      time_reverse: bool = False) -> Augmentation:
+                      independent_scale: bool = False, length: int = 3, source_yaw: float = 0.0) -> Augmentation:
     """Draw one snippet's augmentation. Every number is drawn whether used or not, so the stream
-    consumed per item is fixed (the height's own factor, then the sources' turns, then the reversal
-    last, so the other draws do not depend on them).
+    consumed per item is fixed (the height's own factor, then the sources' turns last, so the other
+    draws do not depend on them).
 
     Args:
         rng: the item's generator.
@@ -95,7 +91,6 @@ def draw_augmentation(rng: np.random.Generator, colour_jitter: bool = True,
         independent_scale: enlarge the height by its own factor (the authors), else by the width's.
         length: the snippet's frames, L.
         source_yaw: turn each source's camera by an angle uniform in ±this many degrees; 0: none.
-        time_reverse: reverse the snippet half the time.
     """
     scale = float(rng.uniform(*SCALE_RANGE))
     crop = (float(rng.random()), float(rng.random()))
@@ -114,9 +109,8 @@ def draw_augmentation(rng: np.random.Generator, colour_jitter: bool = True,
     if source_yaw > 0:
         yaw = tuple(float(a) for a in np.radians(rng.uniform(-source_yaw, source_yaw, length)))
         yaw = yaw[:length // 2] + (0.0,) + yaw[length // 2 + 1:]
-    reverse = bool(rng.random() < REVERSE_PROBABILITY) if time_reverse else False
     return Augmentation(scale=scale, crop=crop, flip=flip, jitter=jitter if use_jitter and colour_jitter else None,
-                        scale_y=scale_y if independent_scale else None, yaw=yaw, reverse=reverse)
+                        scale_y=scale_y if independent_scale else None, yaw=yaw)
 
 
 def turn_about_vertical(frame: np.ndarray, K: np.ndarray, yaw: float) -> np.ndarray:
@@ -220,8 +214,8 @@ def augment_snippet(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Bring a snippet to the training size and apply one augmentation to all of its frames.
 
-    Order: scale-and-crop, flip, reversal, the sources' turns, colour jitter; the geometric steps update
-    K exactly (a turn changes the frame's pose, not K; a reversal the order of the frames).
+    Order: scale-and-crop, flip, the sources' turns, colour jitter; the geometric steps update K exactly
+    (a turn changes the frame's pose, not K).
 
     Args:
         frames: (L, H0, W0, 3) uint8 RGB as stored.
@@ -237,8 +231,6 @@ def augment_snippet(
     frames, K = resize_and_crop(frames, K, height, width, augmentation.scale, augmentation.crop, augmentation.scale_y)
     if augmentation.flip:
         frames, K = frames[:, :, ::-1], flip_intrinsics(K, width)
-    if augmentation.reverse:
-        frames = frames[::-1]
     if any(augmentation.yaw):
         frames = np.stack([turn_about_vertical(f, K, a) if a else f for f, a in zip(frames, augmentation.yaw)])
     images_raw = _to_tensor(frames)
@@ -272,9 +264,6 @@ class SnippetDataset(Dataset):
             pose net camera speeds that vary by that factor (the same drive, every k-th frame).
         source_yaw: with `augment`, turn each source's camera about its vertical axis by up to this
             many degrees (`data.source_yaw`): rotations the drives do not have; 0: none.
-        time_reverse: with `augment`, reverse half the snippets (`data.time_reverse`): the same
-            views driven backwards, so that the direction of travel has to be read from the frames.
-        time_reverse_from_epoch: the first epoch whose snippets may be reversed.
     """
 
     def __init__(
@@ -290,8 +279,6 @@ class SnippetDataset(Dataset):
         independent_crop_scale: bool = False,
         strides: Sequence[int] = (1,),
         source_yaw: float = 0.0,
-        time_reverse: bool = False,
-        time_reverse_from_epoch: int = 0,
     ) -> None:
         if snippet_length < 3 or snippet_length % 2 == 0:
             raise MasksfmError(f"snippet length must be odd and at least 3 (target in the middle), "
@@ -302,7 +289,6 @@ class SnippetDataset(Dataset):
         self.augment = augment
         self.colour_jitter, self.independent_crop_scale = colour_jitter, independent_crop_scale
         self.source_yaw = float(source_yaw)
-        self.time_reverse, self.time_reverse_from_epoch = bool(time_reverse), int(time_reverse_from_epoch)
         self.seed = int(seed)
         self.source = source or ", ".join(sorted({str(scene.path.parent) for scene in self.scenes})) or "data"
         self.epoch = 0
@@ -343,8 +329,7 @@ class SnippetDataset(Dataset):
         if not self.augment:
             return None
         return draw_augmentation(np.random.default_rng([self.seed, epoch, index, _AUGMENT_STREAM]),
-                                 self.colour_jitter, self.independent_crop_scale, self.snippet_length, self.source_yaw,
-                                 self.time_reverse and epoch >= self.time_reverse_from_epoch)
+                                 self.colour_jitter, self.independent_crop_scale, self.snippet_length, self.source_yaw)
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, torch.Tensor | int]:
         """One snippet.
