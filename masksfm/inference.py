@@ -355,6 +355,7 @@ def run_eval_pose(run: Path, data: Path, split: str = "test", out: Path | None =
         raise MasksfmError("--refine-motion is the motion --refine solves for: add --refine")
     dev = pick_device(device)
     model, config, _ = load_model(run, dev)
+    motion = refine_motion or config.model.motion  # what --refine solves for
     scenes = [s for s in load_split(data, split) if s.poses is not None]
     if not scenes:
         raise MasksfmError(f"{data}: no scene of split {split!r} has poses.txt (ground-truth poses)")
@@ -375,8 +376,7 @@ def run_eval_pose(run: Path, data: Path, split: str = "test", out: Path | None =
         own.append((snippets, scene.poses))
         if refine is not None:
             K = scale_intrinsics(scene.K, config.data.width / scene.size[1], config.data.height / scene.size[0])
-            rel = refine_relative_poses(model.depth_net, frames, rel, K, dev, iterations=refine,
-                                        motion=refine_motion or config.model.motion)
+            rel = refine_relative_poses(model.depth_net, frames, rel, K, dev, iterations=refine, motion=motion)
             _, sequences[scene.name]["refined"] = sequence_pose_results(scene, rel, out / scene.name / "refined")
             refined.append((rel, scene.poses))
     if not predicted:
@@ -384,6 +384,5 @@ def run_eval_pose(run: Path, data: Path, split: str = "test", out: Path | None =
     bar.close()
     results = {**snippet_summary(predicted, own), "sequences": sequences, "out": str(out)}
     if refine is not None:
-        results["refined"] = {**snippet_summary(refined), "iterations": refine,
-                              "motion": refine_motion or config.model.motion}
+        results["refined"] = {**snippet_summary(refined), "iterations": refine, "motion": motion}
     return results

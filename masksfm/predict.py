@@ -107,7 +107,7 @@ class _FrameWriter:
 
 def _predict_sequence(model, config, sequence: FrameSequence, folder: Path, save: frozenset[str], ply: bool,
                       trajectory: bool, camera_height: float | None, batch_size: int, device: torch.device,
-                      progress: bool, refine: int | None = None, refine_motion: str | None = None) -> dict:
+                      progress: bool, refine: int | None, motion: str) -> dict:
     from masksfm.inference import frames_to_tensor, predict_disparity, predict_relative_poses
     from masksfm.refine import refine_relative_poses
     from masksfm.trajectory import chain_relative_poses, plot_trajectories, write_tum
@@ -181,7 +181,7 @@ def _predict_sequence(model, config, sequence: FrameSequence, folder: Path, save
         rel = predict_relative_poses(model.pose_net, frames, config.data.snippet_length, device)
         if refine is not None:  # before the metric scale: refined translations are in the depth net's unit
             rel = refine_relative_poses(model.depth_net, frames, rel, np.stack(net_K), device, batch_size,
-                                        iterations=refine, motion=refine_motion or config.model.motion)
+                                        iterations=refine, motion=motion)
         if camera_height is not None:
             # One scale for the whole path: per-frame scales would bend it with their noise.
             rel[:, :3, 3] *= summary["scale_median"]
@@ -262,5 +262,6 @@ def run_predict(
     for sequence in sequences:
         folder = out / sequence.scene if sequence.scene is not None else out
         summaries[sequence.label] = _predict_sequence(model, config, sequence, folder, save, ply, trajectory,
-                                                      camera_height, batch_size, dev, progress, refine, refine_motion)
+                                                      camera_height, batch_size, dev, progress, refine,
+                                                      refine_motion or config.model.motion)
     return summaries

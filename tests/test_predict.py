@@ -425,6 +425,10 @@ class TestBadInput:
                                              "--refine", "0"], capsys)
         assert "--trajectory" in one_line_error(["predict", str(tiny_run), str(scene_dir), "--out", out, "--refine"],
                                                 capsys)
+        assert "add --refine" in one_line_error(["predict", str(tiny_run), str(scene_dir), "--out", out, "--trajectory",
+                                                 "--refine-motion", "free"], capsys)
+        assert "invalid choice" in one_line_error(["predict", str(tiny_run), str(scene_dir), "--out", out,
+                                                   "--trajectory", "--refine", "--refine-motion", "boat"], capsys)
 
     def test_one_line_from_a_real_process(self, tiny_run, tmp_path):
         (tmp_path / "empty").mkdir()
