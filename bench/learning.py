@@ -90,6 +90,11 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
                       "poses one frame away applied twice"),
     "turns-strides-x3": ("default", ["loss.turn_weight=0.3", "loss.stride_weight=0.3", "loss.stride_from_step=200"],
                          "turns-strides with both relations at 3x the weight (0.3)"),
+    "shifts": ("default", ["loss.shift_weight=0.3", "loss.shift_from_step=200", "loss.shift_rotation=true"],
+               "the default with, from step 200, the pose net's readings of each pair of neighbouring frames "
+               "from the snippets centred on either held to each other's inverse (weight 0.3)"),
+    "shift-speed": ("default", ["loss.shift_weight=0.3", "loss.shift_from_step=200"],
+                    "shifts on the two readings' distances only (their rotations left to the photometric loss)"),
     "smooth-x3": ("default", ["loss.smoothness_weight=3e-3"],
                   "the default with 3x monodepth2's smoothness weight (3e-3 on the mean-normalised disparity)"),
     "smooth-x0.3": ("default", ["loss.smoothness_weight=3e-4"],

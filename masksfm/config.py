@@ -74,6 +74,9 @@ class LossConfig:
     turn_degrees: float = 1.0  # turn_weight: each source turned by an angle uniform in ± this many degrees
     stride_weight: float = 0.0  # the pose net's poses to sources two frames away against its poses one frame away, twice (losses.stride_inconsistency); 0 = off
     stride_from_step: int = 0  # stride_weight: the term counts from this step on (the pose net's distances are tiny before)
+    shift_weight: float = 0.0  # the pose net's readings of a pair of neighbouring frames from snippets one frame apart against each other's inverse (losses.shift_inconsistency); 0 = off
+    shift_from_step: int = 0  # shift_weight: the term counts from this step on
+    shift_rotation: bool = False  # shift_weight: also hold the two readings' rotations to each other's inverse (False: the distances only)
     velocity_weight: float = 0.0  # the constant-velocity prior on the pose net's steps (losses.velocity_change); 0 = off
     smoothness_scale_base: float = 2.0  # the smoothness weight is divided by base^scale
     explainability_weight: float = 0.2  # SfMLearner's regulariser, loss.mask = explainability only
@@ -229,7 +232,7 @@ def validate(config: Config) -> None:
         raise MasksfmError("config key model.pose: pairs has no explainability decoder; use snippet with loss.mask=explainability")
     if config.model.pose_encoder == "resnet18" and config.loss.mask == "explainability":
         raise MasksfmError("config key model.pose_encoder: resnet18 has no explainability decoder; use conv with loss.mask=explainability")
-    for key in ("smoothness_weight", "consistency_weight", "velocity_weight", "turn_weight", "stride_weight"):
+    for key in ("smoothness_weight", "consistency_weight", "velocity_weight", "turn_weight", "stride_weight", "shift_weight"):
         if getattr(config.loss, key) < 0:
             raise MasksfmError(f"config key loss.{key}: must be >= 0, got {getattr(config.loss, key)}")
     if config.loss.below_mean_factor <= 0:
@@ -237,8 +240,9 @@ def validate(config: Config) -> None:
     if config.loss.combine_sources == "sum" and config.loss.mask == "automask":
         raise MasksfmError("config key loss.combine_sources: sum adds per-source terms; loss.mask=automask has one "
                            "term for all sources (the per-pixel minimum); use mean")
-    if config.loss.stride_from_step < 0:
-        raise MasksfmError(f"config key loss.stride_from_step: must be >= 0, got {config.loss.stride_from_step}")
+    for key in ("stride_from_step", "shift_from_step"):
+        if getattr(config.loss, key) < 0:
+            raise MasksfmError(f"config key loss.{key}: must be >= 0, got {getattr(config.loss, key)}")
     for key in ("optim.batch_size", "optim.steps", "train.checkpoint_every", "train.log_every", "train.val_every"):
         section, name = key.split(".")
         if getattr(getattr(config, section), name) <= 0:

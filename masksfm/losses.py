@@ -225,6 +225,25 @@ def stride_inconsistency(poses: torch.Tensor, wide_poses: torch.Tensor, eps: flo
     return rotation, distance
 
 
+def shift_inconsistency(forward: torch.Tensor, backward: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """How far the pose net's two readings of one pair of neighbouring frames are from each other's
+    inverse: the snippet centred on frame t gives T_{t→t+1}, the snippet centred on t + 1 gives
+    T_{t+1→t}, and T_{t+1→t} = T_{t→t+1}⁻¹ exactly, whatever the drive (its rotation is the opposite
+    axis-angle, its distance the same). The distances are compared by their ratio, as
+    `stride_inconsistency`'s, so that a standing camera is no cheaper.
+
+    Args:
+        forward: (N, 6) `[t, axis-angle]` of T_{a→b} from the snippet centred on a.
+        backward: (N, 6) the same of T_{b→a} from the snippet centred on b.
+        eps: model units, keeps a standing camera's log finite.
+    Returns:
+        (the rotations' L1 distance (N,), radians; the absolute log-ratio of the distances (N,)).
+    """
+    rotation = (forward[:, 3:] + backward[:, 3:]).abs().sum(-1)
+    distance = (torch.log(forward[:, :3].norm(dim=-1) + eps) - torch.log(backward[:, :3].norm(dim=-1) + eps)).abs()
+    return rotation, distance
+
+
 @torch.no_grad()
 def below_mean_mask(
     error: torch.Tensor, mask: torch.Tensor, factor: float = 1.0, compare: torch.Tensor | None = None

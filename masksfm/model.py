@@ -37,10 +37,12 @@ class SfMModel(nn.Module):
         # The warp, the masks and the loss work in float32 whatever the depth net computed in.
         return [d.float() for d in disparities]
 
-    def forward(self, images: torch.Tensor, other_sources: tuple[torch.Tensor, ...] = ()) -> ModelOutput:
-        """Args: images (B, L, 3, H, W) in [0, 1], target = frame L // 2; other_sources: more sources
-        for the same targets, each (B, L − 1, 3, H, W) (turned, or farther away in time), for which the
-        pose net also runs, in the same batch (`ModelOutput.other_poses`)."""
+    def forward(self, images: torch.Tensor,
+                other_snippets: tuple[tuple[torch.Tensor, torch.Tensor], ...] = ()) -> ModelOutput:
+        """Args: images (B, L, 3, H, W) in [0, 1], target = frame L // 2; other_snippets: more
+        (targets (B, 3, H, W), sources (B, L − 1, 3, H, W)) for the pose net alone (sources turned,
+        farther away in time, or snippets shifted along the drive), run in the same batch
+        (`ModelOutput.other_poses`)."""
         b, length = images.shape[:2]
         center = length // 2
         sources = snippet_sources(images)
@@ -52,11 +54,12 @@ class SfMModel(nn.Module):
                 source = self.disparities(sources.flatten(0, 1))
             disparities = [in_snippet_order(t, s.unflatten(0, (b, length - 1))) for t, s in zip(target, source)]
         target = images[:, center]
-        if other_sources:  # one pass of the pose net over the snippet and the other sources, same targets
-            target, sources = target.repeat(1 + len(other_sources), 1, 1, 1), torch.cat([sources, *other_sources])
+        if other_snippets:  # one pass of the pose net over the snippet and the other snippets
+            target = torch.cat([target, *(t for t, _ in other_snippets)])
+            sources = torch.cat([sources, *(s for _, s in other_snippets)])
         out = self.pose_net(target, sources)
         poses, explainability = out if isinstance(out, tuple) else (out, None)
-        if other_sources:
+        if other_snippets:
             poses, *other_poses = poses.split(b)
             explainability = None if explainability is None else [m[:b] for m in explainability]
             return ModelOutput(disparities, poses, explainability, tuple(other_poses))

@@ -38,6 +38,7 @@ from masksfm.losses import (
     normalize_disparity,
     photometric_error,
     scale_weight,
+    shift_inconsistency,
     smoothness_loss,
     source_weight,
     stride_inconsistency,
@@ -57,7 +58,7 @@ class ModelOutput(NamedTuple):
     disparities: per scale, finest first, (B·L, 1, h, w), frames of a snippet consecutive.
     poses: (B, S, 6) [t, axis-angle] of T_t2s for each source in snippet order (target skipped).
     explainability: per scale (B, S, h, w) in (0, 1), or None.
-    other_poses: per set of other sources given to `SfMModel.forward`, (B, S, 6) the pose net's T_t2s to them.
+    other_poses: per other snippet given to `SfMModel.forward`, (B, S, 6) the pose net's T_t2s there.
     """
 
     disparities: list[torch.Tensor]
@@ -452,18 +453,32 @@ def turned_sources(images: torch.Tensor, K: torch.Tensor, turns: torch.Tensor) -
 
 
 def add_pose_consistency(objective: Objective, out: ModelOutput, cfg: LossConfig, turns: torch.Tensor | None,
-                         stride_factor: float = 1.0) -> None:
-    """Add the pose net's consistency terms to the objective and its terms: `loss.stride_weight` ×
-    `stride_factor` × the mean `stride_inconsistency`, its rotation in the net's output units (÷ POSE_SCALE)
-    plus its distances' log-ratio (`stride`; the wide snippet's poses are `out.other_poses[0]`), and
-    `loss.turn_weight` × the mean `turn_inconsistency` in the net's output units (`turn`; the turned
-    sources' poses are the last of `out.other_poses`, `turns` (B, S) radians)."""
+                         stride_factor: float = 1.0, shift_factor: float = 1.0) -> None:
+    """Add the pose net's consistency terms to the objective and its terms, each with rotations in the
+    net's output units (÷ POSE_SCALE) plus distances' log-ratios: `loss.stride_weight` × `stride_factor`
+    × the mean `stride_inconsistency` (`stride`; the wide snippet's poses are the first of
+    `out.other_poses`), `loss.shift_weight` × `shift_factor` × the mean `shift_inconsistency` over the
+    snippet's pairs with its neighbours, its distances' term, and its rotations' with `loss.shift_rotation`
+    (`shift`; the snippets shifted one frame back and forward come next), and `loss.turn_weight` × the mean `turn_inconsistency` (`turn`; the turned sources' poses
+    are the last, `turns` (B, S) radians)."""
     added = {}
+    others = list(out.other_poses)
     if cfg.stride_weight > 0:
-        rotation, distance = stride_inconsistency(out.poses.reshape(-1, 6), out.other_poses[0].reshape(-1, 6))
+        rotation, distance = stride_inconsistency(out.poses.reshape(-1, 6), others.pop(0).reshape(-1, 6))
         added["stride"] = stride_factor * cfg.stride_weight * (rotation.mean() / POSE_SCALE + distance.mean())
+    if cfg.shift_weight > 0:
+        # Sources in snippet order: the one before the target is S/2 − 1, the one after S/2. The snippet
+        # centred one frame back reads the pair target → its next frame (our target) at S/2; the one
+        # centred one frame forward reads its previous frame (our target) at S/2 − 1.
+        back, forward = others.pop(0), others.pop(0)
+        half = out.poses.shape[1] // 2
+        ours = torch.cat([out.poses[:, half - 1], out.poses[:, half]])
+        theirs = torch.cat([back[:, half], forward[:, half - 1]])
+        rotation, distance = shift_inconsistency(ours, theirs)
+        rotation = rotation.mean() / POSE_SCALE if cfg.shift_rotation else 0.0
+        added["shift"] = shift_factor * cfg.shift_weight * (rotation + distance.mean())
     if turns is not None:
-        inconsistency = turn_inconsistency(out.poses[..., 3:].reshape(-1, 3), out.other_poses[-1][..., 3:].reshape(-1, 3),
+        inconsistency = turn_inconsistency(out.poses[..., 3:].reshape(-1, 3), others.pop(0)[..., 3:].reshape(-1, 3),
                                            turns.flatten())
         added["turn"] = cfg.turn_weight * inconsistency.mean() / POSE_SCALE
     for name, term in added.items():
@@ -474,9 +489,15 @@ def add_pose_consistency(objective: Objective, out: ModelOutput, cfg: LossConfig
 
 
 def item_length(snippet_length: int, cfg: LossConfig) -> int:
-    """Frames per training item: the snippet's, or with `loss.stride_weight` twice the snippet less
-    one (the snippet in the middle, its every-other-frame twin over the whole item)."""
-    return 2 * snippet_length - 1 if cfg.stride_weight > 0 else snippet_length
+    """Frames per training item: the snippet's; with `loss.stride_weight` twice the snippet less one
+    (the snippet in the middle, its every-other-frame twin over the whole item); with
+    `loss.shift_weight` at least the snippet and one frame on each side (its neighbours' snippets)."""
+    length = snippet_length
+    if cfg.stride_weight > 0:
+        length = max(length, 2 * snippet_length - 1)
+    if cfg.shift_weight > 0:
+        length = max(length, snippet_length + 2)
+    return length
 
 
 def random_turns(batch: int, num_sources: int, degrees: float, seed: int) -> torch.Tensor:
@@ -489,30 +510,38 @@ def random_turns(batch: int, num_sources: int, degrees: float, seed: int) -> tor
 
 def batch_objective(net: Callable[..., ModelOutput], images: torch.Tensor, images_raw: torch.Tensor, K: torch.Tensor,
                     cfg: LossConfig, snippet_length: int, turns: torch.Tensor | None = None,
-                    stride_factor: float = 1.0, use_masks: bool = True, with_visuals: bool = False) -> Objective:
+                    stride_factor: float = 1.0, shift_factor: float = 1.0, use_masks: bool = True,
+                    with_visuals: bool = False) -> Objective:
     """The objective of a training batch: the model on its items, `compute_objective`, and the pose
     net's relations (`add_pose_consistency`): what the trainer's step and `bench/train_step.py` compute.
 
     Args:
         net: the model (`SfMModel`, or its DDP wrapper): called as `net(images)`, or
-            `net(images, other_sources)` when the relations need the pose net on more sources.
+            `net(images, other_snippets)` when the relations need the pose net on more snippets.
         images, images_raw: (B, F, 3, H, W) the items as the nets and the loss see them, F =
             `item_length(snippet_length, cfg)`.
         K: (B, 3, 3) intrinsics at (H, W).
         cfg: the loss configuration.
-        snippet_length: L, the snippet the loss is on.
+        snippet_length: L, the snippet the loss is on (the items' middle L frames).
         turns: (B, L − 1) radians for `loss.turn_weight` (`random_turns`), else None.
-        stride_factor: multiplies `loss.stride_weight` (0 before `loss.stride_from_step`).
+        stride_factor, shift_factor: multiply `loss.stride_weight`, `loss.shift_weight` (0 before their
+            `from_step`).
         use_masks, with_visuals: as for `compute_objective`.
     """
-    other_sources = []
+    other_snippets = []
+    center = snippet_length // 2
     if cfg.stride_weight > 0:
         # The items span twice the snippet: its middle is the snippet, every other frame the wide one.
-        other_sources.append(snippet_sources(images[:, ::2]))
-        images, images_raw = (middle_frames(x, snippet_length) for x in (images, images_raw))
+        wide = middle_frames(images, 2 * snippet_length - 1)[:, ::2]
+        other_snippets.append((wide[:, center], snippet_sources(wide)))
+    if cfg.shift_weight > 0:
+        around = middle_frames(images, snippet_length + 2)
+        for shifted in (around[:, :snippet_length], around[:, 2:]):
+            other_snippets.append((shifted[:, center], snippet_sources(shifted)))
+    images, images_raw = (middle_frames(x, snippet_length) for x in (images, images_raw))
     if turns is not None:
-        other_sources.append(turned_sources(images, K, turns))
-    out = net(images, tuple(other_sources)) if other_sources else net(images)
+        other_snippets.append((images[:, center], turned_sources(images, K, turns)))
+    out = net(images, tuple(other_snippets)) if other_snippets else net(images)
     objective = compute_objective(out, images_raw, K, cfg, use_masks=use_masks, with_visuals=with_visuals)
-    add_pose_consistency(objective, out, cfg, turns, stride_factor)
+    add_pose_consistency(objective, out, cfg, turns, stride_factor, shift_factor)
     return objective

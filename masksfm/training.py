@@ -267,6 +267,7 @@ class Trainer:
         turns = self._turns(images.shape[0], cfg.data.snippet_length - 1) if cfg.loss.turn_weight > 0 else None
         objective = batch_objective(self.net, images, images_raw, K, cfg.loss, cfg.data.snippet_length, turns,
                                     stride_factor=float(self.step >= cfg.loss.stride_from_step),
+                                    shift_factor=float(self.step >= cfg.loss.shift_from_step),
                                     use_masks=masks_active(cfg, self.step), with_visuals=with_visuals)
         self.optimizer.zero_grad(set_to_none=True)
         finite, stop = faults.agree(objective.loss, interrupted, self.world)

@@ -347,3 +347,26 @@ class TestStrideInconsistency:
         assert distance.item() == pytest.approx(math.log(2.2 / 2.0), rel=1e-5)
         scaled = torch.cat([0.01 * one[:, :3], one[:, 3:]], dim=1), torch.cat([0.01 * two[:, :3], two[:, 3:]], dim=1)
         assert L.stride_inconsistency(*scaled)[1].item() == pytest.approx(distance.item(), rel=1e-3)
+
+
+class TestShiftInconsistency:
+    vec = staticmethod(TestStrideInconsistency.vec)
+
+    def test_zero_for_a_pair_read_both_ways(self):
+        # Any two camera poses: T_{b→a} is T_{a→b}⁻¹, whatever the motion (here a turn, a climb, a side step).
+        from masksfm.geometry import relative_pose
+
+        pose = TestVelocityChange.pose
+        a, b = pose(0.1, 0.3, 2.0), pose(0.13, -0.2, 3.1)
+        b[1, 3] = 0.05
+        rotation, distance = L.shift_inconsistency(self.vec(relative_pose(a, b)), self.vec(relative_pose(b, a)))
+        assert rotation.item() < 1e-12 and distance.item() < 1e-9
+
+    def test_a_speed_and_a_turn_that_disagree_at_any_scale(self):
+        forward = torch.tensor([[0.0, 0.0, 1.0, 0.0, 0.02, 0.0]], dtype=torch.float64)
+        backward = torch.tensor([[0.0, 0.0, -1.1, 0.0, -0.01, 0.0]], dtype=torch.float64)  # 1.1 m back, turned 0.01 rad
+        rotation, distance = L.shift_inconsistency(forward, backward)
+        assert rotation.item() == pytest.approx(0.01, rel=1e-9)
+        assert distance.item() == pytest.approx(math.log(1.1), rel=1e-5)
+        scaled = [torch.cat([0.01 * v[:, :3], v[:, 3:]], dim=1) for v in (forward, backward)]
+        assert L.shift_inconsistency(*scaled)[1].item() == pytest.approx(distance.item(), rel=1e-3)

@@ -292,7 +292,8 @@ def test_the_authors_below_mean_mask_by_hand():
 def test_the_batch_objective_is_the_model_and_compute_objective_with_the_relations(synth_dataset):
     """`batch_objective` (the trainer's step): without relations, exactly `compute_objective` of the
     model's output; with the strides, the loss on the items' middle frames plus the stride term, and
-    the stride term scaled by `stride_factor`; with the turns, plus the turn term."""
+    the stride term scaled by `stride_factor`; with the turns, plus the turn term; with the shifts, plus
+    the shift term from the snippets centred one frame back and forward."""
     from masksfm.model import build_model
     from masksfm.objective import batch_objective, item_length, middle_frames, random_turns
 
@@ -322,3 +323,22 @@ def test_the_batch_objective_is_the_model_and_compute_objective_with_the_relatio
         turned = batch_objective(model, narrow["images"], narrow["images_raw"], narrow["K"], turned_cfg, 3, turns)
         assert turned.terms["turn"] > 0
         assert turned.loss.item() == pytest.approx(plain.loss.item() + turned.terms["turn"].item(), rel=1e-5)
+        # The shifts: the snippets centred one frame back and forward read the target's pairs the other way.
+        shift_cfg = load_config(None, [f"data.height={H}", f"data.width={W}", "loss.shift_weight=0.1",
+                                       "loss.shift_rotation=true"]).loss
+        assert item_length(3, shift_cfg) == 5 and item_length(5, shift_cfg) == 7
+        shifted = batch_objective(model, wide["images"], wide["images_raw"], wide["K"], shift_cfg, 3)
+        ours = model(narrow["images"]).poses
+        back, forward = model(wide["images"][:, :3]).poses, model(wide["images"][:, 2:]).poses
+        rotation = torch.cat([(ours[:, 0, 3:] + back[:, 1, 3:]), (ours[:, 1, 3:] + forward[:, 0, 3:])]).abs().sum(-1)
+        size = lambda poses: poses[..., :3].norm(dim=-1) + 1e-6  # noqa: E731 (model units; the term's eps)
+        distance = torch.cat([(size(ours[:, 0]) / size(back[:, 1])).log(),
+                              (size(ours[:, 1]) / size(forward[:, 0])).log()]).abs()
+        expected = 0.1 * (rotation.mean() / 0.01 + distance.mean())
+        assert shifted.terms["shift"].item() == pytest.approx(expected.item(), rel=1e-3)
+        assert shifted.loss.item() == pytest.approx(plain.loss.item() + shifted.terms["shift"].item(), rel=1e-5)
+        late = batch_objective(model, wide["images"], wide["images_raw"], wide["K"], shift_cfg, 3, shift_factor=0.0)
+        assert late.terms["shift"] == 0
+        shift_cfg.shift_rotation = False
+        speed = batch_objective(model, wide["images"], wide["images_raw"], wide["K"], shift_cfg, 3)
+        assert speed.terms["shift"].item() == pytest.approx(0.1 * distance.mean().item(), rel=1e-3)

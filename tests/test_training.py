@@ -94,6 +94,8 @@ def test_yaml_and_overrides(tmp_path):
                          ("loss.stride_weight=-0.1", "loss.stride_weight: must be >= 0"),
                          ("loss.turn_degrees=0", "loss.turn_degrees: degrees above 0 up to 10"),
                          ("loss.stride_from_step=-1", "loss.stride_from_step: must be >= 0"),
+                         ("loss.shift_weight=-0.3", "loss.shift_weight: must be >= 0"),
+                         ("loss.shift_from_step=-2", "loss.shift_from_step: must be >= 0"),
                          ("data.colour_jitter=3", "data.colour_jitter"),
                          ("data.strides=[1, 0]", "data.strides: a list of positive frame spacings"),
                          ("data.strides=[]", "data.strides")]:
@@ -151,8 +153,9 @@ def _model_tensors(run: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", [[], ["--set", "loss.turn_weight=0.1", "--set", "loss.stride_weight=0.1"]],
-                         ids=["default", "turns-strides"])
+@pytest.mark.parametrize("recipe", [[], ["--set", "loss.turn_weight=0.1", "--set", "loss.stride_weight=0.1",
+                                          "--set", "loss.shift_weight=0.1", "--set", "loss.shift_from_step=1"]],
+                         ids=["default", "relations"])
 def test_resume_is_bitwise_exact(recipe, synth_dataset, tmp_path):
     straight, halves = tmp_path / "straight", tmp_path / "halves"
     main(["train", str(synth_dataset), "--out", str(straight), "--steps", "4", *SMALL, *recipe])
