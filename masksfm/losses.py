@@ -203,6 +203,12 @@ def turn_inconsistency(rotation: torch.Tensor, turned_rotation: torch.Tensor, ya
     return (turned_rotation - rotation_matrix_to_axis_angle(expected.contiguous())).abs().sum(-1)
 
 
+def distance_log_ratio(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """|log(|a| + eps) − log(|b| + eps)| of translations a, b (N, 3) in model units: (N,), the same at
+    any scale of the depth (the pose relations compare distances by it)."""
+    return (torch.log(a.norm(dim=-1) + eps) - torch.log(b.norm(dim=-1) + eps)).abs()
+
+
 def stride_inconsistency(poses: torch.Tensor, wide_poses: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
     """How far the pose net's poses to sources two frames away are from its poses to the sources one
     frame away, applied twice: a camera at a constant velocity (a constant twist) makes
@@ -221,8 +227,7 @@ def stride_inconsistency(poses: torch.Tensor, wide_poses: torch.Tensor, eps: flo
     T = pose_vec_to_mat(poses)
     twice = T @ T
     rotation = (wide_poses[:, 3:] - 2 * poses[:, 3:]).abs().sum(-1)
-    distance = (torch.log(wide_poses[:, :3].norm(dim=-1) + eps) - torch.log(twice[:, :3, 3].norm(dim=-1) + eps)).abs()
-    return rotation, distance
+    return rotation, distance_log_ratio(wide_poses[:, :3], twice[:, :3, 3], eps)
 
 
 def shift_inconsistency(forward: torch.Tensor, backward: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
@@ -240,8 +245,7 @@ def shift_inconsistency(forward: torch.Tensor, backward: torch.Tensor, eps: floa
         (the rotations' L1 distance (N,), radians; the absolute log-ratio of the distances (N,)).
     """
     rotation = (forward[:, 3:] + backward[:, 3:]).abs().sum(-1)
-    distance = (torch.log(forward[:, :3].norm(dim=-1) + eps) - torch.log(backward[:, :3].norm(dim=-1) + eps)).abs()
-    return rotation, distance
+    return rotation, distance_log_ratio(forward[:, :3], backward[:, :3], eps)
 
 
 @torch.no_grad()

@@ -458,9 +458,10 @@ def add_pose_consistency(objective: Objective, out: ModelOutput, cfg: LossConfig
     net's output units (÷ POSE_SCALE) plus distances' log-ratios: `loss.stride_weight` × `stride_factor`
     × the mean `stride_inconsistency` (`stride`; the wide snippet's poses are the first of
     `out.other_poses`), `loss.shift_weight` × `shift_factor` × the mean `shift_inconsistency` over the
-    snippet's pairs with its neighbours, its distances' term, and its rotations' with `loss.shift_rotation`
-    (`shift`; the snippets shifted one frame back and forward come next), and `loss.turn_weight` × the mean `turn_inconsistency` (`turn`; the turned sources' poses
-    are the last, `turns` (B, S) radians)."""
+    snippet's pairs with its neighbours, its distances' term, and its rotations' with
+    `loss.shift_rotation` (`shift`; the snippets shifted one frame back and forward come next), and
+    `loss.turn_weight` × the mean `turn_inconsistency` (`turn`; the turned sources' poses are the last,
+    `turns` (B, S) radians)."""
     added = {}
     others = list(out.other_poses)
     if cfg.stride_weight > 0:
