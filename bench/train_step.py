@@ -14,9 +14,9 @@ torch.compile, whose first call compiles).
 Default: the levers of the default recipe (channels_last, bf16 autocast of the depth net,
 torch.compile of the photometric error: `train.precision`, `train.compile`), two recipe changes on
 top of it that change what is learned (the sources' depth without gradient, `model.source_depth_grad`;
-each scale's error at its own size, `loss.scales=downsample`), the pose net's relations (`loss.turn_weight`,
-`loss.stride_weight`: the step as the trainer takes it, `objective.batch_objective`, on items of 5 frames
-for the strides), and SfmLearner-Pytorch's own
+each scale's error at its own size, `loss.scales=downsample`; monodepth2's depth net, `model.depth=resnet18`),
+the pose net's relations (`loss.turn_weight`, `loss.stride_weight`, `loss.shift_weight`: the step as the
+trainer takes it, `objective.batch_objective`, on items of 5 frames for the strides and the shifts), and SfmLearner-Pytorch's own
 default step timed by the peer driver `sfp_step.py` (in --peers, default ../shared/peers beside the
 repository) on its code (--sfp: the extracted SfmLearner-Pytorch folder, or $SFP), in a subprocess between masksfm's rounds; without them the ratio is not printed and the
 output says why. Target (issue 14): default recipe <= 1.5x SfmLearner's step at 128x416, batch 4.
@@ -138,6 +138,7 @@ def measure(cases, batch, repeat: int, device: torch.device, sync) -> list[tuple
 # that are not exact, `model.source_depth_grad` and `loss.scales`).
 LEVER_CASES = [
     ("plain fp32 (NCHW, eager)", None, False, []),
+    ("plain fp32 + compile", None, True, []),
     ("channels_last fp32", "fp32", False, []),
     ("channels_last fp32 + compile", "fp32", True, []),
     ("channels_last bf16", "bf16", False, []),
@@ -149,6 +150,8 @@ LEVER_CASES = [
     ("  + the 3 finest scales in the loss", "auto", True, ["loss.num_scales=3"]),
     ("  + SfMLearner's pose convolutions (the default before 2026-12-04, tenth session)", "auto", True,
      ["model.pose_encoder=conv"]),
+    ("  + monodepth2's depth net (model.depth=resnet18)", "auto", True, ["model.depth=resnet18"]),
+    ("  + the shifts (loss.shift_weight=0.3)", "auto", True, ["loss.shift_weight=0.3"]),
     # The pose net's relations (twelfth session): it also reads turned sources, and the wide snippet.
     ("  + the turns (loss.turn_weight=0.1)", "auto", True, ["loss.turn_weight=0.1"]),
     ("  + the turns and the strides (turns-strides)", "auto", True,
@@ -212,7 +215,7 @@ def find_peer(args) -> tuple[Path | None, Path | None, str]:
 
 def measure_levers(args, batches, device, sync) -> tuple[dict[str, float], float | None, str]:
     """ms per step for each lever case and SfmLearner's step (or None), interleaved round by round;
-    `batches`: {frames per item: batch} (3, and 5 for the strides' cases)."""
+    `batches`: {frames per item: batch} (3, and 5 for the strides' and shifts' cases)."""
     size = [f"data.height={args.height}", f"data.width={args.width}"]
     eager = objective_module._photometric_error
     objective_module.use_compiled_photometric_error()
@@ -396,7 +399,7 @@ def main(argv=None):
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     batch = fixed_batch(args.batch, args.height, args.width, device)
     command = "command: .venv/bin/python bench/train_step.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    where = (f"batch {args.batch} snippets of 3 frames (5 for the strides' case) at {args.height}x{args.width}, "
+    where = (f"batch {args.batch} snippets of 3 frames (5 for the strides' and shifts' cases) at {args.height}x{args.width}, "
              f"{device.type}, {torch.get_num_threads()} threads, median of {args.repeat} interleaved steps")
     figures = {"device": device.type, "threads": torch.get_num_threads(), "batch": args.batch,
                "size": [args.height, args.width]}

@@ -47,6 +47,7 @@ class ModelConfig:
     motion: str = "vehicle"  # vehicle (a car's camera: along the chord of a planar arc) | free (any rigid motion)
     pretrained: str | None = None  # safetensors weights for the ResNet-18 encoder (never downloaded)
     source_depth_grad: bool = False  # True: the loss trains the depth net through the sources' depth too (False: targets' only)
+    joint_pose_batch: bool = True  # the pose net reads the relations' snippets in one batch with the training snippets (False: a call of their own)
 
 
 @dataclass

@@ -22,11 +22,15 @@ from masksfm.objective import ModelOutput, snippet_sources
 
 
 class SfMModel(nn.Module):
-    def __init__(self, depth_net: nn.Module, pose_net: nn.Module, source_depth_grad: bool = True):
+    def __init__(self, depth_net: nn.Module, pose_net: nn.Module, source_depth_grad: bool = True,
+                 joint_pose_batch: bool = True):
         super().__init__()
         self.depth_net = depth_net
         self.pose_net = pose_net
         self.source_depth_grad = source_depth_grad  # False: the sources' depth without gradient
+        # False: the other snippets in a pose-net call of their own, so that its batch statistics over
+        # the snippets the loss warps with are those of a batch without them.
+        self.joint_pose_batch = joint_pose_batch
         self.depth_autocast: torch.dtype | None = None  # run the depth net under autocast to this dtype
 
     def disparities(self, frames: torch.Tensor) -> list[torch.Tensor]:
@@ -54,16 +58,25 @@ class SfMModel(nn.Module):
                 source = self.disparities(sources.flatten(0, 1))
             disparities = [in_snippet_order(t, s.unflatten(0, (b, length - 1))) for t, s in zip(target, source)]
         target = images[:, center]
-        if other_snippets:  # one pass of the pose net over the snippet and the other snippets
-            target = torch.cat([target, *(t for t, _ in other_snippets)])
-            sources = torch.cat([sources, *(s for _, s in other_snippets)])
-        out = self.pose_net(target, sources)
-        poses, explainability = out if isinstance(out, tuple) else (out, None)
-        if other_snippets:
-            poses, *other_poses = poses.split(b)
+        if not other_snippets:
+            return ModelOutput(disparities, *self._poses(target, sources))
+        other_targets = torch.cat([t for t, _ in other_snippets])
+        other_sources = torch.cat([s for _, s in other_snippets])
+        if self.joint_pose_batch:  # one pass of the pose net over the snippet and the other snippets
+            poses, explainability = self._poses(torch.cat([target, other_targets]),
+                                                torch.cat([sources, other_sources]))
+            poses, other_poses = poses[:b], poses[b:]
             explainability = None if explainability is None else [m[:b] for m in explainability]
-            return ModelOutput(disparities, poses, explainability, tuple(other_poses))
-        return ModelOutput(disparities, poses, explainability)
+        else:
+            poses, explainability = self._poses(target, sources)
+            other_poses, _ = self._poses(other_targets, other_sources)
+        return ModelOutput(disparities, poses, explainability, tuple(other_poses.split(b)))
+
+    def _poses(self, target: torch.Tensor, sources: torch.Tensor) -> tuple[torch.Tensor, list | None]:
+        """The pose net on targets (N, 3, H, W) and sources (N, S, 3, H, W): poses (N, S, 6) and its
+        explainability masks (None without them)."""
+        out = self.pose_net(target, sources)
+        return out if isinstance(out, tuple) else (out, None)
 
 
 def in_snippet_order(target: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
@@ -84,7 +97,8 @@ def build_model(config: Config) -> SfMModel:
                                  explainability=config.loss.mask == "explainability")
     if config.model.motion == "vehicle":
         pose_net = VehicleMotion(pose_net)
-    return SfMModel(depth_net, pose_net, source_depth_grad=config.model.source_depth_grad)
+    return SfMModel(depth_net, pose_net, source_depth_grad=config.model.source_depth_grad,
+                    joint_pose_batch=config.model.joint_pose_batch)
 
 
 def native_bf16(device: torch.device) -> bool:

@@ -342,3 +342,24 @@ def test_the_batch_objective_is_the_model_and_compute_objective_with_the_relatio
         shift_cfg.shift_rotation = False
         speed = batch_objective(model, wide["images"], wide["images_raw"], wide["K"], shift_cfg, 3)
         assert speed.terms["shift"].item() == pytest.approx(0.1 * distance.mean().item(), rel=1e-3)
+
+
+def test_the_pose_net_reads_the_other_snippets_in_a_batch_of_their_own_when_asked(synth_dataset):
+    """In training mode (batch statistics) the training snippets' poses depend on what else is in the
+    pose net's batch: `model.joint_pose_batch=false` gives them exactly the poses of a call without the
+    other snippets, and the other snippets those of a call on them alone."""
+    from masksfm.model import build_model
+
+    dataset = SnippetDataset(load_split(synth_dataset, "train"), H, W, 5, augment=False, seed=0)
+    wide = torch.stack([dataset[i]["images"] for i in (0, 2)])
+    narrow, back = wide[:, 1:4], wide[:, :3]
+    others = ((back[:, 1], torch.stack([back[:, 0], back[:, 2]], 1)),)
+    for joint in (True, False):
+        torch.manual_seed(0)
+        config = load_config(None, [f"data.height={H}", f"data.width={W}", f"model.joint_pose_batch={joint}"])
+        model = build_model(config).train()
+        with torch.no_grad():
+            alone, back_alone = model(narrow).poses, model(back).poses
+            out = model(narrow, others)
+        assert torch.equal(out.poses, alone) is not joint
+        assert torch.equal(out.other_poses[0], back_alone) is not joint
