@@ -46,7 +46,7 @@ class SfMModel(nn.Module):
         """Args: images (B, L, 3, H, W) in [0, 1], target = frame L // 2; other_snippets: more
         (targets (B, 3, H, W), sources (B, L − 1, 3, H, W)) for the pose net alone (sources turned,
         farther away in time, or snippets shifted along the drive), run in the same batch
-        (`ModelOutput.other_poses`)."""
+        (`ModelOutput.other_poses`), or in a pose-net call of their own without `joint_pose_batch`."""
         b, length = images.shape[:2]
         center = length // 2
         sources = snippet_sources(images)
