@@ -12,12 +12,12 @@ stay meaningful; each figure is the median of --repeat steps after one warm-up s
 torch.compile, whose first call compiles).
 
 Default: the levers of the default recipe (channels_last, bf16 autocast of the depth net,
-torch.compile of the photometric error: `train.precision`, `train.compile`), two recipe changes on
+torch.compile of the photometric error: `train.precision`, `train.compile`), three recipe changes on
 top of it that change what is learned (the sources' depth without gradient, `model.source_depth_grad`;
 each scale's error at its own size, `loss.scales=downsample`; monodepth2's depth net, `model.depth=resnet18`),
 the pose net's relations (`loss.turn_weight`, `loss.stride_weight`, `loss.shift_weight`: the step as the
-trainer takes it, `objective.batch_objective`, on items of 5 frames for the strides and the shifts), and SfmLearner-Pytorch's own
-default step timed by the peer driver `sfp_step.py` (in --peers, default ../shared/peers beside the
+trainer takes it, `objective.batch_objective`, on items of 5 frames for the strides and the shifts), and
+SfmLearner-Pytorch's own default step timed by the peer driver `sfp_step.py` (in --peers, default ../shared/peers beside the
 repository) on its code (--sfp: the extracted SfmLearner-Pytorch folder, or $SFP), in a subprocess between masksfm's rounds; without them the ratio is not printed and the
 output says why. Target (issue 14): default recipe <= 1.5x SfmLearner's step at 128x416, batch 4.
 

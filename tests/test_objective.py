@@ -16,6 +16,7 @@ from masksfm.objective import (
     floor_weights,
     mask_strategy,
     pair_frames,
+    snippet_sources,
     target_frames,
 )
 
@@ -353,7 +354,7 @@ def test_the_pose_net_reads_the_other_snippets_in_a_batch_of_their_own_when_aske
     dataset = SnippetDataset(load_split(synth_dataset, "train"), H, W, 5, augment=False, seed=0)
     wide = torch.stack([dataset[i]["images"] for i in (0, 2)])
     narrow, back = wide[:, 1:4], wide[:, :3]
-    others = ((back[:, 1], torch.stack([back[:, 0], back[:, 2]], 1)),)
+    others = ((back[:, 1], snippet_sources(back)),)
     for joint in (True, False):
         torch.manual_seed(0)
         config = load_config(None, [f"data.height={H}", f"data.width={W}", f"model.joint_pose_batch={joint}"])
