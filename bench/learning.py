@@ -101,10 +101,20 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
                               "depth-resnet18 at monodepth2's learning rate (1e-4, both nets)"),
     "depth-resnet18-source-grad": ("default", ["model.depth=resnet18", "model.source_depth_grad=true"],
                                    "depth-resnet18 with every frame's depth in one batch of the depth net, with gradient"),
+    "depth-resnet18-bound6": ("default", ["model.depth=resnet18", "loss.logit_bound=6"],
+                              "depth-resnet18 with its disparity logits held within ±6 (loss.logit_bound: the "
+                              "sigmoid keeps a gradient)"),
     "shift-speed-own-batch": ("default", ["loss.shift_weight=0.3", "loss.shift_from_step=200",
                                           "model.joint_pose_batch=false"],
                               "shift-speed with the shifted snippets in a pose-net call of their own (the training "
                               "snippets' batch statistics as the default's)"),
+    "shift-speed-turns-own-batch": ("default", ["loss.shift_weight=0.3", "loss.shift_from_step=200", "loss.turn_weight=0.1",
+                                                "model.joint_pose_batch=false"],
+                                    "shift-speed-own-batch with the turns (weight 0.1): the turned sources' snippets in "
+                                    "the relations' own call too"),
+    "shifts-own-batch": ("default", ["loss.shift_weight=0.3", "loss.shift_from_step=200", "loss.shift_rotation=true",
+                                     "model.joint_pose_batch=false"],
+                         "shifts (distances and rotations) with the shifted snippets in a pose-net call of their own"),
     "smooth-x3": ("default", ["loss.smoothness_weight=3e-3"],
                   "the default with 3x monodepth2's smoothness weight (3e-3 on the mean-normalised disparity)"),
     "smooth-x0.3": ("default", ["loss.smoothness_weight=3e-4"],

@@ -78,6 +78,8 @@ class LossConfig:
     shift_weight: float = 0.0  # the pose net's readings of a pair of neighbouring frames from snippets one frame apart against each other's inverse (losses.shift_inconsistency); 0 = off
     shift_from_step: int = 0  # shift_weight: the term counts from this step on
     shift_rotation: bool = False  # shift_weight: also hold the two readings' rotations to each other's inverse (False: the distances only)
+    logit_bound: float = 0.0  # hold the depth net's disparity logits within ± this (losses.logit_excess); 0 = off
+    logit_bound_weight: float = 3e-3  # logit_bound: the weight of the mean squared excess over every frame, summed over scales
     velocity_weight: float = 0.0  # the constant-velocity prior on the pose net's steps (losses.velocity_change); 0 = off
     smoothness_scale_base: float = 2.0  # the smoothness weight is divided by base^scale
     explainability_weight: float = 0.2  # SfMLearner's regulariser, loss.mask = explainability only
@@ -233,7 +235,8 @@ def validate(config: Config) -> None:
         raise MasksfmError("config key model.pose: pairs has no explainability decoder; use snippet with loss.mask=explainability")
     if config.model.pose_encoder == "resnet18" and config.loss.mask == "explainability":
         raise MasksfmError("config key model.pose_encoder: resnet18 has no explainability decoder; use conv with loss.mask=explainability")
-    for key in ("smoothness_weight", "consistency_weight", "velocity_weight", "turn_weight", "stride_weight", "shift_weight"):
+    for key in ("smoothness_weight", "consistency_weight", "velocity_weight", "turn_weight", "stride_weight", "shift_weight",
+                "logit_bound", "logit_bound_weight"):
         if getattr(config.loss, key) < 0:
             raise MasksfmError(f"config key loss.{key}: must be >= 0, got {getattr(config.loss, key)}")
     if config.loss.below_mean_factor <= 0:

@@ -343,6 +343,17 @@ def smoothness_loss(disp: torch.Tensor, image: torch.Tensor, on: str = "disparit
     return edge_aware_smoothness(smoothness_target(disp, on), image)
 
 
+def logit_excess(logits: torch.Tensor, bound: float) -> torch.Tensor:
+    """The squared excess of disparity logits beyond ± `bound`, per pixel: relu(|x| − bound)².
+
+    The disparity is 10·sigmoid(x) + 0.01; far out on the sigmoid's flat ends its gradient all but
+    vanishes while Adam, which divides by the gradient's size, keeps stepping in the sign it last had,
+    so a depth map pushed flat in the first steps stays flat. This holds the logits where the loss can
+    still move them. Args: logits (any shape). Returns: the same shape, 0 inside the bound.
+    """
+    return torch.relu(logits.abs() - bound).square()
+
+
 def normalize_disparity(disparities: list[torch.Tensor], mode: str, snippet_length: int) -> list[torch.Tensor]:
     """Depth normalisation (DN, Wang et al. CVPR 2018).
 

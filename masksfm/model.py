@@ -18,6 +18,7 @@ from masksfm.checkpoints import load_checkpoint, load_weights, resolve_checkpoin
 from masksfm.config import Config, stored_config
 from masksfm.errors import MasksfmError
 from masksfm.networks import PairPoseNet, VehicleMotion, build_depth_net, make_pose_net
+from masksfm.networks.depth import disparity
 from masksfm.objective import ModelOutput, snippet_sources
 
 
@@ -33,13 +34,15 @@ class SfMModel(nn.Module):
         self.joint_pose_batch = joint_pose_batch
         self.depth_autocast: torch.dtype | None = None  # run the depth net under autocast to this dtype
 
-    def disparities(self, frames: torch.Tensor) -> list[torch.Tensor]:
-        """The depth net on frames (N, 3, H, W): per scale, finest first, (N, 1, h, w) float32."""
+    def disparities(self, frames: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The depth net on frames (N, 3, H, W): its disparities and their logits, per scale, finest
+        first, (N, 1, h, w) float32."""
         dtype = self.depth_autocast
         with torch.autocast(frames.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-            disparities = self.depth_net(frames)
+            logits = self.depth_net.logits(frames)
+            disparities = [disparity(x) for x in logits]
         # The warp, the masks and the loss work in float32 whatever the depth net computed in.
-        return [d.float() for d in disparities]
+        return [d.float() for d in disparities], [x.float() for x in logits]
 
     def forward(self, images: torch.Tensor,
                 other_snippets: tuple[tuple[torch.Tensor, torch.Tensor], ...] = ()) -> ModelOutput:
@@ -51,15 +54,20 @@ class SfMModel(nn.Module):
         center = length // 2
         sources = snippet_sources(images)
         if self.source_depth_grad or not torch.is_grad_enabled():
-            disparities = self.disparities(images.flatten(0, 1))
+            disparities, logits = self.disparities(images.flatten(0, 1))
         else:
-            target = self.disparities(images[:, center])
+            target_disparities, target_logits = self.disparities(images[:, center])
             with torch.no_grad():
-                source = self.disparities(sources.flatten(0, 1))
-            disparities = [in_snippet_order(t, s.unflatten(0, (b, length - 1))) for t, s in zip(target, source)]
+                source_disparities, source_logits = self.disparities(sources.flatten(0, 1))
+
+            def snippet_order(targets: list[torch.Tensor], sources: list[torch.Tensor]) -> list[torch.Tensor]:
+                return [in_snippet_order(t, s.unflatten(0, (b, length - 1))) for t, s in zip(targets, sources)]
+
+            disparities = snippet_order(target_disparities, source_disparities)
+            logits = snippet_order(target_logits, source_logits)
         target = images[:, center]
         if not other_snippets:
-            return ModelOutput(disparities, *self._poses(target, sources))
+            return ModelOutput(disparities, *self._poses(target, sources), disparity_logits=logits)
         other_targets = torch.cat([t for t, _ in other_snippets])
         other_sources = torch.cat([s for _, s in other_snippets])
         if self.joint_pose_batch:  # one pass of the pose net over the snippet and the other snippets
@@ -70,7 +78,7 @@ class SfMModel(nn.Module):
         else:
             poses, explainability = self._poses(target, sources)
             other_poses, _ = self._poses(other_targets, other_sources)
-        return ModelOutput(disparities, poses, explainability, tuple(other_poses.split(b)))
+        return ModelOutput(disparities, poses, explainability, tuple(other_poses.split(b)), logits)
 
     def _poses(self, target: torch.Tensor, sources: torch.Tensor) -> tuple[torch.Tensor, list | None]:
         """The pose net on targets (N, 3, H, W) and sources (N, S, 3, H, W): poses (N, S, 6) and its

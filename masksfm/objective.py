@@ -33,6 +33,7 @@ from masksfm.losses import (
     depth_inconsistency,
     explainability_regularizer,
     identity_automask,
+    logit_excess,
     loss_image_range,
     masked_mean,
     normalize_disparity,
@@ -59,12 +60,15 @@ class ModelOutput(NamedTuple):
     poses: (B, S, 6) [t, axis-angle] of T_t2s for each source in snippet order (target skipped).
     explainability: per scale (B, S, h, w) in (0, 1), or None.
     other_poses: per other snippet given to `SfMModel.forward`, (B, S, 6) the pose net's T_t2s there.
+    disparity_logits: what the depth net passed through its activation to give `disparities`, same
+        shapes (for `loss.logit_bound`), or None.
     """
 
     disparities: list[torch.Tensor]
     poses: torch.Tensor
     explainability: list[torch.Tensor] | None
     other_poses: tuple[torch.Tensor, ...] = ()
+    disparity_logits: list[torch.Tensor] | None = None
 
 
 @dataclass
@@ -416,6 +420,11 @@ def compute_objective(
     terms = {"photometric": photometric.detach(), "smoothness": smoothness.detach()}
     if pairs.consistency:
         terms["consistency"] = consistency.detach()
+    if cfg.logit_bound > 0 and out.disparity_logits is not None:
+        bound = cfg.logit_bound_weight * sum(logit_excess(x, cfg.logit_bound).mean()
+                                             for x in out.disparity_logits[: cfg.num_scales])
+        loss = loss + bound
+        terms["logit_bound"] = bound.detach()
     if cfg.velocity_weight > 0:
         velocity = cfg.velocity_weight * velocity_change(T, length).mean()
         loss = loss + velocity

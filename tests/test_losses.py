@@ -370,3 +370,12 @@ class TestShiftInconsistency:
         assert distance.item() == pytest.approx(math.log(1.1), rel=1e-5)
         scaled = [torch.cat([0.01 * v[:, :3], v[:, 3:]], dim=1) for v in (forward, backward)]
         assert L.shift_inconsistency(*scaled)[1].item() == pytest.approx(distance.item(), rel=1e-3)
+
+
+def test_logit_excess_is_zero_inside_the_bound_and_quadratic_beyond():
+    logits = torch.tensor([-9.0, -6.0, -1.0, 0.0, 5.9, 6.0, 8.5], requires_grad=True)
+    excess = L.logit_excess(logits, 6.0)
+    assert excess.tolist() == pytest.approx([9.0, 0.0, 0.0, 0.0, 0.0, 0.0, 6.25])
+    excess.sum().backward()
+    # Gradient descent moves each logit beyond the bound back towards it, and leaves the others alone.
+    assert logits.grad.tolist() == pytest.approx([-6.0, 0.0, 0.0, 0.0, 0.0, 0.0, 5.0])

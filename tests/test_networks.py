@@ -100,6 +100,13 @@ class TestDepthNets:
         # DDP needs every parameter to take part in the loss.
         assert all(p.grad is not None for p in net.parameters())
 
+    def test_forward_is_the_activation_of_the_logits(self, depth_nets, name):
+        images = real_images(2, 64, 208)
+        with torch.no_grad():
+            disps, logits = depth_nets[name](images), depth_nets[name].logits(images)
+        assert [d.shape for d in disps] == [x.shape for x in logits]
+        assert all(torch.equal(d, disparity(x)) for d, x in zip(disps, logits))
+
     def test_rejects_bad_input(self, depth_nets, name):
         for shape in [(1, 3, 31, 64), (1, 3, 64, 31), (1, 1, 64, 64), (3, 64, 64)]:
             with pytest.raises(ValueError, match="image must have shape"):

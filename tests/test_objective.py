@@ -12,6 +12,7 @@ from masksfm.losses import depth_inconsistency
 from masksfm.objective import (
     MASK_STRATEGIES,
     ModelOutput,
+    batch_objective,
     compute_objective,
     floor_weights,
     mask_strategy,
@@ -20,7 +21,7 @@ from masksfm.objective import (
     target_frames,
 )
 
-from helpers import mask_setting
+from helpers import fixed_batch, mask_setting
 
 H, W = 32, 104
 
@@ -296,7 +297,7 @@ def test_the_batch_objective_is_the_model_and_compute_objective_with_the_relatio
     the stride term scaled by `stride_factor`; with the turns, plus the turn term; with the shifts, plus
     the shift term from the snippets centred one frame back and forward."""
     from masksfm.model import build_model
-    from masksfm.objective import batch_objective, item_length, middle_frames, random_turns
+    from masksfm.objective import item_length, middle_frames, random_turns
 
     config = load_config(None, [f"data.height={H}", f"data.width={W}", "loss.stride_weight=0.1"])
     assert item_length(3, config.loss) == 5 and item_length(3, load_config(None).loss) == 3
@@ -364,3 +365,34 @@ def test_the_pose_net_reads_the_other_snippets_in_a_batch_of_their_own_when_aske
             out = model(narrow, others)
         assert torch.equal(out.poses, alone) is not joint
         assert torch.equal(out.other_poses[0], back_alone) is not joint
+
+
+def test_the_logit_bound_gives_a_saturated_depth_net_its_gradient_back(synth_dataset):
+    """A ResNet-18 depth net pushed far out on the sigmoid (every disparity at its maximum, as it
+    collapses from scratch) gets no gradient from the photometric loss; with `loss.logit_bound` the
+    loss pulls its logits back, and inside the bound the term is 0."""
+    from masksfm.model import build_model
+
+    batch = fixed_batch(synth_dataset, H, W)
+    torch.manual_seed(0)
+    config = load_config(None, [f"data.height={H}", f"data.width={W}", "model.depth=resnet18"])
+    model = build_model(config).train()
+    bias = [conv.bias for conv in model.depth_net.dispconv]
+
+    def bias_gradient(cfg):
+        model.zero_grad()
+        batch_objective(model, batch["images"], batch["images_raw"], batch["K"], cfg, 3).loss.backward()
+        return torch.stack([b.grad for b in bias]).flatten()
+
+    plain = bias_gradient(config.loss)
+    assert plain.abs().min() > 0  # an unsaturated net: the loss moves every scale's output
+    bounded_cfg = load_config(None, ["loss.logit_bound=1000"]).loss
+    assert torch.equal(bias_gradient(bounded_cfg), plain)  # nothing beyond a bound of 1000: the same gradient
+    with torch.no_grad():
+        for b in bias:
+            b.fill_(40.0)
+    assert bias_gradient(config.loss).abs().max() < 1e-9  # saturated: the gradient is gone
+    bounded_cfg.logit_bound = 6.0
+    out = model(batch["images"])
+    assert all((x > 6).all() for x in out.disparity_logits)
+    assert (bias_gradient(bounded_cfg) > 1e-3).all()  # gradient descent lowers every scale's logits

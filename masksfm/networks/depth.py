@@ -3,7 +3,8 @@
 Both nets share one interface: `forward(image)` takes (B, 3, H, W) RGB in [0, 1] (the net normalises it
 itself, so every caller and every exported model feeds plain RGB) and returns four disparities, finest
 first, `disp_k` of shape (B, 1, ceil(H / 2^k), ceil(W / 2^k)), each `10·sigmoid(x) + 0.01` (SfMLearner),
-so depth = 1 / disp lies in (0.1, 100).
+so depth = 1 / disp lies in (0.1, 100); `logits(image)` returns the four x (the training loss can hold
+them where the sigmoid still has a gradient, `loss.logit_bound`).
 
 Any size of at least 32x32: every stride-2 layer pads so that n pixels become ceil(n / 2) with output
 pixel i over input pixel 2i, and the decoders upsample x2 and crop to the skip's size (as
@@ -100,6 +101,10 @@ class DispNet(nn.Module):
             [disp_0, disp_1, disp_2, disp_3], finest first, disp_k (B, 1, ceil(H/2^k), ceil(W/2^k)),
             in (0.01, 10.01), inverse depth units.
         """
+        return [disparity(x) for x in self.logits(image)]
+
+    def logits(self, image: torch.Tensor) -> list[torch.Tensor]:
+        """What `forward` passes through `disparity`: the four scales' logits, finest first."""
         check_image("image", image)
         x = normalize_image(image)
         features = []
@@ -109,6 +114,7 @@ class DispNet(nn.Module):
         # skips[level] is what the decoder's output at `level` must match: the input, then conv1..conv6.
         skips = [image] + features[:-1]
         disps: list[torch.Tensor] = []
+        logits: list[torch.Tensor] = []
         for upconv, iconv, level in zip(self.upconv, self.iconv, range(7, 0, -1)):
             skip = skips[level - 1]
             parts = [crop_like(upconv(x), skip)]
@@ -118,8 +124,9 @@ class DispNet(nn.Module):
                 parts.append(crop_like(upsample_bilinear(disps[-1], (2 * disps[-1].shape[-2], 2 * disps[-1].shape[-1])), skip))
             x = iconv(torch.cat(parts, dim=1))
             if level <= 4:
-                disps.append(disparity(self.predict_disp[4 - level](x)))
-        return disps[::-1]
+                logits.append(self.predict_disp[4 - level](x))
+                disps.append(disparity(logits[-1]))
+        return logits[::-1]
 
 
 # --- ResNet-18 encoder + monodepth2 decoder --------------------------------------------------------
@@ -173,19 +180,23 @@ class ResNetDepthNet(nn.Module):
             [disp_0, disp_1, disp_2, disp_3], finest first, disp_k (B, 1, ceil(H/2^k), ceil(W/2^k)),
             in (0.01, 10.01), inverse depth units.
         """
+        return [disparity(x) for x in self.logits(image)]
+
+    def logits(self, image: torch.Tensor) -> list[torch.Tensor]:
+        """What `forward` passes through `disparity`: the four scales' logits, finest first."""
         check_image("image", image)
         features = self.encoder(normalize_image(image))
         skips = [image] + features[:-1]
         x = features[-1]
-        disps: list[torch.Tensor] = []
+        logits: list[torch.Tensor] = []
         for upconv_0, upconv_1, i in zip(self.upconv_0, self.upconv_1, range(4, -1, -1)):
             x = crop_like(F.interpolate(upconv_0(x), scale_factor=2, mode="nearest"), skips[i])
             if i > 0:
                 x = torch.cat([x, skips[i]], dim=1)
             x = upconv_1(x)
             if i < NUM_SCALES:
-                disps.append(disparity(self.dispconv[NUM_SCALES - 1 - i](x)))
-        return disps[::-1]
+                logits.append(self.dispconv[NUM_SCALES - 1 - i](x))
+        return logits[::-1]
 
 
 DEPTH_NETS = {"dispnet": DispNet, "resnet18": ResNetDepthNet}
