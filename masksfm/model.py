@@ -18,7 +18,6 @@ from masksfm.checkpoints import load_checkpoint, load_weights, resolve_checkpoin
 from masksfm.config import Config, stored_config
 from masksfm.errors import MasksfmError
 from masksfm.networks import PairPoseNet, VehicleMotion, build_depth_net, make_pose_net
-from masksfm.networks.depth import disparity
 from masksfm.objective import ModelOutput, snippet_sources
 
 
@@ -39,8 +38,7 @@ class SfMModel(nn.Module):
         first, (N, 1, h, w) float32."""
         dtype = self.depth_autocast
         with torch.autocast(frames.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-            logits = self.depth_net.logits(frames)
-            disparities = [disparity(x) for x in logits]
+            disparities, logits = self.depth_net.with_logits(frames)
         # The warp, the masks and the loss work in float32 whatever the depth net computed in.
         return [d.float() for d in disparities], [x.float() for x in logits]
 

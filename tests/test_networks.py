@@ -103,9 +103,9 @@ class TestDepthNets:
     def test_forward_is_the_activation_of_the_logits(self, depth_nets, name):
         images = real_images(2, 64, 208)
         with torch.no_grad():
-            disps, logits = depth_nets[name](images), depth_nets[name].logits(images)
-        assert [d.shape for d in disps] == [x.shape for x in logits]
-        assert all(torch.equal(d, disparity(x)) for d, x in zip(disps, logits))
+            disps, (same, logits) = depth_nets[name](images), depth_nets[name].with_logits(images)
+        assert all(torch.equal(d, s) for d, s in zip(disps, same, strict=True))
+        assert all(torch.equal(d, disparity(x)) for d, x in zip(disps, logits, strict=True))
 
     def test_rejects_bad_input(self, depth_nets, name):
         for shape in [(1, 3, 31, 64), (1, 3, 64, 31), (1, 1, 64, 64), (3, 64, 64)]:

@@ -3,8 +3,8 @@
 Both nets share one interface: `forward(image)` takes (B, 3, H, W) RGB in [0, 1] (the net normalises it
 itself, so every caller and every exported model feeds plain RGB) and returns four disparities, finest
 first, `disp_k` of shape (B, 1, ceil(H / 2^k), ceil(W / 2^k)), each `10·sigmoid(x) + 0.01` (SfMLearner),
-so depth = 1 / disp lies in (0.1, 100); `logits(image)` returns the four x (the training loss can hold
-them where the sigmoid still has a gradient, `loss.logit_bound`).
+so depth = 1 / disp lies in (0.1, 100); `with_logits(image)` also returns the four x (the training loss
+can hold them where the sigmoid still has a gradient, `loss.logit_bound`).
 
 Any size of at least 32x32: every stride-2 layer pads so that n pixels become ceil(n / 2) with output
 pixel i over input pixel 2i, and the decoders upsample x2 and crop to the skip's size (as
@@ -101,10 +101,10 @@ class DispNet(nn.Module):
             [disp_0, disp_1, disp_2, disp_3], finest first, disp_k (B, 1, ceil(H/2^k), ceil(W/2^k)),
             in (0.01, 10.01), inverse depth units.
         """
-        return [disparity(x) for x in self.logits(image)]
+        return self.with_logits(image)[0]
 
-    def logits(self, image: torch.Tensor) -> list[torch.Tensor]:
-        """What `forward` passes through `disparity`: the four scales' logits, finest first."""
+    def with_logits(self, image: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """`forward`'s disparities, and the logits x they are `disparity(x)` of (same shapes)."""
         check_image("image", image)
         x = normalize_image(image)
         features = []
@@ -126,7 +126,7 @@ class DispNet(nn.Module):
             if level <= 4:
                 logits.append(self.predict_disp[4 - level](x))
                 disps.append(disparity(logits[-1]))
-        return logits[::-1]
+        return disps[::-1], logits[::-1]
 
 
 # --- ResNet-18 encoder + monodepth2 decoder --------------------------------------------------------
@@ -180,14 +180,15 @@ class ResNetDepthNet(nn.Module):
             [disp_0, disp_1, disp_2, disp_3], finest first, disp_k (B, 1, ceil(H/2^k), ceil(W/2^k)),
             in (0.01, 10.01), inverse depth units.
         """
-        return [disparity(x) for x in self.logits(image)]
+        return self.with_logits(image)[0]
 
-    def logits(self, image: torch.Tensor) -> list[torch.Tensor]:
-        """What `forward` passes through `disparity`: the four scales' logits, finest first."""
+    def with_logits(self, image: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """`forward`'s disparities, and the logits x they are `disparity(x)` of (same shapes)."""
         check_image("image", image)
         features = self.encoder(normalize_image(image))
         skips = [image] + features[:-1]
         x = features[-1]
+        disps: list[torch.Tensor] = []
         logits: list[torch.Tensor] = []
         for upconv_0, upconv_1, i in zip(self.upconv_0, self.upconv_1, range(4, -1, -1)):
             x = crop_like(F.interpolate(upconv_0(x), scale_factor=2, mode="nearest"), skips[i])
@@ -196,7 +197,8 @@ class ResNetDepthNet(nn.Module):
             x = upconv_1(x)
             if i < NUM_SCALES:
                 logits.append(self.dispconv[NUM_SCALES - 1 - i](x))
-        return logits[::-1]
+                disps.append(disparity(logits[-1]))
+        return disps[::-1], logits[::-1]
 
 
 DEPTH_NETS = {"dispnet": DispNet, "resnet18": ResNetDepthNet}
