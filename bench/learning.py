@@ -104,6 +104,11 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "depth-resnet18-bound6": ("default", ["model.depth=resnet18", "loss.logit_bound=6"],
                               "depth-resnet18 with its disparity logits held within ±6 (loss.logit_bound: the "
                               "sigmoid keeps a gradient)"),
+    "depth-resnet18-bound6-relations": ("default", ["model.depth=resnet18", "loss.logit_bound=6", "loss.shift_weight=0.3",
+                                                    "loss.shift_from_step=200", "loss.turn_weight=0.1",
+                                                    "model.joint_pose_batch=false"],
+                                        "depth-resnet18-bound6 with shift-speed-turns-own-batch's relations (the cheaper "
+                                        "depth net paying for the pose net's extra snippets)"),
     "shift-speed-own-batch": ("default", ["loss.shift_weight=0.3", "loss.shift_from_step=200",
                                           "model.joint_pose_batch=false"],
                               "shift-speed with the shifted snippets in a pose-net call of their own (the training "
