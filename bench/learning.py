@@ -109,6 +109,13 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
                                                     "model.joint_pose_batch=false"],
                                         "depth-resnet18-bound6 with shift-speed-turns-own-batch's relations (the cheaper "
                                         "depth net paying for the pose net's extra snippets)"),
+    "vertical-travel": ("default", ["model.motion=vehicle_vertical"],
+                        "the default with the car's camera free to travel up or down from the chord "
+                        "(model.motion=vehicle_vertical: a pitched camera; never sideways)"),
+    "vertical-travel-relations": ("default", ["model.motion=vehicle_vertical", "loss.shift_weight=0.3",
+                                              "loss.shift_from_step=200", "loss.turn_weight=0.1",
+                                              "model.joint_pose_batch=false"],
+                                  "shift-speed-turns-own-batch with vertical-travel's motion"),
     "shift-speed-own-batch": ("default", ["loss.shift_weight=0.3", "loss.shift_from_step=200",
                                           "model.joint_pose_batch=false"],
                               "shift-speed with the shifted snippets in a pose-net call of their own (the training "

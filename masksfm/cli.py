@@ -204,7 +204,8 @@ def _add_refine(p) -> None:
                         "with the model's motion: a car's camera (model.motion=vehicle) stays on its path")
     p.add_argument("--refine-motion", choices=MOTIONS, default=None,
                    help="the motion --refine solves for, instead of the model's: free (any rigid motion, 6 unknowns; "
-                        "e.g. a car's camera on a bumpy road) or vehicle (along a car's path, 4 unknowns)")
+                        "e.g. a car's camera on a bumpy road), vehicle (along a car's path, 4 unknowns) or vehicle_vertical "
+                        "(that path tilted up or down, never sideways, 5 unknowns)")
 
 
 def _add_synth(commands) -> None:

@@ -18,7 +18,9 @@ import yaml
 
 from masksfm.errors import MasksfmError
 
-MOTIONS = ("free", "vehicle")  # model.motion: any rigid motion | a car's camera (geometry.vehicle_chord)
+# model.motion: any rigid motion | a car's camera (geometry.vehicle_chord) | a car's camera that may
+# also travel along its vertical axis (geometry.vehicle_travel_basis: never sideways)
+MOTIONS = ("free", "vehicle", "vehicle_vertical")
 MASK_MODES = ("multimask", "none", "explainability", "automask", "multimask+automask")
 DN_MODES = ("none", "snippet", "image_mean", "image_max")
 GUARDS = ("none", "warmup", "floor")
@@ -44,7 +46,7 @@ class ModelConfig:
     depth: str = "dispnet"  # dispnet | resnet18
     pose: str = "snippet"  # snippet (SfMLearner: the whole snippet in, S poses out) | pairs (monodepth2)
     pose_encoder: str = "resnet18"  # resnet18 (monodepth2's, from scratch) | conv (SfMLearner's seven convolutions)
-    motion: str = "vehicle"  # vehicle (a car's camera: along the chord of a planar arc) | free (any rigid motion)
+    motion: str = "vehicle"  # vehicle (a car's camera: along the chord of a planar arc) | vehicle_vertical (that chord tilted up or down: no sideways travel) | free (any rigid motion)
     pretrained: str | None = None  # safetensors weights for the ResNet-18 encoder (never downloaded)
     source_depth_grad: bool = False  # True: the loss trains the depth net through the sources' depth too (False: targets' only)
     joint_pose_batch: bool = True  # the pose net reads the relations' snippets in one batch with the training snippets (False: a call of their own)

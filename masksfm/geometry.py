@@ -267,13 +267,34 @@ def vehicle_chord(R: torch.Tensor) -> torch.Tensor:
     return (R @ chord[..., None])[..., 0]
 
 
-def onto_vehicle_chord(T: torch.Tensor) -> torch.Tensor:
+def vehicle_travel_basis(R: torch.Tensor, vertical: bool = False) -> torch.Tensor:
+    """The directions a car's camera may travel in, in the source's frame: (B, 3, k) orthonormal columns.
+
+    k = 1: the chord u = R d of :func:`vehicle_chord` (a camera looking along the car's heading on
+    level ground). With `vertical`, k = 2: also w = R e_y, the target camera's vertical axis, so the
+    travel may tilt up or down from the chord (a camera pitched to the road, the suspension, a slope)
+    but never sideways. u ⊥ w since d ⊥ e_y.
+
+    Args:
+        R: (B, 3, 3) rotations of T_t2s.
+    Returns:
+        (B, 3, k); ψ carries no gradient (the columns' gradient is R's).
+    """
+    u = vehicle_chord(R)
+    if not vertical:
+        return u[..., None]
+    return torch.stack([u, R[:, :, 1]], dim=2)
+
+
+def onto_vehicle_chord(T: torch.Tensor, vertical: bool = False) -> torch.Tensor:
     """Transforms T_t2s (B, 4, 4) with their translation replaced by its part along
-    :func:`vehicle_chord`, t' = (t·u) u (the source's centre projected onto the chord); rotations kept."""
+    :func:`vehicle_travel_basis`: t' = (t·u) u (the source's centre projected onto the chord), with
+    `vertical` t' = (t·u) u + (t·w) w (onto the vertical plane through the chord); rotations kept."""
     _check("T", T, (None, 4, 4))
-    u = vehicle_chord(T[:, :3, :3])
+    basis = vehicle_travel_basis(T[:, :3, :3], vertical)
     out = T.clone()
-    out[:, :3, 3] = (T[:, :3, 3] * u).sum(1, keepdim=True) * u
+    along = (T[:, :3, 3, None] * basis).sum(1, keepdim=True)  # (B, 1, k): t's part along each column
+    out[:, :3, 3] = (along * basis).sum(2)
     return out
 
 

@@ -101,8 +101,8 @@ def build_model(config: Config) -> SfMModel:
     else:
         pose_net = make_pose_net(num_sources, config.model.pose_encoder,
                                  explainability=config.loss.mask == "explainability")
-    if config.model.motion == "vehicle":
-        pose_net = VehicleMotion(pose_net)
+    if config.model.motion != "free":
+        pose_net = VehicleMotion(pose_net, vertical=config.model.motion == "vehicle_vertical")
     return SfMModel(depth_net, pose_net, source_depth_grad=config.model.source_depth_grad,
                     joint_pose_batch=config.model.joint_pose_batch)
 

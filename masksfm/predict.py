@@ -233,7 +233,7 @@ def run_predict(
         progress: a progress bar on stderr.
         refine: with `trajectory`, refine the pose net's relative poses photometrically against the
             depth net's depth, this many LM iterations per pyramid level (:mod:`masksfm.refine`),
-            with the model's motion (`model.motion`), or `refine_motion` (free | vehicle).
+            with the model's motion (`model.motion`), or `refine_motion` (free | vehicle | vehicle_vertical).
     Returns:
         A summary per sequence (keyed by its label): frames, out, and the scale / trajectory figures.
     """

@@ -35,7 +35,7 @@ from masksfm.geometry import (
     project,
     scale_intrinsics,
     transform_points,
-    vehicle_chord,
+    vehicle_travel_basis,
 )
 
 # Cauchy is the default: its weight falls to 0 for large residuals, so occluded pixels (the street's
@@ -176,26 +176,29 @@ def _linearise(T, points, valid_t, target, source_and_grad, K_s, need_jacobian: 
     return r, valid, torch.where(valid[..., None], J, 0.0)
 
 
-def _on_chord(J: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """The Jacobian (B, C, N, 6) of a twist (v, ω) reduced to (B, C, N, 4) of (s, ω) with v = s·u,
-    u (B, 3) the chord's direction: the 4 unknowns of a car's camera."""
-    return torch.cat([(J[..., :3] * u[:, None, None].to(J.dtype)).sum(-1, keepdim=True), J[..., 3:]], dim=-1)
+def _on_path(J: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """The Jacobian (B, C, N, 6) of a twist (v, ω) reduced to (B, C, N, k + 3) of (s, ω) with v = basis·s,
+    basis (B, 3, k) the directions a car's camera may travel in (`geometry.vehicle_travel_basis`):
+    k + 3 unknowns, 4 along the chord, 5 with vertical travel."""
+    return torch.cat([J[..., :3] @ basis[:, None].to(J.dtype), J[..., 3:]], dim=-1)
 
 
-def _level(T, points, valid_t, target, source, K_s, iterations, robust, robust_scale, vehicle: bool = False):
+def _level(T, points, valid_t, target, source, K_s, iterations, robust, robust_scale, motion: str = "free"):
     """LM iterations at one pyramid level (arguments as for :func:`_linearise`); the refined T.
 
-    With `vehicle`, T stays on the chord of a car's camera: the step solves for the distance along
-    the current chord and the rotation, and the new pose is put back onto its own chord (the chord
-    turns with the heading) before its cost is compared."""
+    With a car's `motion` (`vehicle`, `vehicle_vertical`), T stays on the car's path: the step solves
+    for the distance along the current chord (and up it, with `vehicle_vertical`) and the rotation,
+    and the new pose is put back onto its own path (the chord turns with the heading) before its
+    cost is compared."""
+    vehicle, vertical = motion != "free", motion == "vehicle_vertical"
     source_and_grad = torch.cat([source, _gradients(source)], dim=1)
     r, valid, J = _linearise(T, points, valid_t, target, source_and_grad, K_s)
     # λ starts afresh at each level: a finer level's cost is another function.
     lam = torch.full((len(T),), LAMBDA_INIT, dtype=torch.float64, device=T.device)
     for _ in range(iterations):
         _, weight = robust_cost_and_weight(r, robust, robust_scale)
-        u = vehicle_chord(T[:, :3, :3]) if vehicle else None
-        Jp = _on_chord(J, u) if vehicle else J  # (B, C, N, P): P = 4 or 6 unknowns
+        basis = vehicle_travel_basis(T[:, :3, :3], vertical) if vehicle else None
+        Jp = _on_path(J, basis) if vehicle else J  # (B, C, N, P): P = 4, 5 or 6 unknowns
         WJ = (Jp * weight[..., None]).flatten(1, 2)  # (B, C·N, P)
         Jf = Jp.flatten(1, 2)
         # Normal equations in float64: the 6x6 system is tiny, and float32 loses the rotation
@@ -207,8 +210,9 @@ def _level(T, points, valid_t, target, source, K_s, iterations, robust, robust_s
         A = H + torch.diag_embed(lam[:, None] * diag + floor)
         delta = -torch.linalg.solve(A, g)[..., 0]
         if vehicle:
-            twist = torch.cat([delta[:, :1] * u.to(delta.dtype), delta[:, 1:]], dim=1)
-            T_new = onto_vehicle_chord(se3_exp(twist.to(T.dtype)) @ T)
+            k = basis.shape[2]
+            twist = torch.cat([(basis.to(delta.dtype) @ delta[:, :k, None])[..., 0], delta[:, k:]], dim=1)
+            T_new = onto_vehicle_chord(se3_exp(twist.to(T.dtype)) @ T, vertical)
         else:
             T_new = se3_exp(delta.to(T.dtype)) @ T
         r_new, valid_new, J_new = _linearise(T_new, points, valid_t, target, source_and_grad, K_s)
@@ -256,12 +260,14 @@ def refine_pose(
         robust: "huber" or "cauchy"; robust_scale: its k, in intensity units.
         channels: "grey" (one residual per pixel, BT.601 luma) or "rgb" (one per channel).
         K_source: (B, 3, 3) the source's intrinsics when they differ (a stereo rig), else None.
-        motion: "free" (any rigid motion, 6 unknowns) or "vehicle" (a car's camera, as
+        motion: "free" (any rigid motion, 6 unknowns), "vehicle" (a car's camera, as
             `model.motion=vehicle`: T_init is put onto the chord of :func:`masksfm.geometry.vehicle_chord`
-            and every step keeps it there; 4 unknowns, the distance along the chord and the rotation).
+            and every step keeps it there; 4 unknowns, the distance along the chord and the rotation)
+            or "vehicle_vertical" (the chord's vertical plane, as `model.motion=vehicle_vertical`: 5
+            unknowns, the travel along the chord and up it, and the rotation).
     Returns:
         (B, 4, 4) refined T_t2s, T_init's dtype and device. A pair whose cost no step lowers keeps
-        its T_init exactly (with `vehicle`, T_init on its chord).
+        its T_init exactly (with a car's motion, T_init on its path).
     """
     _check("target", target, (None, None, None, None))
     b, _, h, w = target.shape
@@ -289,12 +295,11 @@ def refine_pose(
         image_t, depth, valid = _half(image_t, depth, valid)
         pyramid.append((image_t, F.avg_pool2d(image_s, 2), depth, valid,
                         scale_intrinsics(K_t, 0.5, 0.5), scale_intrinsics(K_s, 0.5, 0.5)))
-    vehicle = motion == "vehicle"
     # composed in its own dtype: float64 poses stay float64 with float32 images
-    T = onto_vehicle_chord(T_init) if vehicle else T_init
+    T = T_init if motion == "free" else onto_vehicle_chord(T_init, vertical=motion == "vehicle_vertical")
     for image_t, image_s, depth, valid, K_t, K_s in reversed(pyramid):
         T = _level(T, backproject(depth, K_t), valid, image_t, image_s, K_s, iterations, robust, robust_scale,
-                   vehicle)
+                   motion)
     return T
 
 

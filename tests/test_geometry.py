@@ -93,6 +93,22 @@ class TestPoses:
         assert np.allclose(G.relative_pose(P_t[0].numpy(), P_s[0].numpy()), T_t2s[0].numpy())
 
 
+class TestVehicleTravelBasis:
+    def test_orthonormal_and_the_chord_first(self):
+        """For any rotations: the chord, then the target camera's vertical axis seen from the source,
+        orthonormal; projecting twice is projecting once."""
+        vec = torch.tensor([[0.1, -0.2, 1.5, 0.01, -0.2, 0.05], [0.3, 0.4, -1.0, 0.3, 0.1, -0.2]], dtype=torch.float64)
+        T = G.pose_vec_to_mat(vec)
+        basis = G.vehicle_travel_basis(T[:, :3, :3], vertical=True)
+        assert basis.shape == (2, 3, 2)
+        assert torch.allclose(basis.transpose(1, 2) @ basis, torch.eye(2, dtype=torch.float64).expand(2, 2, 2), atol=1e-12)
+        assert torch.equal(basis[..., 0], G.vehicle_chord(T[:, :3, :3]))
+        assert torch.equal(G.vehicle_travel_basis(T[:, :3, :3])[..., 0], basis[..., 0])
+        once = G.onto_vehicle_chord(T, vertical=True)
+        assert torch.allclose(G.onto_vehicle_chord(once, vertical=True), once, atol=1e-12)
+        assert not torch.allclose(once, G.onto_vehicle_chord(T))
+
+
 class TestInverseWarp:
     def test_identity_pose_reproduces_image(self, device):
         img = torch.rand(2, 3, 16, 24, dtype=torch.float64, device=device)

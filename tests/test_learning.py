@@ -63,3 +63,16 @@ def test_a_variants_overrides_win_over_the_benchs_budget():
     assert decayed.optim.lr_decay_steps == [450] and decayed.optim.steps == 600 and decayed.train.seed == 1
     plain = learning.run_config("default", 1, args)
     assert plain.optim.lr_decay_steps == [] and plain.data.height == 64 and plain.data.width == 224
+
+
+def test_motion_ceiling_on_the_rendered_drives(synth_dataset):
+    """bench/motion_ceiling.py in a subprocess on the suite's rendered set (the camera pitched on a
+    car on level ground): any rigid motion keeps the truth (ATE 0), the chord's vertical plane keeps
+    the climb the chord alone drops."""
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "motion_ceiling.py"), str(synth_dataset),
+                          "--split", "train"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    rows = {line.split("|")[2].strip(): float(line.split("|")[3]) for line in out.stdout.splitlines()[2:]}
+    assert set(rows) == {"guess", "free", "vehicle", "vehicle_vertical"}
+    assert rows["free"] < 1e-9
+    assert rows["vehicle_vertical"] < rows["vehicle"] < rows["guess"], rows

@@ -492,6 +492,26 @@ class TestVehicleMotion:
         assert torch.equal(onto_vehicle_path(vec), expected)
         assert onto_vehicle_path(vec[None]).shape == (1, 2, 6)
 
+    @pytest.mark.parametrize("pitch_degrees", [1.0, -0.5])
+    def test_a_pitched_camera_climbs_off_the_chord(self, pitch_degrees):
+        """Straight ahead on level ground with the camera pitched on the car (a mounting, the
+        suspension), steps of 1.1 m: in the camera's frame the car travels up or down from its optical
+        axis. `vertical` keeps every pose as it is; the chord alone drops the climb."""
+        c, s = math.cos(math.radians(pitch_degrees)), math.sin(math.radians(pitch_degrees))
+        pitched = torch.tensor([[1, 0, 0, 0], [0, c, -s, 0], [0, s, c, 0], [0, 0, 0, 1]], dtype=torch.float64)
+        vec = self.poses_on([self.pose(0.0, 0.0, 1.1 * k) @ pitched for k in range(3)])
+        assert vec[:, 1].abs().min() > 1e-3  # the climb is there
+        assert torch.allclose(onto_vehicle_path(vec, vertical=True), vec, atol=1e-12)
+        on_chord = onto_vehicle_path(vec)
+        assert torch.equal(on_chord[:, :2], torch.zeros(2, 2, dtype=torch.float64))
+
+    def test_vertical_travel_drops_only_the_sideways_step(self):
+        """No rotation: the vertical part of the translation stays, the sideways part goes."""
+        vec = torch.tensor([[0.1, -0.2, 1.5, 0, 0, 0], [0.3, 0.05, -0.7, 0, 0, 0]], dtype=torch.float64)
+        expected = vec.clone()
+        expected[:, 0] = 0
+        assert torch.equal(onto_vehicle_path(vec, vertical=True), expected)
+
     def test_no_gradient_through_the_chord(self):
         """The gradient is that of the projection onto a chord held fixed at its current direction
         (central differences with the chord frozen): the photometric loss moves the speed along the
@@ -532,3 +552,16 @@ class TestVehicleMotion:
             inner, inner_masks = model.pose_net.net(target, sources)
         assert torch.equal(poses, onto_vehicle_path(inner))
         assert all(torch.equal(a, b) for a, b in zip(masks, inner_masks))
+
+    def test_the_wrapped_net_with_vertical_travel(self):
+        """`model.motion=vehicle_vertical` wraps the net with the vertical plane through the chord."""
+        from masksfm.config import load_config
+        from masksfm.model import build_model
+
+        model = build_model(load_config(None, ["model.motion=vehicle_vertical"]))
+        assert isinstance(model.pose_net, VehicleMotion) and model.pose_net.vertical
+        target, sources = TestPoseNet.snippet(2, (37, 50))
+        with torch.no_grad():
+            poses, inner = model.pose_net(target, sources), model.pose_net.net(target, sources)
+        assert torch.equal(poses, onto_vehicle_path(inner, vertical=True))
+        assert not torch.equal(poses, onto_vehicle_path(inner))

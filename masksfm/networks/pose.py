@@ -180,38 +180,42 @@ def invert_pose_vec(vec: torch.Tensor) -> torch.Tensor:
     return torch.cat([t, -flat[:, 3:]], dim=1).reshape(vec.shape)
 
 
-def onto_vehicle_path(vec: torch.Tensor) -> torch.Tensor:
+def onto_vehicle_path(vec: torch.Tensor, vertical: bool = False) -> torch.Tensor:
     """Pose vectors with the camera moved onto the path of a car's camera (Ackermann steering):
     the translation replaced by its part along the chord of the planar arc, t' = (t·u) u (the source's
-    centre projected onto the chord, :func:`masksfm.geometry.onto_vehicle_chord`); the rotation is kept, and the
+    centre projected onto the chord, :func:`masksfm.geometry.onto_vehicle_chord`), with `vertical`
+    onto the vertical plane through the chord (no sideways travel); the rotation is kept, and the
     heading change carries no gradient, so the photometric loss moves the speed along the chord and
     the rotation as before.
 
     Args:
         vec: (..., 6) `[t, axis-angle]` of T_t2s.
+        vertical: keep the travel along the target camera's vertical axis too.
     Returns:
-        (..., 6) the same rotation, the translation along the chord.
+        (..., 6) the same rotation, the translation along the chord (or in its vertical plane).
     """
     flat = vec.reshape(-1, 6)
-    t = onto_vehicle_chord(pose_vec_to_mat(flat))[:, :3, 3]
+    t = onto_vehicle_chord(pose_vec_to_mat(flat), vertical)[:, :3, 3]
     return torch.cat([t, flat[:, 3:]], dim=1).reshape(vec.shape)
 
 
 class VehicleMotion(nn.Module):
-    """A pose net whose camera travels as a car's (`model.motion=vehicle`): its poses through
-    :func:`onto_vehicle_path`, its explainability masks (if any) as they are. Same interface."""
+    """A pose net whose camera travels as a car's (`model.motion=vehicle`, or `vehicle_vertical`
+    with `vertical`): its poses through :func:`onto_vehicle_path`, its explainability masks (if any)
+    as they are. Same interface."""
 
-    def __init__(self, net: nn.Module):
+    def __init__(self, net: nn.Module, vertical: bool = False):
         super().__init__()
         self.net = net
+        self.vertical = vertical
         self.num_sources = net.num_sources
         self.explainability = net.explainability
 
     def forward(self, target: torch.Tensor, sources: torch.Tensor):
         out = self.net(target, sources)
         if isinstance(out, tuple):
-            return onto_vehicle_path(out[0]), out[1]
-        return onto_vehicle_path(out)
+            return onto_vehicle_path(out[0], self.vertical), out[1]
+        return onto_vehicle_path(out, self.vertical)
 
 
 class PairPoseNet(nn.Module):
