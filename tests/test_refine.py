@@ -267,34 +267,15 @@ class TestRefinePose:
         assert t1[0] < 0.2 * pose_error(start, truth)[0][0] and r1[0] < 0.1, (t1, r1)
 
 
-@pytest.fixture(scope="module")
-def chord_pair():
-    """Two views of a static street whose camera moved as a car's exactly: 1 m along the chord of a
-    1.5° turn (the second camera turned 1.5° about its vertical axis, its centre at half the turn).
-    (target, source, depth_t, K, T_true), batch of one; T_true = T_t2s is on the chord by construction."""
+def car_pair(pitch_degrees: float = 0.0):
+    """Two views of a static street whose car moved exactly along the chord of a 1.5° turn, 1 m (the
+    second camera turned 1.5° about its vertical axis, its centre at half the turn), the camera pitched
+    `pitch_degrees` up on the car. (target, source, depth_t, K, T_true), batch of one."""
     rng = np.random.default_rng(3)
     start = make_trajectory(rng, 1)[0]
     scene = make_scene(rng, 200.0)
     K = kitti_intrinsics(HEIGHT, WIDTH)
-    turn = math.radians(1.5)
-    move = np.eye(4)
-    move[:3, :3] = yaw_rotation(torch.tensor(turn, dtype=torch.float64)).numpy()
-    move[:3, 3] = [math.sin(turn / 2), 0.0, math.cos(turn / 2)]
-    views = [render_view(scene.at(0), Camera(P, K, HEIGHT, WIDTH)) for P in (start, start @ move)]
-    T = torch.from_numpy(relative_pose(start, start @ move))[None]
-    return image(views[0].rgb), image(views[1].rgb), torch.from_numpy(views[0].depth)[None, None], \
-        torch.from_numpy(K).float()[None], T
-
-
-@pytest.fixture(scope="module")
-def pitched_pair(chord_pair):
-    """`chord_pair`'s drive with the camera pitched 1.5° up on the car: in the camera's frame the car
-    travels 2.6 cm down per metre from the chord. (target, source, depth_t, K, T_true)."""
-    rng = np.random.default_rng(3)
-    start = make_trajectory(rng, 1)[0]
-    scene = make_scene(rng, 200.0)
-    K = kitti_intrinsics(HEIGHT, WIDTH)
-    turn, pitch = math.radians(1.5), math.radians(1.5)
+    turn, pitch = math.radians(1.5), math.radians(pitch_degrees)
     move, mount = np.eye(4), np.eye(4)
     move[:3, :3] = yaw_rotation(torch.tensor(turn, dtype=torch.float64)).numpy()
     move[:3, 3] = [math.sin(turn / 2), 0.0, math.cos(turn / 2)]
@@ -304,6 +285,19 @@ def pitched_pair(chord_pair):
     T = torch.from_numpy(relative_pose(*poses))[None]
     return image(views[0].rgb), image(views[1].rgb), torch.from_numpy(views[0].depth)[None, None], \
         torch.from_numpy(K).float()[None], T
+
+
+@pytest.fixture(scope="module")
+def chord_pair():
+    """`car_pair` with the camera level on the car: T_true = T_t2s is on the chord by construction."""
+    return car_pair()
+
+
+@pytest.fixture(scope="module")
+def pitched_pair():
+    """`car_pair` with the camera pitched 1.5° up on the car: in the camera's frame the car travels
+    2.6 cm down per metre from the chord."""
+    return car_pair(1.5)
 
 
 def off_chord(T: torch.Tensor) -> torch.Tensor:
