@@ -45,11 +45,11 @@ def through_motion(rel: np.ndarray, motion: str) -> np.ndarray:
 def ceilings(data: Path, split: str) -> dict[str, tuple[float, float]]:
     """{guess, <motion>...: (5-frame, 3-frame snippet ATE)} over the split's scenes, metres."""
     scenes = load_split(data, split)
+    truths = [np.linalg.inv(scene.poses[:-1]) @ scene.poses[1:] for scene in scenes]
     rows = {}
     for name in ("guess", *MOTIONS):
         ates = {5: [], 3: []}
-        for scene in scenes:
-            truth = np.linalg.inv(scene.poses[:-1]) @ scene.poses[1:]
+        for scene, truth in zip(scenes, truths):
             rel = constant_speed(scene) if name == "guess" else through_motion(truth, name)
             for length in ates:
                 ates[length].append(snippet_ates(rel, scene.poses, length))
