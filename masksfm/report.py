@@ -335,6 +335,14 @@ dl.masks dt { font-weight: 600; margin-top: 6px; } dl.masks dd { margin-left: 18
 """
 
 
+# What each `model.motion` lets the camera do, for the report's first paragraph.
+MOTION_WORDS = {
+    "vehicle": "a car's camera: along the chord of its turn, never sideways or up and down",
+    "vehicle_vertical": "a car's camera: along the chord of its turn, tilted up or down, never sideways",
+    "free": "any rigid motion",
+}
+
+
 def _e(text) -> str:
     return html.escape(str(text))
 
@@ -371,6 +379,7 @@ def _summary_html(data: ReportData) -> list[str]:
     d, dc = data.depth, data.depth_constant
     p, pc = data.pose, data.pose_constant
     warmup_end = _warmup_end(data)
+    motion = data.config["model"]["motion"]
     better = d["abs_rel"] < dc["abs_rel"]
     gain = 100 * (1 - d["abs_rel"] / dc["abs_rel"])
     minutes = data.timings.get("train", 0) / 60
@@ -387,8 +396,7 @@ def _summary_html(data: ReportData) -> list[str]:
         f"recorded. Method: Wang et al., <i>Unsupervised Learning of Monocular Depth and Ego-Motion Using Multiple "
         f"Masks</i>, ICRA 2019; training recipe <code>loss.mask={_e(loss['mask'])}</code>, "
         f"<code>loss.guard={_e(loss['guard'])}</code>, "
-        f"<code>model.motion={_e(data.config['model']['motion'])}</code> (vehicle: the camera moves as a "
-        f"car's, along its optical axis and turning).</p>")
+        f"<code>model.motion={_e(motion)}</code> ({_e(MOTION_WORDS[motion])}).</p>")
     if gain >= CLEARLY_BETTER:
         verdict = f"<span class='good'>{gain:.0f}% lower than a constant depth</span>"
     elif better:

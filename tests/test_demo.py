@@ -96,9 +96,9 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args):
     assert not (tmp_path / "out" / "data").exists()
 
 
-def test_curves_after_the_warm_up_show_masks_and_the_switch(tmp_path):
-    """The page for a run with the warm-up guard, past the warm-up: mask curves, the
-    switch-on line, and no warning about the warm-up."""
+def report_page(overrides: list[str]) -> str:
+    """The report page of a made-up 400-step run of the default config with `overrides` (the
+    warm-up guard of 300 steps, mask curves from step 300 on)."""
     from masksfm.config import load_config
     from masksfm.report import ReportData, render_html
 
@@ -113,9 +113,34 @@ def test_curves_after_the_warm_up_show_masks_and_the_switch(tmp_path):
     pose = {"ate_mean": 0.01, "ate_std": 0.002, "sequences": {}}
     page = render_html(ReportData(
         settings={"scenes": 3, "frames": 6, "height": 32, "width": 104, "moving_cars": 2, "seed": 0, "minutes": 1},
-        config=load_config("default", ["loss.guard=warmup", "loss.warmup_steps=300"]).to_dict(), steps=400, checkpoint="best", timings={"train": 60.0}, data_note="test",
+        config=load_config("default", ["loss.guard=warmup", "loss.warmup_steps=300", *overrides]).to_dict(),
+        steps=400, checkpoint="best", timings={"train": 60.0}, data_note="test",
         depth=metrics, depth_constant=constant, val_abs_rel_constant=0.5, pose=pose, pose_constant=pose,
         depth_examples=[], masks=None, trajectories={}, scalars=scalars))
+    return page
+
+
+def test_curves_after_the_warm_up_show_masks_and_the_switch():
+    """The page for a run with the warm-up guard, past the warm-up: mask curves, the
+    switch-on line, and no warning about the warm-up."""
+    page = report_page([])
     assert "masks switch on" in page and "80% lower than a constant depth" in page
     assert "<code>model.motion=vehicle</code>" in page  # the camera model the run assumed
     assert "before the masks switch on" not in page and "class='warning'" not in page
+
+
+@pytest.mark.parametrize("motion, words", [("vehicle", "never sideways or up and down"),
+                                           ("vehicle_vertical", "tilted up or down, never sideways"),
+                                           ("free", "any rigid motion")])
+def test_report_says_what_the_motion_model_allows(motion, words):
+    """The first paragraph names the run's `model.motion` and what it lets the camera do."""
+    page = report_page([f"model.motion={motion}"])
+    assert f"<code>model.motion={motion}</code> (" in page and words in page
+
+
+def test_report_has_words_for_every_motion_model():
+    """A motion model added to `model.motion` without its words would break the report of its runs."""
+    from masksfm.config import MOTIONS
+    from masksfm.report import MOTION_WORDS
+
+    assert set(MOTION_WORDS) == set(MOTIONS)
