@@ -52,7 +52,7 @@ from masksfm.config import load_config
 from masksfm.data.dataset import SnippetDataset
 from masksfm.data.layout import load_split
 from masksfm.data.synthetic import render_dataset
-from masksfm.model import build_model, native_bf16, use_training_arithmetic
+from masksfm.model import build_model, channels_last_pays, native_bf16, use_training_arithmetic
 
 # (name, overrides); the first is the baseline of the ratios.
 MASK_CASES = [
@@ -159,18 +159,24 @@ LEVER_CASES = [
 ]
 
 
-def case_precision(precision: str | None, device: torch.device) -> str | None:
-    """A lever case's arithmetic on `device`: "auto" is bf16 where the device has it natively, else fp32."""
+def case_arithmetic(precision: str | None, device: torch.device) -> tuple[str, bool]:
+    """A lever case's (precision, channels_last) on `device`: None is plain NCHW float32, a named
+    precision is channels_last, and "auto" is what the trainer picks there (bf16 where it is native,
+    else fp32, in the layout that pays: `model.channels_last_pays`)."""
+    if precision is None:
+        return "fp32", False
     if precision == "auto":
-        return "bf16" if native_bf16(device) else "fp32"
-    return precision
+        precision = "bf16" if native_bf16(device) else "fp32"
+        return precision, channels_last_pays(device, precision)
+    return precision, True
 
 
-def lever_cases(device: torch.device) -> list[tuple[str, str | None, bool, list[str]]]:
-    """The lever cases that mean something on `device`: bf16 only where it is native (emulated bf16 is
-    several times slower than float32 and measures the emulation), "auto" resolved."""
+def lever_cases(device: torch.device) -> list[tuple[str, tuple[str, bool], bool, list[str]]]:
+    """The lever cases that mean something on `device`, as (name, (precision, channels_last),
+    compiled error, overrides): bf16 only where it is native (emulated bf16 is several times slower
+    than float32 and measures the emulation)."""
     native = native_bf16(device)
-    return [(name, case_precision(precision, device), compile_error, overrides)
+    return [(name, case_arithmetic(precision, device), compile_error, overrides)
             for name, precision, compile_error, overrides in LEVER_CASES if precision != "bf16" or native]
 
 
@@ -221,12 +227,11 @@ def measure_levers(args, batches, device, sync) -> tuple[dict[str, float], float
     objective_module.use_compiled_photometric_error()
     compiled = objective_module._photometric_error
     cases = []
-    for name, precision, compile_error, overrides in lever_cases(device):
+    for name, arithmetic, compile_error, overrides in lever_cases(device):
         config = load_config(None, [*size, *overrides])
         torch.manual_seed(0)
         model = build_model(config).to(device)
-        if precision is not None:
-            use_training_arithmetic(model, precision)
+        use_training_arithmetic(model, arithmetic[0], device, channels_last=arithmetic[1])
         cases.append((name, model, torch.optim.Adam(model.parameters(), lr=1e-4, fused=True),
                       compiled if compile_error else eager, config))
     peers, sfp, peer_note = find_peer(args)
@@ -251,11 +256,14 @@ def measure_levers(args, batches, device, sync) -> tuple[dict[str, float], float
 def default_recipe_case(device: torch.device) -> str:
     """The lever case the shipped default configuration runs on `device`."""
     config = load_config(None, [])
-    precision = case_precision(config.train.precision, device)
+    precision = config.train.precision
+    if precision == "auto":
+        precision = "bf16" if native_bf16(device) else "fp32"
+    arithmetic = (precision, channels_last_pays(device, precision))
     # The case whose overrides leave the shipped configuration as it is.
     shipped = config.to_dict()
-    return next(name for name, precision_of_case, compile_error, overrides in lever_cases(device)
-                if (precision_of_case, compile_error) == (precision, config.train.compile)
+    return next(name for name, arithmetic_of_case, compile_error, overrides in lever_cases(device)
+                if (arithmetic_of_case, compile_error) == (arithmetic, config.train.compile)
                 and load_config(None, overrides).to_dict() == shipped)
 
 

@@ -4,7 +4,7 @@
 direction need the sources' depth too) and the pose net on the snippet. With
 `model.source_depth_grad` off, the sources' depth is computed without gradient: the loss trains the
 depth net through the targets' depth only, and the backward costs a third.
-`use_training_arithmetic` sets how the trainer runs the depth net (channels_last, bf16 autocast).
+`use_training_arithmetic` sets how the trainer runs the depth net (channels_last where that pays, bf16 autocast).
 """
 
 from __future__ import annotations
@@ -118,19 +118,33 @@ def native_bf16(device: torch.device) -> bool:
     return False
 
 
-def use_training_arithmetic(model: SfMModel, precision: str, device: torch.device | None = None) -> str:
+def channels_last_pays(device: torch.device, precision: str) -> bool:
+    """Whether the depth net's training step is faster with its weights channels_last (NHWC) than
+    NCHW on `device` in `precision` ("fp32" or "bf16"): under bf16 and on a GPU (oneDNN's bf16 and
+    cuDNN's kernels want NHWC), and in float32 on a CPU with AVX-512; on a CPU whose widest vectors
+    are AVX2, float32 NCHW is faster (`bench/train_step.py`, docs/results.md, "Speed")."""
+    if precision == "bf16" or device.type != "cpu":
+        return True
+    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
+def use_training_arithmetic(model: SfMModel, precision: str, device: torch.device | None = None,
+                            channels_last: bool | None = None) -> str:
     """How the trainer runs the depth net (`train.precision`), before the optimizer is built; the
     precision used (`auto`: bf16 where the device computes it natively, else fp32).
 
-    Its weights go channels_last (NHWC), the layout oneDNN and cuDNN convolve fastest in (the same
-    values up to float rounding); bf16 runs its forward and backward under bfloat16 autocast (its
-    weights and their Adam state stay float32). The pose net, the masks, the warp and the loss stay
-    float32. The cost of each: `bench/train_step.py` (docs/results.md).
+    Its weights go channels_last (NHWC) where that is the faster layout (`channels_last_pays`; or
+    as `channels_last` says), the same values up to float rounding; bf16 runs its forward and
+    backward under bfloat16 autocast (its weights and their Adam state stay float32). The pose net,
+    the masks, the warp and the loss stay float32. The cost of each: `bench/train_step.py`
+    (docs/results.md).
     """
+    device = device if device is not None else next(model.parameters()).device
     if precision == "auto":
-        device = device if device is not None else next(model.parameters()).device
         precision = "bf16" if native_bf16(device) else "fp32"
-    model.depth_net.to(memory_format=torch.channels_last)
+    if channels_last is None:
+        channels_last = channels_last_pays(device, precision)
+    model.depth_net.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     model.depth_autocast = torch.bfloat16 if precision == "bf16" else None
     return precision
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from masksfm.config import load_config
 from masksfm.losses import box_mean3
-from masksfm.model import build_model, native_bf16, use_training_arithmetic
+from masksfm.model import build_model, channels_last_pays, native_bf16, use_training_arithmetic
 from masksfm.objective import compute_objective
 
 from helpers import fixed_batch
@@ -34,12 +34,14 @@ def batch(synth_dataset):
 
 def loss_and_gradients(batch, precision: str | None) -> tuple[float, torch.Tensor]:
     """The default recipe's loss on `batch` and the flattened gradient of every weight, from the
-    same initial weights; `precision=None` is the plain model (NCHW, float32)."""
+    same initial weights; `precision=None` is the plain model (NCHW, float32), a precision the
+    depth net channels_last in it."""
     config = load_config(None, [f"data.height={H}", f"data.width={W}"])
     torch.manual_seed(0)
     model = build_model(config)
     if precision is not None:
-        use_training_arithmetic(model, precision)
+        use_training_arithmetic(model, precision, channels_last=True)
+        assert model.depth_net.down[0][0].weight.is_contiguous(memory_format=torch.channels_last)
     loss = compute_objective(model(batch["images"]), batch["images_raw"], batch["K"], config.loss).loss
     loss.backward()
     return loss.item(), torch.cat([p.grad.flatten() for p in model.parameters()])
@@ -86,6 +88,25 @@ def test_auto_precision_is_bf16_only_where_the_cpu_has_it():
     model = build_model(load_config(None, []))
     assert use_training_arithmetic(model, "auto", torch.device("cpu")) == ("bf16" if native else "fp32")
     assert (model.depth_autocast == torch.bfloat16) == native
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/cpuinfo"), reason="reads the CPU flags from /proc/cpuinfo")
+def test_the_depth_net_is_channels_last_where_that_pays():
+    """bf16 and AVX-512 CPUs: channels_last; float32 on a CPU whose widest vectors are AVX2: NCHW
+    (bench/train_step.py); `channels_last` overrides either way."""
+    with open("/proc/cpuinfo") as f:
+        flags = set(f.read().split())
+    cpu = torch.device("cpu")
+    assert channels_last_pays(cpu, "bf16")
+    assert channels_last_pays(cpu, "fp32") == ({"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags)
+    weight = lambda m: m.depth_net.down[0][0].weight  # noqa: E731
+    model = build_model(load_config(None, []))
+    precision = use_training_arithmetic(model, "auto", cpu)
+    assert weight(model).is_contiguous(memory_format=torch.channels_last) == channels_last_pays(cpu, precision)
+    for forced in (True, False):
+        use_training_arithmetic(model, "fp32", cpu, channels_last=forced)
+        assert weight(model).is_contiguous(memory_format=torch.channels_last) == forced
+        assert weight(model).is_contiguous() != forced
 
 
 def test_gradients_finite_finds_one_bad_element_among_millions():

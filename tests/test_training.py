@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
@@ -166,6 +167,43 @@ def test_resume_is_bitwise_exact(recipe, synth_dataset, tmp_path):
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert load_checkpoint(halves / "checkpoints" / "last.safetensors")[1]["step"] == 4
+
+
+def test_resumed_adam_state_takes_the_channels_last_weights_layout():
+    """A checkpoint's Adam state comes back contiguous; beside a channels_last weight the fused
+    kernel would walk the two in different orders (the trainer's depth net is channels_last where
+    that pays, so the resume tests above may run NCHW on this machine)."""
+    from masksfm.training import match_state_layouts
+
+    def conv():
+        torch.manual_seed(0)
+        return torch.nn.Conv2d(5, 8, 3).to(memory_format=torch.channels_last)
+
+    def step(net, adam, k):
+        net.zero_grad()
+        net(torch.randn(2, 5, 6, 7, generator=torch.Generator().manual_seed(k))).square().sum().backward()
+        adam.step()
+
+    straight = conv()
+    adam = torch.optim.Adam(straight.parameters(), lr=0.1, fused=True)
+    for k in range(2):
+        step(straight, adam, k)
+    resumed = {}
+    for match in (False, True):
+        net = conv()
+        net.load_state_dict(straight.state_dict())
+        other = torch.optim.Adam(net.parameters(), lr=0.1, fused=True)
+        state = copy.deepcopy(adam.state_dict())  # as a checkpoint holds it: every tensor contiguous
+        for tensors in state["state"].values():
+            tensors.update({key: value.contiguous() for key, value in tensors.items()})
+        other.load_state_dict(state)
+        if match:
+            match_state_layouts(other)
+        step(net, other, 2)
+        resumed[match] = net.weight.detach().clone()
+    step(straight, adam, 2)
+    assert torch.equal(resumed[True], straight.weight)
+    assert not torch.allclose(resumed[False], straight.weight, atol=1e-3)  # what the matching prevents
 
 
 @pytest.mark.slow
