@@ -52,7 +52,7 @@ from masksfm.config import load_config
 from masksfm.data.dataset import SnippetDataset
 from masksfm.data.layout import load_split
 from masksfm.data.synthetic import render_dataset
-from masksfm.model import build_model, channels_last_pays, native_bf16, use_training_arithmetic
+from masksfm.model import build_model, native_bf16, training_arithmetic, use_training_arithmetic
 
 # (name, overrides); the first is the baseline of the ratios.
 MASK_CASES = [
@@ -162,12 +162,11 @@ LEVER_CASES = [
 def case_arithmetic(precision: str | None, device: torch.device) -> tuple[str, bool]:
     """A lever case's (precision, channels_last) on `device`: None is plain NCHW float32, a named
     precision is channels_last, and "auto" is what the trainer picks there (bf16 where it is native,
-    else fp32, in the layout that pays: `model.channels_last_pays`)."""
+    else fp32, in the layout that pays: `model.training_arithmetic`)."""
     if precision is None:
         return "fp32", False
     if precision == "auto":
-        precision = "bf16" if native_bf16(device) else "fp32"
-        return precision, channels_last_pays(device, precision)
+        return training_arithmetic(precision, device)
     return precision, True
 
 
@@ -256,10 +255,7 @@ def measure_levers(args, batches, device, sync) -> tuple[dict[str, float], float
 def default_recipe_case(device: torch.device) -> str:
     """The lever case the shipped default configuration runs on `device`."""
     config = load_config(None, [])
-    precision = config.train.precision
-    if precision == "auto":
-        precision = "bf16" if native_bf16(device) else "fp32"
-    arithmetic = (precision, channels_last_pays(device, precision))
+    arithmetic = training_arithmetic(config.train.precision, device)
     # The case whose overrides leave the shipped configuration as it is.
     shipped = config.to_dict()
     return next(name for name, arithmetic_of_case, compile_error, overrides in lever_cases(device)

@@ -128,6 +128,14 @@ def channels_last_pays(device: torch.device, precision: str) -> bool:
     return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
+def training_arithmetic(precision: str, device: torch.device) -> tuple[str, bool]:
+    """What the trainer runs the depth net in on `device` for `train.precision`: (the precision,
+    `auto` being bf16 where the device computes it natively, else fp32; whether channels_last)."""
+    if precision == "auto":
+        precision = "bf16" if native_bf16(device) else "fp32"
+    return precision, channels_last_pays(device, precision)
+
+
 def use_training_arithmetic(model: SfMModel, precision: str, device: torch.device | None = None,
                             channels_last: bool | None = None) -> str:
     """How the trainer runs the depth net (`train.precision`), before the optimizer is built; the
@@ -140,10 +148,8 @@ def use_training_arithmetic(model: SfMModel, precision: str, device: torch.devic
     (docs/results.md).
     """
     device = device if device is not None else next(model.parameters()).device
-    if precision == "auto":
-        precision = "bf16" if native_bf16(device) else "fp32"
-    if channels_last is None:
-        channels_last = channels_last_pays(device, precision)
+    precision, pays = training_arithmetic(precision, device)
+    channels_last = pays if channels_last is None else channels_last
     model.depth_net.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     model.depth_autocast = torch.bfloat16 if precision == "bf16" else None
     return precision
