@@ -18,8 +18,9 @@ each scale's error at its own size, `loss.scales=downsample`; monodepth2's depth
 the pose net's relations (`loss.turn_weight`, `loss.stride_weight`, `loss.shift_weight`: the step as the
 trainer takes it, `objective.batch_objective`, on items of 5 frames for the strides and the shifts), and
 SfmLearner-Pytorch's own default step timed by the peer driver `sfp_step.py` (in --peers, default ../shared/peers beside the
-repository) on its code (--sfp: the extracted SfmLearner-Pytorch folder, or $SFP), in a subprocess between masksfm's rounds; without them the ratio is not printed and the
-output says why. Target (issue 14): default recipe <= 1.5x SfmLearner's step at 128x416, batch 4.
+repository) on its code (--sfp: the extracted SfmLearner-Pytorch folder, or $SFP), in a subprocess, --repeat
+times before masksfm's cases are built (with their models and Adam states held, about 9 GB at 64x224, the
+peer's step ran 1.3-1.9x slower than alone); without them the ratio is not printed and the output says why. Target (issue 14): default recipe <= 1.5x SfmLearner's step at 128x416, batch 4.
 
 --profile: where the default recipe's step goes (depth net forward / backward, pose net, warp,
 photometric error, masks, the objective as a whole, optimizer, data loading), each part timed
@@ -219,12 +220,18 @@ def find_peer(args) -> tuple[Path | None, Path | None, str]:
 
 
 def measure_levers(args, batches, device, sync) -> tuple[dict[str, float], float | None, str]:
-    """ms per step for each lever case and SfmLearner's step (or None), interleaved round by round;
-    `batches`: {frames per item: batch} (3, and 5 for the strides' and shifts' cases)."""
+    """ms per step for each lever case, interleaved round by round, and SfmLearner's step (or None), timed
+    before them; `batches`: {frames per item: batch} (3, and 5 for the strides' and shifts' cases)."""
     size = [f"data.height={args.height}", f"data.width={args.width}"]
     eager = objective_module._photometric_error
     objective_module.use_compiled_photometric_error()
     compiled = objective_module._photometric_error
+    peers, sfp, peer_note = find_peer(args)
+    # The peer's step first, on a machine that holds nothing of masksfm's: timed between the rounds below,
+    # with every case's model and Adam state in memory, it took 1.3-1.9x its time alone and its own
+    # training loop's (twentieth session, docs/results.md).
+    sfp_times = [sfp_step_ms(peers, sfp, args.height, args.width, 2, torch.get_num_threads())
+                 for _ in range(args.repeat if peers is not None else 0)]
     cases = []
     for name, arithmetic, compile_error, overrides in lever_cases(device):
         config = load_config(None, [*size, *overrides])
@@ -233,9 +240,7 @@ def measure_levers(args, batches, device, sync) -> tuple[dict[str, float], float
         use_training_arithmetic(model, arithmetic[0], device, channels_last=arithmetic[1])
         cases.append((name, model, torch.optim.Adam(model.parameters(), lr=1e-4, fused=True),
                       compiled if compile_error else eager, config))
-    peers, sfp, peer_note = find_peer(args)
     times = {name: [] for name, *_ in cases}
-    sfp_times = []
     for i in range(args.repeat + 2):
         for name, model, optimizer, error, config in cases:
             objective_module._photometric_error = error
@@ -245,8 +250,6 @@ def measure_levers(args, batches, device, sync) -> tuple[dict[str, float], float
             sync()
             if i >= 2:  # two warm-up rounds: allocators, kernels, and torch.compile's first call
                 times[name].append(time.perf_counter() - start)
-        if peers is not None and i >= 2:
-            sfp_times.append(sfp_step_ms(peers, sfp, args.height, args.width, 2, torch.get_num_threads()))
     objective_module._photometric_error = eager
     ms = {name: 1000 * statistics.median(t) for name, t in times.items()}
     return ms, statistics.median(sfp_times) if sfp_times else None, peer_note
