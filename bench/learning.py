@@ -127,6 +127,9 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "shifts-own-batch": ("default", ["loss.shift_weight=0.3", "loss.shift_from_step=200", "loss.shift_rotation=true",
                                      "model.joint_pose_batch=false"],
                          "shifts (distances and rotations) with the shifted snippets in a pose-net call of their own"),
+    "uneven-strides": ("default", ["data.strides=[1, 2]", "data.uneven_strides=true"],
+                       "snippets of consecutive frames, of every other frame, and one frame apart on one side of "
+                       "the target and two on the other (the speed changes within a snippet by 2x or 0.5x)"),
     "smooth-x3": ("default", ["loss.smoothness_weight=3e-3"],
                   "the default with 3x monodepth2's smoothness weight (3e-3 on the mean-normalised disparity)"),
     "smooth-x0.3": ("default", ["loss.smoothness_weight=3e-4"],

@@ -36,6 +36,7 @@ class DataConfig:
     colour_jitter: bool = True  # with augment: monodepth2's colour jitter of the nets' input (the authors: none)
     independent_crop_scale: bool = False  # with augment: x and y enlarged by separate factors (the authors, SfMLearner's code)
     source_yaw: float = 0.0  # with augment: turn each source's camera by up to this many degrees about its vertical axis
+    uneven_strides: bool = False  # with several strides: also snippets spaced by one before the target and another after it
     workers: int = 2  # DataLoader worker processes
     train_split: str = "train"
     val_split: str = "val"
@@ -225,6 +226,10 @@ def validate(config: Config) -> None:
         raise MasksfmError(f"config key data.snippet_length: must be odd and >= 3, got {config.data.snippet_length}")
     if not config.data.strides or any(not isinstance(k, int) or k < 1 for k in config.data.strides):
         raise MasksfmError(f"config key data.strides: a list of positive frame spacings, got {config.data.strides}")
+    evenly_spaced = [key for key in ("velocity_weight", "stride_weight", "shift_weight") if getattr(config.loss, key) > 0]
+    if config.data.uneven_strides and evenly_spaced:
+        raise MasksfmError(f"config key data.uneven_strides: loss.{evenly_spaced[0]} compares the steps of evenly "
+                           "spaced frames; turn one of them off")
     if not 0 <= config.data.source_yaw <= 10:
         raise MasksfmError(f"config key data.source_yaw: degrees from 0 to 10, got {config.data.source_yaw}")
     if not 0 < config.loss.turn_degrees <= 10:

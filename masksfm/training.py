@@ -175,7 +175,8 @@ class Trainer:
                                       source=str(split_path(self.data_root, config.data.train_split)),
                                       colour_jitter=config.data.colour_jitter,
                                       independent_crop_scale=config.data.independent_crop_scale,
-                                      strides=config.data.strides, source_yaw=config.data.source_yaw)
+                                      strides=config.data.strides, source_yaw=config.data.source_yaw,
+                                      uneven_strides=config.data.uneven_strides)
         self.val_scenes = []
         if split_path(self.data_root, config.data.val_split).exists():
             self.val_scenes = [s for s in load_split(self.data_root, config.data.val_split, allow_empty=True) if s.has_depth]

@@ -254,6 +254,20 @@ class TestSnippetDataset:
         with pytest.raises(MasksfmError, match="positive frame spacings"):
             SnippetDataset(scenes, H, W, strides=(0,))
 
+    def test_snippets_spaced_unevenly(self, scenes):
+        # strides (1, 2) with uneven_strides: after the even windows (1, 1) and (2, 2), the windows one
+        # frame before the target and two after it, then two before and one after, scene by scene.
+        ds = SnippetDataset(scenes, H, W, augment=False, strides=(1, 2), uneven_strides=True)
+        assert len(ds) == (3 + 2 + 1) + 3 + 3
+        assert [(ds.snippet(i)[0].name, ds.snippet(i)[1]) for i in range(6, 12)] == [
+            ("a", [0, 1, 3]), ("a", [1, 2, 4]), ("b", [0, 1, 3]), ("a", [0, 2, 3]), ("a", [1, 3, 4]), ("b", [0, 2, 3])]
+        blue = (ds[7]["images"][:, 2].mean(dim=(1, 2)) * 255).round()
+        assert blue.tolist() == [60.0, 70.0, 90.0]
+        # 5-frame snippets: two sources on each side, each side at its own spacing.
+        long = SnippetDataset(scenes, H, W, snippet_length=5, augment=False, strides=(1, 2), uneven_strides=True)
+        assert len(long) == 1 and long.snippet(0)[1] == [0, 1, 2, 3, 4]
+        assert len(SnippetDataset(scenes, H, W, augment=False, uneven_strides=True)) == 3 + 2  # one spacing: nothing uneven
+
     def test_too_short_split(self, data_root):
         with pytest.raises(MasksfmError, match="short.txt: too-short sequences.*the longest has 2 frames"):
             SnippetDataset(L.load_split(data_root, "short"), H, W, source=str(data_root / "short.txt"))

@@ -108,6 +108,10 @@ def test_yaml_and_overrides(tmp_path):
         load_config(None, ["model.pose=pairs", "loss.mask=explainability"])
     with pytest.raises(MasksfmError, match="model.pose_encoder: resnet18 has no explainability decoder"):
         load_config(None, ["model.pose_encoder=resnet18", "loss.mask=explainability"])
+    for term in ("velocity_weight=1", "stride_weight=0.1", "shift_weight=0.3"):
+        with pytest.raises(MasksfmError, match=f"data.uneven_strides: loss.{term.split('=')[0]} compares the steps"):
+            load_config(None, ["data.strides=[1, 2]", "data.uneven_strides=true", f"loss.{term}"])
+    assert load_config(None, ["data.strides=[1, 2]", "data.uneven_strides=true"]).data.uneven_strides
     path.write_text("loss: {repeat: 3}\n")
     with pytest.raises(MasksfmError, match="unknown config key 'loss.repeat'"):
         load_config(path)

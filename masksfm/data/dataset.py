@@ -245,7 +245,8 @@ def _to_tensor(frames: np.ndarray) -> torch.Tensor:
 
 class SnippetDataset(Dataset):
     """Every window of `snippet_length` frames inside a scene, `stride` frames apart, for each of
-    `strides` (consecutive frames: 1); the target is the middle.
+    `strides` (consecutive frames: 1); the target is the middle. With `uneven_strides`, also every
+    window whose frames before the target are one of `strides` apart and after it another.
 
     An item is addressed by `index`, or by `(epoch, index)` as :class:`SnippetBatchSampler` yields;
     a bare index uses the epoch of :meth:`set_epoch`. The augmentation depends only on
@@ -264,6 +265,9 @@ class SnippetDataset(Dataset):
             pose net camera speeds that vary by that factor (the same drive, every k-th frame).
         source_yaw: with `augment`, turn each source's camera about its vertical axis by up to this
             many degrees (`data.source_yaw`): rotations the drives do not have; 0: none.
+        uneven_strides: also the windows spaced by one of `strides` before the target and another
+            after it (`data.uneven_strides`): within a snippet the camera's speed then changes by
+            their ratio, which the pose net must read from the frames.
     """
 
     def __init__(
@@ -279,6 +283,7 @@ class SnippetDataset(Dataset):
         independent_crop_scale: bool = False,
         strides: Sequence[int] = (1,),
         source_yaw: float = 0.0,
+        uneven_strides: bool = False,
     ) -> None:
         if snippet_length < 3 or snippet_length % 2 == 0:
             raise MasksfmError(f"snippet length must be odd and at least 3 (target in the middle), "
@@ -294,16 +299,22 @@ class SnippetDataset(Dataset):
         self.epoch = 0
         if not strides or min(strides) < 1:
             raise MasksfmError(f"snippet strides must be positive frame spacings, got {list(strides)}")
-        # Flat (scene, first frame, stride) tables rather than a list of tuples: cheap to copy into workers.
-        scene_of, start_of, stride_of = [], [], []
-        for stride in strides:
-            counts = [max(0, len(scene) - (snippet_length - 1) * stride) for scene in self.scenes]
+        spacings = [(stride, stride) for stride in strides]
+        if uneven_strides:
+            spacings += [(before, after) for before in strides for after in strides if before != after]
+        # Flat (scene, first frame, spacing before and after the target) tables rather than a list of
+        # tuples: cheap to copy into workers.
+        half = snippet_length // 2
+        scene_of, start_of, before_of, after_of = [], [], [], []
+        for before, after in spacings:
+            counts = [max(0, len(scene) - half * (before + after)) for scene in self.scenes]
             scene_of.append(np.repeat(np.arange(len(self.scenes)), counts))
             start_of.extend(np.arange(n) for n in counts)
-            stride_of.append(np.full(sum(counts), stride))
+            before_of.append(np.full(sum(counts), before))
+            after_of.append(np.full(sum(counts), after))
         self._scene_of = np.concatenate(scene_of)
         self._start_of = np.concatenate(start_of) if start_of else np.zeros(0, np.int64)
-        self._stride_of = np.concatenate(stride_of)
+        self._before_of, self._after_of = np.concatenate(before_of), np.concatenate(after_of)
         if len(self._scene_of) == 0:
             longest = max((len(scene) for scene in self.scenes), default=0)
             needed = (snippet_length - 1) * min(strides) + 1
@@ -317,12 +328,13 @@ class SnippetDataset(Dataset):
         """The epoch used for items addressed by a bare index."""
         self.epoch = int(epoch)
 
-    def snippet(self, index: int) -> tuple[Scene, range]:
+    def snippet(self, index: int) -> tuple[Scene, list[int]]:
         """The scene of item `index` and the indices of its frames."""
         if not 0 <= index < len(self):
             raise IndexError(f"snippet index {index} out of range [0, {len(self)})")
-        start, stride = int(self._start_of[index]), int(self._stride_of[index])
-        return self.scenes[self._scene_of[index]], range(start, start + (self.snippet_length - 1) * stride + 1, stride)
+        start, before, after = int(self._start_of[index]), int(self._before_of[index]), int(self._after_of[index])
+        target, half = start + before * (self.snippet_length // 2), self.snippet_length // 2
+        return self.scenes[self._scene_of[index]], [target + k * (before if k < 0 else after) for k in range(-half, half + 1)]
 
     def augmentation(self, epoch: int, index: int) -> Augmentation | None:
         """The augmentation of item `index` in `epoch` (None when augmentation is off)."""
