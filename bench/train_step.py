@@ -17,10 +17,12 @@ top of it that change what is learned (the sources' depth without gradient, `mod
 each scale's error at its own size, `loss.scales=downsample`; monodepth2's depth net, `model.depth=resnet18`),
 the pose net's relations (`loss.turn_weight`, `loss.stride_weight`, `loss.shift_weight`: the step as the
 trainer takes it, `objective.batch_objective`, on items of 5 frames for the strides and the shifts), and
-SfmLearner-Pytorch's own default step timed by the peer driver `sfp_step.py` (in --peers, default ../shared/peers beside the
-repository) on its code (--sfp: the extracted SfmLearner-Pytorch folder, or $SFP), in a subprocess, --repeat
-times before masksfm's cases are built (with their models and Adam states held, about 9 GB at 64x224, the
-peer's step ran 1.3-1.9x slower than alone); without them the ratio is not printed and the output says why. Target (issue 14): default recipe <= 1.5x SfmLearner's step at 128x416, batch 4.
+SfmLearner-Pytorch's own default step timed by the peer driver `sfp_step.py` (in --peers, default
+../shared/peers beside the repository) on its code (--sfp: the extracted SfmLearner-Pytorch folder, or
+$SFP), in a subprocess, --repeat times before masksfm's cases are built (with their models and Adam
+states held, about 9 GB at 64x224, the peer's step ran 1.3-1.9x slower than alone); without them the
+ratio is not printed and the output says why. Target (issue 14): default recipe <= 1.5x SfmLearner's
+step at 128x416, batch 4.
 
 --profile: where the default recipe's step goes (depth net forward / backward, pose net, warp,
 photometric error, masks, the objective as a whole, optimizer, data loading), each part timed

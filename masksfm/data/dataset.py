@@ -333,7 +333,8 @@ class SnippetDataset(Dataset):
         if not 0 <= index < len(self):
             raise IndexError(f"snippet index {index} out of range [0, {len(self)})")
         start, before, after = int(self._start_of[index]), int(self._before_of[index]), int(self._after_of[index])
-        target, half = start + before * (self.snippet_length // 2), self.snippet_length // 2
+        half = self.snippet_length // 2
+        target = start + before * half
         return self.scenes[self._scene_of[index]], [target + k * (before if k < 0 else after) for k in range(-half, half + 1)]
 
     def augmentation(self, epoch: int, index: int) -> Augmentation | None:
