@@ -24,6 +24,11 @@ from masksfm.objective import compute_objective
 from helpers import fixed_batch
 
 H, W = 64, 208
+# The masks are thresholds of depths and errors, so the loss steps where float rounding flips one
+# pixel's mask: on this batch a 1e-6 relative change of the disparities moves it by 1.7e-5 (measured
+# on an AVX-512 CPU, where channels_last's rounding does flip one). Two forms of the same step agree
+# within a few such steps.
+LOSS_REL = 1e-4
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +61,7 @@ def test_box_mean3_is_the_3x3_average():
 def test_channels_last_gives_the_same_loss_and_gradients(batch):
     loss, grad = loss_and_gradients(batch, None)
     loss_cl, grad_cl = loss_and_gradients(batch, "fp32")
-    assert loss_cl == pytest.approx(loss, rel=1e-5)
+    assert loss_cl == pytest.approx(loss, rel=LOSS_REL)
     assert torch.allclose(grad_cl, grad, rtol=1e-3, atol=1e-5 * grad.abs().max().item())
 
 
@@ -207,7 +212,7 @@ def test_one_matrix_warp_and_matrix_upsampling_give_the_same_step(batch, monkeyp
     monkeypatch.setattr(depth_module, "upsample_bilinear", interpolate)
     monkeypatch.setattr(objective_module, "upsample_bilinear", interpolate)
     loss_before, grad_before = loss_and_gradients(batch, "fp32")
-    assert loss == pytest.approx(loss_before, rel=1e-5)
+    assert loss == pytest.approx(loss_before, rel=LOSS_REL)
     # float32 rounding moves a sampling point by ~1e-5 px, which moves a few of bilinear sampling's
     # gradients more than the element-wise tolerance above; the gradient as a whole agrees to 1e-4 (asserted: 1e-3).
     assert (grad - grad_before).norm() <= 1e-3 * grad_before.norm()
