@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/learning.py [--steps 600] [--seeds 3] [--first-seed 100]
         [--variants default,snippet-pose] [--height 64] [--width 224] [--scenes 6] [--frames 40]
-        [--jobs 1] [--threads 2] [--device cpu] [--work runs/learning] [--out results] [--peers H2H] [--quick] [--list]
+        [--jobs 1] [--threads 2] [--device cpu] [--work runs/learning] [--out results] [--peers H2H] [--flip]
+        [--quick] [--list]
 
 The question of the learning issue: does masksfm's default recipe learn depth and ego-motion better
 than the trivial guesses and than the peers (SfmLearner-Pytorch, monodepth2) on the same data? A
@@ -127,6 +128,9 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "shifts-own-batch": ("default", ["loss.shift_weight=0.3", "loss.shift_from_step=200", "loss.shift_rotation=true",
                                      "model.joint_pose_batch=false"],
                          "shifts (distances and rotations) with the shifted snippets in a pose-net call of their own"),
+    "pose-mirror-mean": ("default", ["model.pose_mirror_mean=true"],
+                         "the pose net's poses the mean of its reading of the snippet and of its mirror image, "
+                         "in training too (twenty-first session)"),
     "uneven-strides": ("default", ["data.strides=[1, 2]", "data.uneven_strides=true"],
                        "snippets of consecutive frames, of every other frame, and one frame apart on one side of "
                        "the target and two on the other (the speed changes within a snippet by 2x or 0.5x)"),
@@ -240,15 +244,16 @@ def constant_speed(scene) -> np.ndarray:
 
 
 @torch.no_grad()
-def score(run_dir: Path, data: Path) -> dict[str, float]:
-    """Depth and pose figures of a trained run on the test scenes."""
+def score(run_dir: Path, data: Path, flip: bool = False) -> dict[str, float]:
+    """Depth and pose figures of a trained run on the test scenes (with `flip`, each frame and snippet
+    read as it is and mirrored, the readings averaged: `masksfm eval depth/pose --flip`)."""
     model, config, _ = load_model(run_dir, "cpu")
     device = torch.device("cpu")
     scenes = load_split(data, "test")
     frames = [sequence_frames(scene, config.data.height, config.data.width) for scene in scenes]
-    flat = [d[0].numpy() for f in frames for d in predict_disparity(model.depth_net, f, device)]
+    flat = [d[0].numpy() for f in frames for d in predict_disparity(model.depth_net, f, device, flip=flip)]
     depth = evaluate_depth_items(scene_items(scenes), lambda indices, batch: [flat[k] for k in indices])
-    snippets = {scene.name: predict_snippet_poses(model.pose_net, f, config.data.snippet_length, device)
+    snippets = {scene.name: predict_snippet_poses(model.pose_net, f, config.data.snippet_length, device, flip=flip)
                 for scene, f in zip(scenes, frames)}
     rel = {name: chain_snippet_poses(poses) for name, poses in snippets.items()}
     return {**{key: depth[key] for key in DEPTH}, **pose_figures(rel, scenes, snippets)}
@@ -296,6 +301,8 @@ def run_one(variant: str, seed: int, args, data: Path, run_dir: Path) -> dict:
     train_s, train_cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
     result = {"variant": variant, "seed": seed, **score(run_dir, data), "train_s": train_s,
               "train_cpu_s": train_cpu_s, "config": _plain(config.to_dict())}
+    if args.flip:
+        result["flip"] = score(run_dir, data, flip=True)
     if not args.keep_checkpoints:
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     (run_dir / "result.json").write_text(json.dumps(result, indent=1))
@@ -395,6 +402,8 @@ def parse_args(argv):
                         help="the peer drivers' work folder: H2H/s<seed>/runs/{sfp_600,md2_600,sfp_eqtime,md2_eqtime} "
                              "and H2H/s<seed>/data")
     parser.add_argument("--keep-checkpoints", action="store_true")
+    parser.add_argument("--flip", action="store_true",
+                        help="also score each run read with --flip (a row of its own; needs its checkpoints)")
     parser.add_argument("--quick", action="store_true", help="smoke test: a tiny set, 4 steps, 1 seed")
     parser.add_argument("--list", action="store_true", help="list the variants and exit")
     return parse_bench_args(parser, argv, QUICK, VARIANTS)
@@ -420,6 +429,9 @@ def main(argv: list[str] | None = None) -> dict:
                 if any(key not in stored for key in (*PARTS, "ate_own")) and (run_dir / "checkpoints").is_dir():
                     stored.update(score(run_dir, sets[seed]))  # a run scored before these figures were measured
                     done.write_text(json.dumps(stored, indent=1))
+                if args.flip and "flip" not in stored and (run_dir / "checkpoints").is_dir():
+                    stored["flip"] = score(run_dir, sets[seed], flip=True)
+                    done.write_text(json.dumps(stored, indent=1))
                 results.append(stored)
             else:
                 shutil.rmtree(run_dir, ignore_errors=True)
@@ -443,6 +455,12 @@ def main(argv: list[str] | None = None) -> dict:
     for variant in variants:
         rows = [with_ratios(r, seeds[r["seed"]]) for r in results if r["variant"] == variant and "error" not in r]
         table[variant], what[variant] = summarize(rows), VARIANTS[variant][2]
+        flipped = [with_ratios({**r["flip"], "seed": r["seed"]}, seeds[r["seed"]]) for r in results
+                   if r["variant"] == variant and "flip" in r]
+        if args.flip and flipped:
+            name = f"{variant}, read with --flip"
+            table[name], what[name] = summarize(flipped), ("the same nets, each frame and snippet read as it is and "
+                                                           "mirrored, the readings averaged (eval depth/pose --flip)")
     if args.peers:
         for peer, text in PEERS.items():
             rows = [(s, peer_figures(args.peers / f"s{s}" / "runs" / peer, sets[s])) for s in seeds]

@@ -126,7 +126,7 @@ def cmd_eval_depth(args) -> None:
     from masksfm.inference import run_eval_depth
 
     metrics = run_eval_depth(args.run, args.data, args.split, args.crop, args.pred_kind, args.device,
-                             median_scaling=args.scaling == "median")
+                             median_scaling=args.scaling == "median", flip=args.flip)
     print_metrics(f"depth, split {args.split}", metrics, args.json)
 
 
@@ -138,7 +138,7 @@ def cmd_eval_pose(args) -> None:
     from masksfm.inference import run_eval_pose
 
     results = run_eval_pose(args.run, args.data, args.split, args.out, args.device, refine=args.refine,
-                            refine_motion=args.refine_motion)
+                            refine_motion=args.refine_motion, flip=args.flip)
     keys = ["ate_mean", "ate_std", "ate3_mean", "ate3_std", "ate_own_mean", "ate_own_std", "ate_rmse", "rpe_trans",
             "rpe_rot", "t_rel", "r_rel"]
     table = Table(title=f"pose, split {args.split} (snippet ATE, metres: 5 frames (ate) and 3 frames (ate3) chained "
@@ -166,7 +166,7 @@ def cmd_predict(args) -> None:
     summaries = run_predict(args.run, args.input, args.out, save=args.save, ply=args.ply, trajectory=args.trajectory,
                             camera_height=args.camera_height, batch_size=args.batch_size, device=args.device,
                             intrinsics=args.intrinsics, fov=args.fov, refine=args.refine,
-                            refine_motion=args.refine_motion)
+                            refine_motion=args.refine_motion, flip=args.flip)
     frames = sum(s["frames"] for s in summaries.values())
     scales = [f" (median scale {s['scale_median']:.4g} m per model unit)"
               for s in summaries.values() if "scale_median" in s]
@@ -195,6 +195,12 @@ def cmd_demo(args) -> None:
 
 def _add_device(p) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
+
+
+def _add_flip(p, what: str) -> None:
+    p.add_argument("--flip", action="store_true",
+                   help=f"read every frame twice, as it is and mirrored, and average the two {what} (the mirrored one "
+                        "mirrored back; monodepth2's post-processing): twice the inference cost")
 
 
 def _add_refine(p) -> None:
@@ -335,6 +341,7 @@ def _add_eval(commands) -> None:
                         "(default); none: score metric depth as it is, e.g. predict --camera-height output")
     p.add_argument("--json", type=Path, default=None, help="write the metrics to this JSON file")
     _add_device(p)
+    _add_flip(p, "disparities")
     p.set_defaults(func=cmd_eval_depth)
 
     p = what.add_parser("pose", help="5-frame snippet ATE and full-trajectory ATE / RPE / KITTI t_rel, r_rel",
@@ -347,6 +354,7 @@ def _add_eval(commands) -> None:
     p.add_argument("--out", type=Path, default=None, help="folder for trajectories and plots")
     _add_refine(p)
     _add_device(p)
+    _add_flip(p, "poses")
     p.set_defaults(func=cmd_eval_pose)
 
 
@@ -376,6 +384,7 @@ def _add_predict(commands) -> None:
                        help="horizontal field of view, degrees, of inputs without cam.txt (default 70)")
     calib.add_argument("--intrinsics", default=None, help="fx,fy,cx,cy in the input's pixels (overrides cam.txt)")
     _add_device(p)
+    _add_flip(p, "depth maps and poses")
     p.set_defaults(func=cmd_predict)
 
 

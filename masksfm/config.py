@@ -50,6 +50,7 @@ class ModelConfig:
     motion: str = "vehicle"  # vehicle (a car's camera: along the chord of a planar arc) | vehicle_vertical (that chord tilted up or down: no sideways travel) | free (any rigid motion)
     pretrained: str | None = None  # safetensors weights for the ResNet-18 encoder (never downloaded)
     source_depth_grad: bool = False  # True: the loss trains the depth net through the sources' depth too (False: targets' only)
+    pose_mirror_mean: bool = False  # the pose net's poses the mean of its reading of the snippet and of its mirror image, in training too (networks.pose.MirrorMean)
     joint_pose_batch: bool = True  # the pose net reads the relations' snippets in one batch with the training snippets (False: a call of their own)
 
 
@@ -242,6 +243,9 @@ def validate(config: Config) -> None:
         raise MasksfmError("config key model.pose: pairs has no explainability decoder; use snippet with loss.mask=explainability")
     if config.model.pose_encoder == "resnet18" and config.loss.mask == "explainability":
         raise MasksfmError("config key model.pose_encoder: resnet18 has no explainability decoder; use conv with loss.mask=explainability")
+    if config.model.pose_mirror_mean and config.loss.mask == "explainability":
+        raise MasksfmError("config key model.pose_mirror_mean: the mirror mean has no explainability masks; "
+                           "use another loss.mask")
     for key in ("smoothness_weight", "consistency_weight", "velocity_weight", "turn_weight", "stride_weight", "shift_weight",
                 "logit_bound", "logit_bound_weight"):
         if getattr(config.loss, key) < 0:

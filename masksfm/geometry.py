@@ -218,6 +218,20 @@ def pose_vec_to_mat(vec: torch.Tensor) -> torch.Tensor:
     return T
 
 
+def mirror_pose_vec(vec: torch.Tensor) -> torch.Tensor:
+    """The 6-vector of a motion seen in horizontally mirrored images: S·T·S with S = diag(−1, 1, 1).
+
+    Mirroring negates x, so the translation becomes (−tx, ty, tz) and the axis-angle, a pseudovector,
+    (rx, −ry, −rz): a turn to the left becomes a turn to the right. Its own inverse.
+
+    Args:
+        vec: (..., 6) `[tx, ty, tz, rx, ry, rz]`, translation then axis-angle (radians).
+    Returns:
+        (..., 6) the mirrored motion's parameters (exact).
+    """
+    return vec * vec.new_tensor([-1.0, 1.0, 1.0, 1.0, -1.0, -1.0])
+
+
 def mat_to_pose_vec(T: torch.Tensor) -> torch.Tensor:
     """4x4 transforms (B, 4, 4) to 6-vectors [tx, ty, tz, rx, ry, rz] (axis-angle), (B, 6)."""
     _check("T", T, (None, 4, 4))

@@ -25,7 +25,7 @@ from masksfm.evaluation import (
     snippet_steps,
 )
 from masksfm.errors import MasksfmError
-from masksfm.geometry import pose_vec_to_mat, scale_intrinsics, snippet_transforms
+from masksfm.geometry import mirror_pose_vec, pose_vec_to_mat, scale_intrinsics, snippet_transforms
 from masksfm.progress import progress_bar
 
 
@@ -37,8 +37,13 @@ def frames_to_tensor(frames: np.ndarray, height: int, width: int) -> torch.Tenso
 
 
 @torch.no_grad()
-def predict_disparity(depth_net: torch.nn.Module, frames: torch.Tensor, device: torch.device, batch_size: int = 8) -> torch.Tensor:
+def predict_disparity(depth_net: torch.nn.Module, frames: torch.Tensor, device: torch.device, batch_size: int = 8,
+                      flip: bool = False) -> torch.Tensor:
     """Finest-scale disparity of frames already at the net's size.
+
+    With `flip`, the mean of the disparity of each frame and of its mirror image mirrored back (the
+    test-time flip of monodepth2's post-processing, without its ramps at the borders, which are for
+    the occlusions of stereo training).
 
     Args:
         frames: (N, 3, h, w) in [0, 1].
@@ -46,7 +51,12 @@ def predict_disparity(depth_net: torch.nn.Module, frames: torch.Tensor, device: 
         (N, 1, h, w) disparity on the CPU (depth = 1 / disparity, in the model's own scale).
     """
     depth_net.eval()
-    out = [depth_net(frames[i:i + batch_size].to(device))[0].cpu() for i in range(0, len(frames), batch_size)]
+
+    def disparity(x):
+        disp = depth_net(x)[0]
+        return 0.5 * (disp + depth_net(x.flip(-1))[0].flip(-1)) if flip else disp
+
+    out = [disparity(frames[i:i + batch_size].to(device)).cpu() for i in range(0, len(frames), batch_size)]
     return torch.cat(out)
 
 
@@ -114,13 +124,15 @@ def depth_items(data: Path, split: str) -> list[DepthItem]:
 Predictor = Callable[[list[int], list[DepthItem]], list[np.ndarray]]
 
 
-def model_predictor(depth_net: torch.nn.Module, height: int, width: int, device: torch.device) -> Predictor:
-    """Disparities of a model for a batch of items (frames resized to the net's size as in training)."""
+def model_predictor(depth_net: torch.nn.Module, height: int, width: int, device: torch.device,
+                    flip: bool = False) -> Predictor:
+    """Disparities of a model for a batch of items (frames resized to the net's size as in training;
+    with `flip`, averaged with the mirrored frames', :func:`predict_disparity`)."""
 
     def predict(indices: list[int], items: list[DepthItem]) -> list[np.ndarray]:
         # Frames are resized one by one: test images of one split may differ in size (KITTI drives).
         frames = torch.cat([frames_to_tensor(item.read_image()[None], height, width) for item in items])
-        return [d[0].numpy() for d in predict_disparity(depth_net, frames, device)]
+        return [d[0].numpy() for d in predict_disparity(depth_net, frames, device, flip=flip)]
 
     return predict
 
@@ -188,12 +200,36 @@ def evaluate_depth(depth_net: torch.nn.Module, scenes: Sequence[Scene], height: 
 
 
 @torch.no_grad()
+def read_poses(pose_net: torch.nn.Module, target: torch.Tensor, sources: torch.Tensor, flip: bool = False) -> torch.Tensor:
+    """The pose net's T_t2s for a batch of snippets, (B, S, 6) `[t, axis-angle]`.
+
+    With `flip`, the mean of its reading of the frames and of the same frames mirrored (mirrored back:
+    :func:`masksfm.geometry.mirror_pose_vec`), the test-time flip that monodepth2's post-processing
+    applies to depth; the nets train on mirrored snippets half the time, so both readings are in
+    their experience. The mean of two motions along a car's path (a mirrored path is one) is on it to
+    second order in the difference of their turns: within 1e-4 of the distance for turns a degree apart.
+
+    Args:
+        target: (B, 3, H, W); sources: (B, S, 3, H, W), in [0, 1].
+    """
+
+    def call(target, sources):
+        out = pose_net(target, sources)
+        return out[0] if isinstance(out, tuple) else out
+
+    poses = call(target, sources)
+    if not flip:
+        return poses
+    return 0.5 * (poses + mirror_pose_vec(call(target.flip(-1), sources.flip(-1))))
+
+
+@torch.no_grad()
 def predict_snippet_poses(pose_net: torch.nn.Module, frames: torch.Tensor, snippet_length: int,
-                          device: torch.device, batch_size: int = 16) -> np.ndarray:
+                          device: torch.device, batch_size: int = 16, flip: bool = False) -> np.ndarray:
     """The pose net's own output for every snippet of a sequence, one call per snippet.
 
     Every frame c with a full snippet of L frames around it is a target; the net gives T_{c→s} for
-    its sources.
+    its sources (with `flip`, averaged with its reading of the mirrored snippet: :func:`read_poses`).
 
     Args:
         frames: (N, 3, h, w) in [0, 1] at the net's size, N >= snippet_length.
@@ -211,8 +247,7 @@ def predict_snippet_poses(pose_net: torch.nn.Module, frames: torch.Tensor, snipp
         chunk = centers[start:start + batch_size]
         snippets = torch.stack([frames[c - half:c + half + 1] for c in chunk]).to(device)
         sources = torch.cat([snippets[:, :half], snippets[:, half + 1:]], dim=1)
-        out = pose_net(snippets[:, half], sources)
-        poses = out[0] if isinstance(out, tuple) else out
+        poses = read_poses(pose_net, snippets[:, half], sources, flip)
         T = pose_vec_to_mat(poses.reshape(-1, 6).double()).view(len(chunk), snippet_length - 1, 4, 4).cpu()
         snippet_poses.append(snippet_transforms(T))
     return torch.cat(snippet_poses).numpy()
@@ -238,10 +273,10 @@ def chain_snippet_poses(snippet_poses: np.ndarray) -> np.ndarray:
 
 
 def predict_relative_poses(pose_net: torch.nn.Module, frames: torch.Tensor, snippet_length: int,
-                           device: torch.device, batch_size: int = 16) -> np.ndarray:
+                           device: torch.device, batch_size: int = 16, flip: bool = False) -> np.ndarray:
     """Relative poses between consecutive frames of a sequence, from a snippet pose net:
     :func:`chain_snippet_poses` of :func:`predict_snippet_poses`, (N − 1, 4, 4) float64."""
-    return chain_snippet_poses(predict_snippet_poses(pose_net, frames, snippet_length, device, batch_size))
+    return chain_snippet_poses(predict_snippet_poses(pose_net, frames, snippet_length, device, batch_size, flip))
 
 
 def is_prediction_folder(run: Path) -> bool:
@@ -252,11 +287,13 @@ def is_prediction_folder(run: Path) -> bool:
 
 
 def run_eval_depth(run: Path, data: Path, split: str = "test", crop: str | None = None, pred_kind: str = "disp",
-                   device: str | None = None, progress: bool = True, median_scaling: bool = True) -> dict[str, float]:
+                   device: str | None = None, progress: bool = True, median_scaling: bool = True,
+                   flip: bool = False) -> dict[str, float]:
     """`masksfm eval depth`: the seven metrics and `count` of a run (or a prediction folder) on a split.
 
     The Garg crop is the default only for `kitti-raw` data (docs/design.md §6). `median_scaling=False` scores
-    metric depth as it is (e.g. `predict --camera-height` output).
+    metric depth as it is (e.g. `predict --camera-height` output). `flip`: a model's disparity averaged with
+    that of the mirrored frame (:func:`predict_disparity`).
     """
     from masksfm.data.layout import read_dataset_info
     from masksfm.model import load_model, pick_device
@@ -269,11 +306,14 @@ def run_eval_depth(run: Path, data: Path, split: str = "test", crop: str | None 
         refuse_video_without_truth(data, split, "depth")
     items = depth_items(data, split)
     if is_prediction_folder(run):
+        if flip:
+            raise MasksfmError(f"{run}: --flip reads frames with a model; a folder of predictions has none")
         predict, kind_of_prediction = folder_predictor(run), pred_kind
     else:
         dev = pick_device(device)
         model, config, _ = load_model(run, dev)
-        predict, kind_of_prediction = model_predictor(model.depth_net, config.data.height, config.data.width, dev), "disp"
+        predictor = model_predictor(model.depth_net, config.data.height, config.data.width, dev, flip)
+        predict, kind_of_prediction = predictor, "disp"
     return evaluate_depth_items(items, predict, kind=kind_of_prediction, garg_crop=garg, median_scaling=median_scaling,
                                 progress=progress)
 
@@ -336,7 +376,8 @@ def snippet_summary(sequences: list[tuple[np.ndarray, np.ndarray]],
 
 
 def run_eval_pose(run: Path, data: Path, split: str = "test", out: Path | None = None, device: str | None = None,
-                  progress: bool = True, refine: int | None = None, refine_motion: str | None = None) -> dict:
+                  progress: bool = True, refine: int | None = None, refine_motion: str | None = None,
+                  flip: bool = False) -> dict:
     """`masksfm eval pose`: snippet ATE over all test scenes, and per scene the full trajectory
     chained from pairwise predictions (ATE RMSE, RPE, KITTI t_rel / r_rel), its KITTI and TUM files
     and a plot (docs/design.md §1, §6).
@@ -346,6 +387,8 @@ def run_eval_pose(run: Path, data: Path, split: str = "test", out: Path | None =
     and scored alike: `refined` beside the pose net's own figures (overall and per scene; its
     trajectory files in OUT/<scene>/refined/), which stay as they are. The refinement keeps the
     model's motion (`model.motion`: a car's camera stays on its chord), or solves for `refine_motion`.
+    With `flip`, every pose is the mean of the net's reading of the snippet and of its mirror image
+    (:func:`read_poses`); the refinement starts from those.
     """
     from masksfm.model import load_model, pick_device
     from masksfm.refine import refine_relative_poses
@@ -369,7 +412,7 @@ def run_eval_pose(run: Path, data: Path, split: str = "test", out: Path | None =
         if len(scene) < max(config.data.snippet_length, 5):
             continue
         frames = sequence_frames(scene, config.data.height, config.data.width)
-        snippets = predict_snippet_poses(model.pose_net, frames, config.data.snippet_length, dev)
+        snippets = predict_snippet_poses(model.pose_net, frames, config.data.snippet_length, dev, flip=flip)
         rel = chain_snippet_poses(snippets)
         _, sequences[scene.name] = sequence_pose_results(scene, rel, out / scene.name, snippets)
         predicted.append((rel, scene.poses))

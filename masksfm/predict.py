@@ -107,7 +107,7 @@ class _FrameWriter:
 
 def _predict_sequence(model, config, sequence: FrameSequence, folder: Path, save: frozenset[str], ply: bool,
                       trajectory: bool, camera_height: float | None, batch_size: int, device: torch.device,
-                      progress: bool, refine: int | None, motion: str) -> dict:
+                      progress: bool, refine: int | None, motion: str, flip: bool = False) -> dict:
     from masksfm.inference import frames_to_tensor, predict_disparity, predict_relative_poses
     from masksfm.refine import refine_relative_poses
     from masksfm.trajectory import chain_relative_poses, plot_trajectories, write_tum
@@ -123,7 +123,7 @@ def _predict_sequence(model, config, sequence: FrameSequence, folder: Path, save
     bar = progress_bar(sequence.count, f"predict {Path(sequence.label).name}", "frame", enabled=progress)
     for batch in _batches(sequence.frames(), batch_size):
         x = torch.cat([frames_to_tensor(rgb[None], height, width) for _, rgb in batch])
-        disp = predict_disparity(model.depth_net, x, device, batch_size)
+        disp = predict_disparity(model.depth_net, x, device, batch_size, flip=flip)
         if trajectory:
             net_frames.append((x * 255).round().to(torch.uint8))
         for stem, rgb in batch:
@@ -178,7 +178,7 @@ def _predict_sequence(model, config, sequence: FrameSequence, folder: Path, save
             raise MasksfmError(f"{sequence.label}: --trajectory needs a sequence of at least "
                                f"{config.data.snippet_length} frames (the pose net's snippet), got {len(stems)}")
         frames = _UnitFrames(torch.cat(net_frames))
-        rel = predict_relative_poses(model.pose_net, frames, config.data.snippet_length, device)
+        rel = predict_relative_poses(model.pose_net, frames, config.data.snippet_length, device, flip=flip)
         if refine is not None:  # before the metric scale: refined translations are in the depth net's unit
             rel = refine_relative_poses(model.depth_net, frames, rel, np.stack(net_K), device, batch_size,
                                         iterations=refine, motion=motion)
@@ -216,6 +216,7 @@ def run_predict(
     progress: bool = True,
     refine: int | None = None,
     refine_motion: str | None = None,
+    flip: bool = False,
 ) -> dict:
     """`masksfm predict`: depth (and point clouds, metric scale, trajectories) for every frame of INPUT.
 
@@ -234,6 +235,8 @@ def run_predict(
         refine: with `trajectory`, refine the pose net's relative poses photometrically against the
             depth net's depth, this many LM iterations per pyramid level (:mod:`masksfm.refine`),
             with the model's motion (`model.motion`), or `refine_motion` (free | vehicle | vehicle_vertical).
+        flip: each depth map (and pose) the mean of the nets' reading of the frames and of their mirror
+            images (:func:`masksfm.inference.predict_disparity`, :func:`masksfm.inference.read_poses`).
     Returns:
         A summary per sequence (keyed by its label): frames, out, and the scale / trajectory figures.
     """
@@ -263,5 +266,5 @@ def run_predict(
         folder = out / sequence.scene if sequence.scene is not None else out
         summaries[sequence.label] = _predict_sequence(model, config, sequence, folder, save, ply, trajectory,
                                                       camera_height, batch_size, dev, progress, refine,
-                                                      refine_motion or config.model.motion)
+                                                      refine_motion or config.model.motion, flip)
     return summaries

@@ -11,7 +11,7 @@ import torch
 from masksfm.cli import main
 from masksfm.data.layout import load_split, read_poses
 from masksfm.evaluation import DEPTH_METRICS
-from masksfm.geometry import vehicle_chord
+from masksfm.geometry import pose_vec_to_mat, vehicle_chord
 from masksfm.inference import (
     depth_items,
     evaluate_depth_items,
@@ -33,6 +33,33 @@ def test_eval_depth_json(tiny_run, synth_dataset, tmp_path, capsys):
     assert set(metrics) == set(DEPTH_METRICS) | {"count"}
     assert metrics["count"] == 10 and 0 < metrics["abs_rel"] < 2 and 0 <= metrics["a1"] <= 1
     assert "abs_rel" in capsys.readouterr().out
+
+
+def test_eval_with_flip_reads_the_mirrored_frames_too(tiny_run, synth_dataset, tmp_path):
+    """`--flip` through the commands: other figures than without it (the nets are not symmetric),
+    those of `predict_disparity(flip=True)`; a folder of predictions has no model to read with."""
+    figures = {}
+    for flag in ([], ["--flip"]):
+        depth, pose = tmp_path / f"depth{len(flag)}.json", tmp_path / f"pose{len(flag)}.json"
+        main(["eval", "depth", str(tiny_run), str(synth_dataset), "--json", str(depth), *flag])
+        main(["eval", "pose", str(tiny_run), str(synth_dataset), "--json", str(pose), "--out", str(tmp_path / "t"), *flag])
+        figures[bool(flag)] = json.loads(depth.read_text()), json.loads(pose.read_text())
+    assert figures[True][0]["abs_rel"] != figures[False][0]["abs_rel"]
+    assert figures[True][1]["ate_mean"] != figures[False][1]["ate_mean"]
+    model, config, _ = load_model(tiny_run)
+    items = depth_items(synth_dataset, "test")
+
+    def predict(indices, batch):
+        frames = torch.cat([frames_to_tensor(item.read_image()[None], config.data.height, config.data.width)
+                            for item in batch])
+        return [d[0].numpy() for d in predict_disparity(model.depth_net, frames, torch.device("cpu"), flip=True)]
+
+    assert evaluate_depth_items(items, predict)["abs_rel"] == pytest.approx(figures[True][0]["abs_rel"], rel=1e-6)
+    folder = tmp_path / "preds"
+    folder.mkdir()
+    np.save(folder / "000000.npy", np.ones((4, 4), np.float32))
+    result = run_masksfm("eval", "depth", folder, synth_dataset, "--flip")
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0 and "--flip" in result.stderr
 
 
 @pytest.mark.slow
@@ -132,11 +159,34 @@ def test_relative_poses_from_snippets_are_consistent(tiny_run, synth_dataset):
     rel = predict_relative_poses(model.pose_net, frames, 3, torch.device("cpu"))
     assert rel.shape == (9, 4, 4)
     # frame 1's snippet gives T_{1->0} directly: rel[0] = inv(P_0) P_1 = T_{1->0}
-    from masksfm.geometry import pose_vec_to_mat
 
     poses = model.pose_net(frames[1:2], torch.stack([frames[0], frames[2]])[None])
     direct = pose_vec_to_mat(poses[0].double())[0]
     assert np.allclose(rel[0], direct.detach().numpy(), atol=1e-5)
+
+
+def test_the_flip_averaged_reading_is_the_mirror_of_the_mirrored_one(tiny_run, synth_dataset):
+    """With `flip`, depth and poses read from mirrored frames are the mirror images of those read from the
+    frames (the reading averages both); without it they are not, the nets not being symmetric."""
+    from masksfm.geometry import mirror_pose_vec
+    from masksfm.inference import read_poses
+
+    model, config, _ = load_model(tiny_run)
+    frames = frames_to_tensor(np.stack([load_split(synth_dataset, "test")[0].read_frame(i) for i in range(3)]),
+                              config.data.height, config.data.width)
+    target, sources, mirrored = frames[1:2], torch.stack([frames[0], frames[2]])[None], frames.flip(-1)
+    cpu = torch.device("cpu")
+    for flip, same in ((True, True), (False, False)):
+        poses = read_poses(model.pose_net, target, sources, flip)
+        poses_mirrored = read_poses(model.pose_net, mirrored[1:2], sources.flip(-1), flip)
+        assert torch.allclose(mirror_pose_vec(poses_mirrored), poses, rtol=1e-4, atol=1e-9) == same
+        disparity = predict_disparity(model.depth_net, frames, cpu, flip=flip)
+        disparity_mirrored = predict_disparity(model.depth_net, mirrored, cpu, flip=flip)
+        assert torch.allclose(disparity_mirrored.flip(-1), disparity, rtol=1e-4) == same
+    # The mean of two readings along a car's path is on it (no sideways travel).
+    T = pose_vec_to_mat(read_poses(model.pose_net, target, sources, flip=True)[0].double())
+    assert torch.allclose(T[:, :3, 3], (T[:, :3, 3] * vehicle_chord(T[:, :3, :3])).sum(1, keepdim=True)
+                          * vehicle_chord(T[:, :3, :3]), atol=1e-7)
 
 
 @pytest.mark.slow

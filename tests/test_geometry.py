@@ -92,6 +92,22 @@ class TestPoses:
         assert torch.allclose(P_s @ (T_t2s[0] @ X_t), P_t @ X_t)  # same world point
         assert np.allclose(G.relative_pose(P_t[0].numpy(), P_s[0].numpy()), T_t2s[0].numpy())
 
+    def test_mirror_pose_vec_is_the_motion_in_mirrored_images(self):
+        vec = torch.tensor([[0.3, -0.1, 2.0, 0.1, 0.2, -0.3], [-0.05, 0.0, 0.9, 0.0, -0.02, 0.0]], dtype=torch.float64)
+        S = torch.diag(torch.tensor([-1.0, 1.0, 1.0, 1.0], dtype=torch.float64))
+        mirrored = G.pose_vec_to_mat(G.mirror_pose_vec(vec))
+        assert torch.allclose(mirrored, S @ G.pose_vec_to_mat(vec) @ S, atol=1e-12)
+        assert torch.equal(G.mirror_pose_vec(G.mirror_pose_vec(vec)), vec)
+        # A point moved by T lands at pixel u; its mirror image moved by the mirrored motion lands at
+        # W - 1 - u with the flipped intrinsics (the images mirrored as the dataset's flip does).
+        K, W = kitti_like_K(dtype=torch.float64)[0], 416
+        Kf = G.flip_intrinsics(K, W)
+        X = torch.tensor([1.3, 0.2, 5.0, 1.0], dtype=torch.float64)
+        moved = (G.pose_vec_to_mat(vec)[0] @ X)[:3]
+        moved_mirror = (mirrored[0] @ (S @ X))[:3]
+        u = (K @ moved)[0] / moved[2]
+        assert torch.isclose((Kf @ moved_mirror)[0] / moved_mirror[2], W - 1 - u, atol=1e-9)
+
 
 class TestVehicleTravelBasis:
     def test_orthonormal_and_the_chord_first(self):

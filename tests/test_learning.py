@@ -12,9 +12,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_bench(tmp_path: Path) -> subprocess.CompletedProcess:
+def run_bench(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "bench" / "learning.py"), "--quick", "--threads", "1",
-                           "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--keep-checkpoints"],
+                           "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--keep-checkpoints",
+                           *extra],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
@@ -48,6 +49,13 @@ def test_quick_learning_bench_runs_scores_and_resumes(tmp_path):
     rescored = json.loads(result_file.read_text())
     assert rescored["direction_err"] == pytest.approx(stored["direction_err"])
     assert rescored["ate_own"] == pytest.approx(stored["ate_own"])
+    # --flip scores the kept nets read as they are and mirrored, in a row of their own.
+    flipped = run_bench(tmp_path, "--flip")
+    assert flipped.returncode == 0 and "1 runs done before, 0 to run" in flipped.stdout, flipped.stderr
+    table = json.loads((tmp_path / "out" / "learning.json").read_text())["table"]
+    row = table["default, read with --flip"]
+    assert row["n"] == 1 and row["abs_rel"][0] != table["default"]["abs_rel"][0] and row["ate5"][0] > 0
+    assert "| default, read with --flip | 1 |" in (tmp_path / "out" / "learning.md").read_text()
 
 
 def test_a_variants_overrides_win_over_the_benchs_budget():

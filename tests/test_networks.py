@@ -565,3 +565,30 @@ class TestVehicleMotion:
             poses, inner = model.pose_net(target, sources), model.pose_net.net(target, sources)
         assert torch.equal(poses, onto_vehicle_path(inner, vertical=True))
         assert not torch.equal(poses, onto_vehicle_path(inner))
+
+
+class TestMirrorMean:
+    """`model.pose_mirror_mean`: a pose net that reads a snippet and its mirror image alike."""
+
+    def test_a_mirrored_snippet_gets_the_mirrored_poses(self):
+        from masksfm.config import load_config
+        from masksfm.geometry import mirror_pose_vec
+        from masksfm.model import build_model
+
+        torch.manual_seed(0)
+        model = build_model(load_config(None, ["model.pose_mirror_mean=true", "data.height=64", "data.width=96"]))
+        target, sources = torch.rand(2, 3, 64, 96), torch.rand(2, 2, 3, 64, 96)
+        poses = model.pose_net(target, sources)  # training mode: batch statistics per reading
+        mirrored = model.pose_net(target.flip(-1), sources.flip(-1))
+        assert torch.allclose(mirror_pose_vec(mirrored), poses, atol=1e-9)
+        # The net inside reads the two differently: the mean is not either reading.
+        inner = model.pose_net.net.net
+        assert not torch.allclose(onto_vehicle_path(inner(target, sources)), poses, atol=1e-6)
+        poses.square().sum().backward()
+        assert all(p.grad is not None for p in inner.parameters())
+
+    def test_no_explainability(self):
+        from masksfm.config import load_config
+
+        with pytest.raises(MasksfmError, match="pose_mirror_mean"):
+            load_config(None, ["model.pose_mirror_mean=true", "model.pose_encoder=conv", "loss.mask=explainability"])

@@ -295,6 +295,29 @@ class TestPredictInputs:
         points, _ = read_ply(tmp_path / "out" / "points" / f"{image.stem}.ply")
         assert len(points) == 64 * 208
 
+    def test_flip_writes_the_mirror_averaged_depth_and_trajectory(self, tiny_run, scene_dir, tmp_path):
+        """`predict --flip --trajectory` on the scene's first 5 frames at the net's size: the depth is
+        1 / the flip-averaged disparity, the trajectory the chain of the flip-averaged poses."""
+        from masksfm.data.layout import read_poses
+        from masksfm.inference import frames_to_tensor, predict_disparity, predict_relative_poses
+        from masksfm.model import load_model
+        from masksfm.trajectory import chain_relative_poses
+
+        folder = tmp_path / "frames"
+        frames = [read_image(path) for path in sorted(scene_dir.glob("*.png"))[:5]]
+        for i, frame in enumerate(frames):
+            write_image(folder / f"{i:06d}.png", frame)
+        out = tmp_path / "out"
+        main(["predict", str(tiny_run), str(folder), "--out", str(out), "--save", "npy", "--trajectory", "--flip"])
+        model, config, _ = load_model(tiny_run)
+        x, cpu = frames_to_tensor(np.stack(frames), config.data.height, config.data.width), torch.device("cpu")
+        disparity = predict_disparity(model.depth_net, x, cpu, flip=True)[2, 0].numpy()
+        assert np.allclose(np.load(out / "depth" / "000002.npy"), 1.0 / disparity, rtol=1e-5)
+        flipped = chain_relative_poses(predict_relative_poses(model.pose_net, x, config.data.snippet_length, cpu, flip=True))
+        plain = chain_relative_poses(predict_relative_poses(model.pose_net, x, config.data.snippet_length, cpu))
+        written = read_poses(out / "trajectory.kitti.txt")
+        assert np.allclose(written, flipped, atol=1e-6) and not np.allclose(written, plain, atol=1e-6)
+
     def test_dataset_goes_to_scene_folders(self, tiny_run, synth_dataset, tmp_path):
         main(["predict", str(tiny_run), str(synth_dataset), "--out", str(tmp_path / "out"), "--save", "npy",
               "--batch-size", "16"])
@@ -372,7 +395,7 @@ class TestMetricScale:
         truth = [scene.read_depth(i) for i in range(len(scene))]
         queue = [torch.from_numpy(unit / np.where(d > 0, d, 1000.0))[None] for d in truth]  # sky: far away
 
-        def perfect(depth_net, frames, device, batch_size=8):
+        def perfect(depth_net, frames, device, batch_size=8, flip=False):
             return torch.stack([queue.pop(0) for _ in range(len(frames))]).float()
 
         monkeypatch.setattr(masksfm.inference, "predict_disparity", perfect)

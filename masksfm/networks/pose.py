@@ -12,7 +12,7 @@ import torch
 from kornia.geometry.conversions import axis_angle_to_rotation_matrix
 from torch import nn
 
-from masksfm.geometry import onto_vehicle_chord, pose_vec_to_mat
+from masksfm.geometry import mirror_pose_vec, onto_vehicle_chord, pose_vec_to_mat
 from masksfm.networks.layers import NUM_SCALES, check_image, crop_like, normalize_image, xavier_init
 from masksfm.networks.resnet import RESNET18_CHANNELS, ResNet18Encoder
 
@@ -216,6 +216,25 @@ class VehicleMotion(nn.Module):
         if isinstance(out, tuple):
             return onto_vehicle_path(out[0], self.vertical), out[1]
         return onto_vehicle_path(out, self.vertical)
+
+
+class MirrorMean(nn.Module):
+    """A pose net that cannot tell a snippet from its mirror image (`model.pose_mirror_mean`): its poses
+    are the mean of the net's reading of the snippet and the mirror of its reading of the mirrored
+    snippet (:func:`masksfm.geometry.mirror_pose_vec`), in training as at test time; `eval pose --flip`
+    of a plain net. Twice the pose net's cost. No explainability masks."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        if net.explainability:
+            raise ValueError("the mirror mean of a pose net has no explainability masks")
+        self.net = net
+        self.num_sources = net.num_sources
+        self.explainability = False
+
+    def forward(self, target: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
+        mirrored = self.net(target.flip(-1), sources.flip(-1))
+        return 0.5 * (self.net(target, sources) + mirror_pose_vec(mirrored))
 
 
 class PairPoseNet(nn.Module):
