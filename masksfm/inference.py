@@ -25,7 +25,8 @@ from masksfm.evaluation import (
     snippet_steps,
 )
 from masksfm.errors import MasksfmError
-from masksfm.geometry import mirror_pose_vec, pose_vec_to_mat, scale_intrinsics, snippet_transforms
+from masksfm.geometry import pose_vec_to_mat, scale_intrinsics, snippet_transforms
+from masksfm.networks.pose import mirror_mean
 from masksfm.progress import progress_bar
 
 
@@ -204,7 +205,7 @@ def read_poses(pose_net: torch.nn.Module, target: torch.Tensor, sources: torch.T
     """The pose net's T_t2s for a batch of snippets, (B, S, 6) `[t, axis-angle]`.
 
     With `flip`, the mean of its reading of the frames and of the same frames mirrored (mirrored back:
-    :func:`masksfm.geometry.mirror_pose_vec`), the test-time flip that monodepth2's post-processing
+    :func:`masksfm.networks.pose.mirror_mean`), the test-time flip that monodepth2's post-processing
     applies to depth; the nets train on mirrored snippets half the time, so both readings are in
     their experience. The mean of two motions along a car's path (a mirrored path is one) is on it to
     second order in the difference of their turns: within 1e-4 of the distance for turns a degree apart.
@@ -217,10 +218,7 @@ def read_poses(pose_net: torch.nn.Module, target: torch.Tensor, sources: torch.T
         out = pose_net(target, sources)
         return out[0] if isinstance(out, tuple) else out
 
-    poses = call(target, sources)
-    if not flip:
-        return poses
-    return 0.5 * (poses + mirror_pose_vec(call(target.flip(-1), sources.flip(-1))))
+    return mirror_mean(call, target, sources) if flip else call(target, sources)
 
 
 @torch.no_grad()

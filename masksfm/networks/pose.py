@@ -218,6 +218,16 @@ class VehicleMotion(nn.Module):
         return onto_vehicle_path(out, self.vertical)
 
 
+def mirror_mean(read, target: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
+    """The mean of a pose reader's T_t2s for a snippet and the mirror of its T_t2s for the mirrored
+    snippet (:func:`masksfm.geometry.mirror_pose_vec`): (B, S, 6).
+
+    Args:
+        read: (target (B, 3, H, W), sources (B, S, 3, H, W)) -> (B, S, 6) poses.
+    """
+    return 0.5 * (read(target, sources) + mirror_pose_vec(read(target.flip(-1), sources.flip(-1))))
+
+
 class MirrorMean(nn.Module):
     """A pose net that cannot tell a snippet from its mirror image (`model.pose_mirror_mean`): its poses
     are the mean of the net's reading of the snippet and the mirror of its reading of the mirrored
@@ -233,8 +243,7 @@ class MirrorMean(nn.Module):
         self.explainability = False
 
     def forward(self, target: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
-        mirrored = self.net(target.flip(-1), sources.flip(-1))
-        return 0.5 * (self.net(target, sources) + mirror_pose_vec(mirrored))
+        return mirror_mean(self.net, target, sources)
 
 
 class PairPoseNet(nn.Module):
