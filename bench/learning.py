@@ -455,8 +455,7 @@ def main(argv: list[str] | None = None) -> dict:
     for variant in variants:
         rows = [with_ratios(r, seeds[r["seed"]]) for r in results if r["variant"] == variant and "error" not in r]
         table[variant], what[variant] = summarize(rows), VARIANTS[variant][2]
-        flipped = [with_ratios({**r["flip"], "seed": r["seed"]}, seeds[r["seed"]]) for r in results
-                   if r["variant"] == variant and "flip" in r]
+        flipped = [with_ratios({**r["flip"], "seed": r["seed"]}, seeds[r["seed"]]) for r in rows if "flip" in r]
         if args.flip and flipped:
             name = f"{variant}, read with --flip"
             table[name], what[name] = summarize(flipped), ("the same nets, each frame and snippet read as it is and "
