@@ -386,7 +386,7 @@ def run_eval_pose(run: Path, data: Path, split: str = "test", out: Path | None =
     trajectory files in OUT/<scene>/refined/), which stay as they are. The refinement keeps the
     model's motion (`model.motion`: a car's camera stays on its chord), or solves for `refine_motion`.
     With `flip`, every pose is the mean of the net's reading of the snippet and of its mirror image
-    (:func:`read_poses`); the refinement starts from those.
+    (:func:`read_poses`); the refinement starts from those, against the depth of `--flip` too.
     """
     from masksfm.model import load_model, pick_device
     from masksfm.refine import refine_relative_poses
@@ -417,7 +417,8 @@ def run_eval_pose(run: Path, data: Path, split: str = "test", out: Path | None =
         own.append((snippets, scene.poses))
         if refine is not None:
             K = scale_intrinsics(scene.K, config.data.width / scene.size[1], config.data.height / scene.size[0])
-            rel = refine_relative_poses(model.depth_net, frames, rel, K, dev, iterations=refine, motion=motion)
+            rel = refine_relative_poses(model.depth_net, frames, rel, K, dev, flip=flip, iterations=refine,
+                                        motion=motion)
             _, sequences[scene.name]["refined"] = sequence_pose_results(scene, rel, out / scene.name / "refined")
             refined.append((rel, scene.poses))
     if not predicted:

@@ -181,7 +181,7 @@ def _predict_sequence(model, config, sequence: FrameSequence, folder: Path, save
         rel = predict_relative_poses(model.pose_net, frames, config.data.snippet_length, device, flip=flip)
         if refine is not None:  # before the metric scale: refined translations are in the depth net's unit
             rel = refine_relative_poses(model.depth_net, frames, rel, np.stack(net_K), device, batch_size,
-                                        iterations=refine, motion=motion)
+                                        flip=flip, iterations=refine, motion=motion)
         if camera_height is not None:
             # One scale for the whole path: per-frame scales would bend it with their noise.
             rel[:, :3, 3] *= summary["scale_median"]

@@ -346,20 +346,22 @@ def refine_sequence(frames, depths, rel, K, device: torch.device | str = "cpu", 
 
 
 class _NetDepth:
-    """The depth net's depth (1 / finest disparity) of frames, computed slice by slice on demand."""
+    """The depth net's depth (1 / finest disparity) of frames, computed slice by slice on demand
+    (with `flip`, from the disparity averaged with the mirrored frames')."""
 
-    def __init__(self, depth_net: torch.nn.Module, frames, device: torch.device, batch_size: int):
-        self.depth_net, self.frames, self.device, self.batch_size = depth_net, frames, device, batch_size
+    def __init__(self, depth_net: torch.nn.Module, frames, device: torch.device, batch_size: int, flip: bool = False):
+        self.depth_net, self.frames, self.device, self.batch_size, self.flip = depth_net, frames, device, batch_size, flip
 
     def __getitem__(self, index: slice) -> torch.Tensor:
         from masksfm.inference import predict_disparity
 
-        return 1.0 / predict_disparity(self.depth_net, self.frames[index], self.device, self.batch_size)
+        return 1.0 / predict_disparity(self.depth_net, self.frames[index], self.device, self.batch_size, flip=self.flip)
 
 
 def refine_relative_poses(depth_net: torch.nn.Module, frames, rel, K, device: torch.device | str = "cpu",
-                          batch_size: int = 8, **options):
-    """:func:`refine_sequence` against the depth net's depth of each target frame.
+                          batch_size: int = 8, flip: bool = False, **options):
+    """:func:`refine_sequence` against the depth net's depth of each target frame (with `flip`, the
+    depth of `--flip`: its disparity averaged with the mirrored frame's, mirrored back).
 
     The depth is used as the net gives it: the pose net's translations are in the depth net's unit
     (they were trained together), so the refined ones stay in that unit.
@@ -372,5 +374,5 @@ def refine_relative_poses(depth_net: torch.nn.Module, frames, rel, K, device: to
         (N − 1, 4, 4) refined relative poses in `rel`'s convention, type and dtype.
     """
     device = torch.device(device)
-    return refine_sequence(frames, _NetDepth(depth_net, frames, device, batch_size), rel, K, device, batch_size,
-                           **options)
+    return refine_sequence(frames, _NetDepth(depth_net, frames, device, batch_size, flip), rel, K, device,
+                           batch_size, **options)

@@ -400,3 +400,8 @@ class TestRefineSequence:
                            1.0 / predict_disparity(net, frames[1:], torch.device("cpu"), batch_size=2)])
         assert isinstance(out, torch.Tensor) and out.shape == (2, 4, 4)
         assert torch.allclose(out, refine_sequence(frames, depth, start, K, levels=2, iterations=3), atol=1e-9)
+        # With flip (eval pose / predict --flip --refine): against the depth of the frames read both ways.
+        flipped = refine_relative_poses(net, frames, start, K, batch_size=2, flip=True, levels=2, iterations=3)
+        depth[1:] = 1.0 / predict_disparity(net, frames[1:], torch.device("cpu"), batch_size=2, flip=True)
+        assert torch.allclose(flipped, refine_sequence(frames, depth, start, K, levels=2, iterations=3), atol=1e-9)
+        assert not torch.allclose(flipped, out, atol=1e-6)
