@@ -131,6 +131,9 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "pose-mirror-mean": ("default", ["model.pose_mirror_mean=true"],
                          "the pose net's poses the mean of its reading of the snippet and of its mirror image, "
                          "in training too (twenty-first session)"),
+    "weight-average": ("default", ["optim.ema_decay=0.999"],
+                       "the default used with an exponential moving average of its trained weights (decay 0.999, "
+                       "warmed up: about the last hundred steps of 600; twenty-second session)"),
     "uneven-strides": ("default", ["data.strides=[1, 2]", "data.uneven_strides=true"],
                        "snippets of consecutive frames, of every other frame, and one frame apart on one side of "
                        "the target and two on the other (the speed changes within a snippet by 2x or 0.5x)"),

@@ -56,6 +56,7 @@ from masksfm.data.dataset import SnippetDataset
 from masksfm.data.layout import load_split
 from masksfm.data.synthetic import render_dataset
 from masksfm.model import build_model, native_bf16, training_arithmetic, use_training_arithmetic
+from masksfm.training import weight_average
 
 # (name, overrides); the first is the baseline of the ratios.
 MASK_CASES = [
@@ -363,6 +364,7 @@ def profile(args, batch, device, sync) -> list[tuple[str, float]]:
         ("objective forward + backward", whole_objective),
     ]
     optimizer_ms = timed(optimizer_step, sync, rounds)
+    averaged = weight_average(model, 0.999)
     return [
         *top,
         ("  of which the warp (every pair, direction, scale)", warp),
@@ -371,6 +373,8 @@ def profile(args, batch, device, sync) -> list[tuple[str, float]]:
         ("optimizer (fused Adam)", optimizer_ms),
         ("sum of the parts above", sum(ms for _, ms in top) + optimizer_ms),
         ("the whole step, measured", step_ms),
+        ("with optim.ema_decay: the weight average's update (not in the default's step)",
+         timed(lambda: averaged.update_parameters(model), sync, rounds)),
         (f"data loading, {args.batch} snippets in one process (workers overlap it with the step)",
          loading_ms(args, sync, rounds)),
     ]

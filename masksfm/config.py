@@ -101,6 +101,7 @@ class OptimConfig:
     beta2: float = 0.999
     weight_decay: float = 0.0
     lr_decay_steps: list[int] = field(default_factory=list)  # multiply lr by 0.1 at these steps
+    ema_decay: float = 0.0  # the weights a run is used with (eval, predict, export, best): an exponential moving average of the trained ones with this decay (training.weight_average); 0 = the trained weights
     batch_size: int = 4  # global batch (split over DDP processes)
     steps: int = 20000
 
@@ -231,6 +232,8 @@ def validate(config: Config) -> None:
     if config.data.uneven_strides and evenly_spaced:
         raise MasksfmError(f"config key data.uneven_strides: loss.{evenly_spaced[0]} compares the steps of evenly "
                            "spaced frames; turn one of them off")
+    if not 0 <= config.optim.ema_decay < 1:
+        raise MasksfmError(f"config key optim.ema_decay: from 0 (off) up to below 1, got {config.optim.ema_decay}")
     if not 0 <= config.data.source_yaw <= 10:
         raise MasksfmError(f"config key data.source_yaw: degrees from 0 to 10, got {config.data.source_yaw}")
     if not 0 < config.loss.turn_degrees <= 10:

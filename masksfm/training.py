@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel
 
 from masksfm import faults
 from masksfm.checkpoints import (
@@ -90,6 +91,28 @@ def build_optimizer(model: nn.Module, config: Config, device: torch.device) -> t
                             weight_decay=config.optim.weight_decay, fused=device.type in FUSED_ADAM_DEVICES)
 
 
+def weight_average(model: nn.Module, decay: float) -> AveragedModel:
+    """The copy of `model` whose weights a run is used with (`optim.ema_decay`): an exponential moving
+    average of the trained weights and batch-norm statistics, updated after every step taken.
+
+    The first update copies the weights; the one after n updates keeps min(`decay`, (1 + n) / (10 + n))
+    of the average (TensorFlow's ExponentialMovingAverage with `num_updates`): early on the average
+    follows the weights closely, so a short run is not pulled back towards its first steps; at 600
+    steps it weighs the last hundred or so. torch's AveragedModel keeps the copy and the count (its
+    `get_ema_multi_avg_fn` has one fixed decay).
+    """
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], trained: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
+        if not averaged[0].is_floating_point():  # batch norm's step counters: copied
+            torch._foreach_copy_(averaged, trained)
+            return
+        n = float(n_averaged)
+        torch._foreach_lerp_(averaged, trained, 1.0 - min(decay, (1.0 + n) / (10.0 + n)))
+
+    return AveragedModel(model, multi_avg_fn=update, use_buffers=True)
+
+
 def match_state_layouts(optimizer: torch.optim.Optimizer) -> None:
     """Give each optimizer state tensor its parameter's memory layout (after `load_state_dict`, which
     keeps the checkpoint's contiguous layout): the fused Adam kernels walk a parameter and its states
@@ -157,13 +180,22 @@ class Trainer:
             use_compiled_photometric_error()
         self.optimizer = build_optimizer(self.model, config, self.device)
         if tensors is not None:
-            load_weights(self.model, unprefixed(tensors, "model"), checkpoint)
+            # With `optim.ema_decay` a checkpoint's "model" is the average and "trained" the weights trained on.
+            trained = unprefixed(tensors, "trained") or unprefixed(tensors, "model")
+            load_weights(self.model, trained, checkpoint)
             try:
                 self.optimizer.load_state_dict(optimizer_from_tensors(tensors, meta["optimizer"]))
                 match_state_layouts(self.optimizer)
             except (ValueError, KeyError) as error:
                 raise MasksfmError(f"{checkpoint}: its optimizer state does not fit this model ({error})") from None
             restore_rng(tensors)
+        # The average is rank 0's alone: it validates and saves, and every process trains the same weights.
+        self.averaged = None
+        if config.optim.ema_decay > 0 and self.rank == 0:
+            self.averaged = weight_average(self.model, config.optim.ema_decay)
+            if tensors is not None and "averaged.n" in tensors:
+                load_weights(self.averaged.module, unprefixed(tensors, "model"), checkpoint)
+                self.averaged.n_averaged.copy_(tensors["averaged.n"])
         self.net = self.model
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -279,6 +311,8 @@ class Trainer:
             faults.zero_backward(self.model)
         if finite:
             self.optimizer.step()
+            if self.averaged is not None:
+                self.averaged.update_parameters(self.model)
         else:
             faults.restore_buffers(self.model, buffers)
         self.skipped.record(finite)
@@ -327,8 +361,16 @@ class Trainer:
 
     # --- checkpoints and logs ------------------------------------------------------------------
 
+    @property
+    def used_model(self) -> nn.Module:
+        """The model a run is used with: the weight average (`optim.ema_decay`), or the trained model."""
+        return self.model if self.averaged is None else self.averaged.module
+
     def save(self, name: str = LAST) -> Path:
-        tensors = prefixed(self.model.state_dict(), "model")
+        tensors = prefixed(self.used_model.state_dict(), "model")
+        if self.averaged is not None:
+            tensors.update(prefixed(self.model.state_dict(), "trained"))
+            tensors["averaged.n"] = self.averaged.n_averaged
         optim_tensors, optim_meta = optimizer_to_tensors(self.optimizer)
         tensors.update(optim_tensors)
         tensors.update(rng_to_tensors())
@@ -359,7 +401,7 @@ class Trainer:
 
     def validate(self) -> None:
         """abs_rel on the val split (data with depth); a better one becomes checkpoints/best."""
-        metrics = evaluate_depth(self.model.depth_net, self.val_scenes, self.config.data.height, self.config.data.width,
+        metrics = evaluate_depth(self.used_model.depth_net, self.val_scenes, self.config.data.height, self.config.data.width,
                                  device=self.device, max_images=self.config.train.val_images)
         for key, value in metrics.items():
             self.writer.add_scalar(f"val/{key}", value, self.step)

@@ -18,7 +18,7 @@ from masksfm.config import MASK_MODES, Config, from_dict, load_config
 from masksfm.errors import MasksfmError
 from masksfm.geometry import pose_vec_to_mat
 from masksfm.masks import compute_masks
-from masksfm.model import build_model
+from masksfm.model import build_model, load_model
 from masksfm.objective import ModelOutput, compute_objective
 
 from conftest import TINY_TRAIN_SETTINGS
@@ -82,7 +82,8 @@ def test_yaml_and_overrides(tmp_path):
                          ("loss.mask=magic", "not one of"), ("loss", "KEY=VALUE"), ("model.pose=stack", "not one of"),
                          ("model.pose_encoder=vgg", "not one of conv, resnet18"),
                          ("model.motion=boat", "not one of free, vehicle"),
-                         ("data.source_yaw=20", "data.source_yaw: degrees from 0 to 10")]:
+                         ("data.source_yaw=20", "data.source_yaw: degrees from 0 to 10"),
+                         ("optim.ema_decay=1", "optim.ema_decay: from 0 .off. up to below 1")]:
         with pytest.raises(MasksfmError, match=message):
             load_config(None, [bad])
     for bad, message in [("loss.image_range=byte", "not one of unit, signed"),
@@ -153,14 +154,16 @@ def test_unknown_key_on_the_command_line(capsys, tmp_path, synth_dataset):
 
 
 def _model_tensors(run: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's weights (the average and the trained ones with optim.ema_decay), Adam state and count."""
     tensors, _ = load_checkpoint(run / "checkpoints" / "last.safetensors")
-    return unprefixed(tensors, "model") | unprefixed(tensors, "optimizer")
+    return {key: value for key, value in tensors.items() if not key.startswith("rng.")}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", [[], ["--set", "loss.turn_weight=0.1", "--set", "loss.stride_weight=0.1",
-                                          "--set", "loss.shift_weight=0.1", "--set", "loss.shift_from_step=1"]],
-                         ids=["default", "relations"])
+                                          "--set", "loss.shift_weight=0.1", "--set", "loss.shift_from_step=1"],
+                                    ["--set", "optim.ema_decay=0.9"]],
+                         ids=["default", "relations", "weight-average"])
 def test_resume_is_bitwise_exact(recipe, synth_dataset, tmp_path):
     straight, halves = tmp_path / "straight", tmp_path / "halves"
     main(["train", str(synth_dataset), "--out", str(straight), "--steps", "4", *SMALL, *recipe])
@@ -171,6 +174,15 @@ def test_resume_is_bitwise_exact(recipe, synth_dataset, tmp_path):
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert load_checkpoint(halves / "checkpoints" / "last.safetensors")[1]["step"] == 4
+    if "optim.ema_decay=0.9" in recipe:
+        # The run is used with the average (what load_model, hence eval / predict / export, reads), which
+        # is not the trained weights; both resumed as they were.
+        trained = {k.removeprefix("trained."): v for k, v in a.items() if k.startswith("trained.")}
+        assert trained and int(a["averaged.n"]) == 4
+        model, _, _ = load_model(halves / "checkpoints" / "last.safetensors")
+        used = model.state_dict()
+        assert all(torch.equal(used[k], a[f"model.{k}"]) for k in used)
+        assert any(not torch.equal(used[k], trained[k]) for k in used if used[k].is_floating_point())
 
 
 def test_resumed_adam_state_takes_the_channels_last_weights_layout():
@@ -208,6 +220,31 @@ def test_resumed_adam_state_takes_the_channels_last_weights_layout():
     step(straight, adam, 2)
     assert torch.equal(resumed[True], straight.weight)
     assert not torch.allclose(resumed[False], straight.weight, atol=1e-3)  # what the matching prevents
+
+
+def test_weight_average_is_the_warmed_up_exponential_average():
+    """The n-th update mixes in the trained weights at 1 − min(decay, (1 + n) / (10 + n)); batch
+    norm's running statistics are averaged too, its step counter copied."""
+    from masksfm.training import weight_average
+
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    average = weight_average(net, decay=0.6)
+    expected = None
+    for n in range(6):
+        with torch.no_grad():
+            for tensor in net.state_dict().values():
+                tensor.copy_(torch.full_like(tensor, float((n + 1) ** 2)))  # counters included: 1, 4, 9, ...
+        average.update_parameters(net)
+        value = float((n + 1) ** 2)
+        # The first update copies; the one after n updates keeps min(0.6, (1 + n) / (10 + n)) of the average.
+        kept = min(0.6, (1 + n) / (10 + n))
+        expected = value if n == 0 else kept * expected + (1 - kept) * value
+    state = average.module.state_dict()
+    assert torch.allclose(state["0.weight"], torch.full((2, 3), expected)), (state["0.weight"], expected)
+    assert torch.allclose(state["1.running_var"], torch.full((2,), expected))
+    assert int(state["1.num_batches_tracked"]) == 36
+    assert int(average.n_averaged) == 6
+    assert expected not in (36.0, 21.0 / 6)  # neither the last weights nor their plain mean
 
 
 @pytest.mark.slow
