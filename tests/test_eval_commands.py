@@ -240,7 +240,7 @@ def test_eval_pose_refine_with_a_perfect_depth_net(tiny_run, synth_dataset, tmp_
     # sky (depth 0) far away; the moving car keeps its true depth, the robust cost copes with it
     truth = [torch.from_numpy(1.0 / np.where(d > 0, d, 1000.0))[None].float() for d in map(scene.read_depth, range(10))]
 
-    def perfect(depth_net, batch, device, batch_size=8):
+    def perfect(depth_net, batch, device, batch_size=8, flip=False):
         return torch.stack([truth[next(k for k in range(len(frames)) if torch.equal(frames[k], f))] for f in batch])
 
     monkeypatch.setattr(masksfm.inference, "predict_disparity", perfect)
