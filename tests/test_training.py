@@ -223,8 +223,9 @@ def test_resumed_adam_state_takes_the_channels_last_weights_layout():
 
 
 def test_weight_average_is_the_warmed_up_exponential_average():
-    """The n-th update mixes in the trained weights at 1 − min(decay, (1 + n) / (10 + n)); batch
-    norm's running statistics are averaged too, its step counter copied."""
+    """The first update copies; the one after n updates mixes in the trained weights at
+    1 − min(decay, (1 + n) / (10 + n)); batch norm's running statistics are averaged too, its step
+    counter copied."""
     from masksfm.training import weight_average
 
     net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
@@ -244,7 +245,7 @@ def test_weight_average_is_the_warmed_up_exponential_average():
     assert torch.allclose(state["1.running_var"], torch.full((2,), expected))
     assert int(state["1.num_batches_tracked"]) == 36
     assert int(average.n_averaged) == 6
-    assert expected not in (36.0, 21.0 / 6)  # neither the last weights nor their plain mean
+    assert expected not in (36.0, 91.0 / 6)  # neither the last weights (6²) nor their plain mean (1 + 4 + ... + 36) / 6
 
 
 @pytest.mark.slow
