@@ -33,11 +33,16 @@ class SfMModel(nn.Module):
         self.joint_pose_batch = joint_pose_batch
         self.depth_autocast: torch.dtype | None = None  # run the depth net under autocast to this dtype
 
+    def depth_arithmetic(self, device: torch.device) -> torch.autocast:
+        """The context the depth net runs in: bf16 autocast where `depth_autocast` says so. Calls of
+        the depth net inside one such context cast its weights to bf16 once (autocast's cache)."""
+        dtype = self.depth_autocast
+        return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+
     def disparities(self, frames: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """The depth net on frames (N, 3, H, W): its disparities and their logits, per scale, finest
         first, (N, 1, h, w) float32."""
-        dtype = self.depth_autocast
-        with torch.autocast(frames.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        with self.depth_arithmetic(frames.device):
             disparities, logits = self.depth_net.with_logits(frames)
         # The warp, the masks and the loss work in float32 whatever the depth net computed in.
         return [d.float() for d in disparities], [x.float() for x in logits]
@@ -54,9 +59,11 @@ class SfMModel(nn.Module):
         if self.source_depth_grad or not torch.is_grad_enabled():
             disparities, logits = self.disparities(images.flatten(0, 1))
         else:
-            target_disparities, target_logits = self.disparities(images[:, center])
-            with torch.no_grad():
-                source_disparities, source_logits = self.disparities(sources.flatten(0, 1))
+            # One autocast context for both calls: the weights are cast once for the two.
+            with self.depth_arithmetic(images.device):
+                target_disparities, target_logits = self.disparities(images[:, center])
+                with torch.no_grad():
+                    source_disparities, source_logits = self.disparities(sources.flatten(0, 1))
 
             def snippet_order(targets: list[torch.Tensor], sources: list[torch.Tensor]) -> list[torch.Tensor]:
                 return [in_snippet_order(t, s.unflatten(0, (b, length - 1))) for t, s in zip(targets, sources)]

@@ -185,11 +185,50 @@ def test_resume_is_bitwise_exact(recipe, synth_dataset, tmp_path):
         assert any(not torch.equal(used[k], trained[k]) for k in used if used[k].is_floating_point())
 
 
-def test_resumed_adam_state_takes_the_channels_last_weights_layout():
+def test_memory_order_adam_updates_channels_last_weights_as_adam_does_contiguous_ones_without_copies():
+    """The trainer's Adam hands torch's fused kernel flat views of channels_last weights, their
+    gradients and states: the same update to the bit as torch's Adam on the same values stored
+    contiguously, and no copy in the step (torch's own copies each such gradient)."""
+    from torch.profiler import profile
+
+    from masksfm.training import MemoryOrderAdam
+
+    generator = torch.Generator().manual_seed(0)
+    shapes = [(8, 5, 3, 3), (8,), (4, 8, 3, 3)]
+    start = [torch.randn(shape, generator=generator) for shape in shapes]
+    gradients = [[torch.randn(shape, generator=generator) for shape in shapes] for _ in range(3)]
+
+    def trained(adam_class, memory_format):
+        def stored(t):
+            return t.clone().to(memory_format=memory_format) if t.dim() == 4 else t.clone()
+
+        params = [torch.nn.Parameter(stored(t)) for t in start]
+        adam = adam_class(params, lr=0.1, fused=True)
+        for step_gradients in gradients:
+            for param, gradient in zip(params, step_gradients):
+                param.grad = stored(gradient)
+            with profile() as step_profile:
+                adam.step()
+        copies = [e.name for e in step_profile.events() if e.name == "aten::clone"]  # a tensor copied whole
+        assert all(adam.state[p]["exp_avg"].stride() == p.stride() for p in params)  # states keep the layout
+        return [p.detach().contiguous() for p in params], copies
+
+    expected, _ = trained(torch.optim.Adam, torch.contiguous_format)
+    weights, copies = trained(MemoryOrderAdam, torch.channels_last)
+    assert all(torch.equal(w, e) for w, e in zip(weights, expected))
+    assert copies == []
+    _, torch_copies = trained(torch.optim.Adam, torch.channels_last)
+    assert torch_copies  # what the flat views save
+
+
+@pytest.mark.parametrize("adam_class", ["torch", "trainer"])
+def test_resumed_adam_state_takes_the_channels_last_weights_layout(adam_class):
     """A checkpoint's Adam state comes back contiguous; beside a channels_last weight the fused
     kernel would walk the two in different orders (the trainer's depth net is channels_last where
     that pays, so the resume tests above may run NCHW on this machine)."""
-    from masksfm.training import match_state_layouts
+    from masksfm.training import MemoryOrderAdam, match_state_layouts
+
+    adam_of = {"torch": torch.optim.Adam, "trainer": MemoryOrderAdam}[adam_class]
 
     def conv():
         torch.manual_seed(0)
@@ -201,14 +240,14 @@ def test_resumed_adam_state_takes_the_channels_last_weights_layout():
         adam.step()
 
     straight = conv()
-    adam = torch.optim.Adam(straight.parameters(), lr=0.1, fused=True)
+    adam = adam_of(straight.parameters(), lr=0.1, fused=True)
     for k in range(2):
         step(straight, adam, k)
     resumed = {}
     for match in (False, True):
         net = conv()
         net.load_state_dict(straight.state_dict())
-        other = torch.optim.Adam(net.parameters(), lr=0.1, fused=True)
+        other = adam_of(net.parameters(), lr=0.1, fused=True)
         state = copy.deepcopy(adam.state_dict())  # as a checkpoint holds it: every tensor contiguous
         for tensors in state["state"].values():
             tensors.update({key: value.contiguous() for key, value in tensors.items()})
