@@ -16,7 +16,9 @@ torch.compile of the photometric error: `train.precision`, `train.compile`), thr
 top of it that change what is learned (the sources' depth without gradient, `model.source_depth_grad`;
 each scale's error at its own size, `loss.scales=downsample`; monodepth2's depth net, `model.depth=resnet18`),
 the pose net's relations (`loss.turn_weight`, `loss.stride_weight`, `loss.shift_weight`: the step as the
-trainer takes it, `objective.batch_objective`, on items of 5 frames for the strides and the shifts), and
+trainer takes it, `objective.batch_objective`, on items of 5 frames for the strides and the shifts), the
+default as the trainer stepped it before 2026-12-06 (torch's fused Adam copying each channels_last
+gradient, the depth net's weights cast to bf16 for each of its two calls: the same values), and
 SfmLearner-Pytorch's own default step timed by the peer driver `sfp_step.py` (in --peers, default
 ../shared/peers beside the repository) on its code (--sfp: the extracted SfmLearner-Pytorch folder, or
 $SFP), in a subprocess, --repeat times before masksfm's cases are built (with their models and Adam
@@ -56,7 +58,7 @@ from masksfm.data.dataset import SnippetDataset
 from masksfm.data.layout import load_split
 from masksfm.data.synthetic import render_dataset
 from masksfm.model import build_model, native_bf16, training_arithmetic, use_training_arithmetic
-from masksfm.training import weight_average
+from masksfm.training import build_optimizer, weight_average
 
 # (name, overrides); the first is the baseline of the ratios.
 MASK_CASES = [
@@ -112,7 +114,7 @@ def measure(cases, batch, repeat: int, device: torch.device, sync) -> list[tuple
             torch.manual_seed(0)
             model = build_model(config).to(device)
             use_training_arithmetic(model, config.train.precision, device)
-            models[key] = (model, torch.optim.Adam(model.parameters(), lr=1e-4, fused=True))
+            models[key] = (model, build_optimizer(model, config, device))
         steps.append((name, config, *models[key]))
     times = {name: [] for name, _ in cases}
     mask_times = {name: [] for name, _ in cases}
@@ -161,6 +163,8 @@ LEVER_CASES = [
     ("  + the turns and the strides (turns-strides)", "auto", True,
      ["loss.turn_weight=0.1", "loss.stride_weight=0.1"]),
 ]
+# The default recipe as the trainer took its step before the twenty-third session (`measure_levers`).
+BEFORE_CASE = "  the default as trained before 2026-12-06 (torch's Adam, weights cast per call)"
 
 
 def case_arithmetic(precision: str | None, device: torch.device) -> tuple[str, bool]:
@@ -235,14 +239,24 @@ def measure_levers(args, batches, device, sync) -> tuple[dict[str, float], float
     # training loop's (twentieth session, docs/results.md).
     sfp_times = [sfp_step_ms(peers, sfp, args.height, args.width, 2, torch.get_num_threads())
                  for _ in range(args.repeat if peers is not None else 0)]
-    cases = []
-    for name, arithmetic, compile_error, overrides in lever_cases(device):
+
+    def case(name, arithmetic, compile_error, overrides):
         config = load_config(None, [*size, *overrides])
         torch.manual_seed(0)
         model = build_model(config).to(device)
         use_training_arithmetic(model, arithmetic[0], device, channels_last=arithmetic[1])
-        cases.append((name, model, torch.optim.Adam(model.parameters(), lr=1e-4, fused=True),
-                      compiled if compile_error else eager, config))
+        return name, model, build_optimizer(model, config, device), compiled if compile_error else eager, config
+
+    cases = [case(*lever) for lever in lever_cases(device)]
+    # The trainer before the twenty-third session, on the default recipe: torch's Adam as it is (its fused
+    # kernel copies each channels_last gradient) and each of the depth net's two calls in an autocast
+    # context of its own (its weights cast to bf16 per call). The same step to the bit.
+    name, model, _, error, config = case(BEFORE_CASE, *next(lever[1:] for lever in lever_cases(device)
+                                                            if lever[0] == default_recipe_case(device)))
+    dtype = model.depth_autocast
+    model.depth_arithmetic = lambda where: torch.autocast(where.type, dtype=dtype or torch.bfloat16,
+                                                          enabled=dtype is not None, cache_enabled=False)
+    cases.append((name, model, torch.optim.Adam(model.parameters(), lr=config.optim.lr, fused=True), error, config))
     times = {name: [] for name, *_ in cases}
     for i in range(args.repeat + 2):
         for name, model, optimizer, error, config in cases:
@@ -307,7 +321,7 @@ def profile(args, batch, device, sync) -> list[tuple[str, float]]:
     use_training_arithmetic(model, config.train.precision, device)
     if config.train.compile:
         objective_module.use_compiled_photometric_error()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
+    optimizer = build_optimizer(model, config, device)
     rounds = args.repeat
     step_ms = timed(lambda: one_step(model, optimizer, {3: batch}, config), sync, rounds)
 
@@ -430,6 +444,7 @@ def main(argv=None):
             ratio = f"{value / sfp_ms:.2f}x" if sfp_ms else "-"
             mark = "  <- default" if name == default else ""
             print(f"{name:<40} {value:>9.0f} {plain / value:>8.2f}x {ratio:>14}{mark}")
+        print(f"the default's step is {ms[BEFORE_CASE] / ms[default]:.2f}x cheaper than the trainer's before 2026-12-06")
         if sfp_ms:
             print(f"{'SfmLearner-Pytorch (its own step)':<40} {sfp_ms:>9.0f} {'':>9} {'1.00x':>14}")
             print(f"target: default / SfmLearner = {ms[default] / sfp_ms:.2f}x (target <= 1.5x at 128x416, batch 4)")
