@@ -20,6 +20,7 @@ from masksfm.geometry import pose_vec_to_mat
 from masksfm.masks import compute_masks
 from masksfm.model import build_model, load_model
 from masksfm.objective import ModelOutput, compute_objective
+from masksfm.training import MemoryOrderAdam
 
 from conftest import TINY_TRAIN_SETTINGS
 from helpers import DDP_EXACT, SMALL, fixed_batch, mask_setting
@@ -187,11 +188,9 @@ def test_resume_is_bitwise_exact(recipe, synth_dataset, tmp_path):
 
 def test_memory_order_adam_updates_channels_last_weights_as_adam_does_contiguous_ones_without_copies():
     """The trainer's Adam hands torch's fused kernel flat views of channels_last weights, their
-    gradients and states: the same update to the bit as torch's Adam on the same values stored
-    contiguously, and no copy in the step (torch's own copies each such gradient)."""
+    gradients and states: the same update to the bit as torch's Adam on the same channels_last
+    tensors, and no copy in the step (torch's own copies each such gradient)."""
     from torch.profiler import profile
-
-    from masksfm.training import MemoryOrderAdam
 
     generator = torch.Generator().manual_seed(0)
     shapes = [(8, 5, 3, 3), (8,), (4, 8, 3, 3)]
@@ -213,22 +212,20 @@ def test_memory_order_adam_updates_channels_last_weights_as_adam_does_contiguous
         assert all(adam.state[p]["exp_avg"].stride() == p.stride() for p in params)  # states keep the layout
         return [p.detach().contiguous() for p in params], copies
 
-    expected, _ = trained(torch.optim.Adam, torch.contiguous_format)
+    expected, torch_copies = trained(torch.optim.Adam, torch.channels_last)
     weights, copies = trained(MemoryOrderAdam, torch.channels_last)
     assert all(torch.equal(w, e) for w, e in zip(weights, expected))
     assert copies == []
-    _, torch_copies = trained(torch.optim.Adam, torch.channels_last)
     assert torch_copies  # what the flat views save
 
 
-@pytest.mark.parametrize("adam_class", ["torch", "trainer"])
-def test_resumed_adam_state_takes_the_channels_last_weights_layout(adam_class):
+@pytest.mark.parametrize("adam_of", [torch.optim.Adam, MemoryOrderAdam], ids=["torch", "trainer"])
+def test_resumed_adam_state_takes_the_channels_last_weights_layout(adam_of):
     """A checkpoint's Adam state comes back contiguous; beside a channels_last weight the fused
     kernel would walk the two in different orders (the trainer's depth net is channels_last where
     that pays, so the resume tests above may run NCHW on this machine)."""
-    from masksfm.training import MemoryOrderAdam, match_state_layouts
+    from masksfm.training import match_state_layouts
 
-    adam_of = {"torch": torch.optim.Adam, "trainer": MemoryOrderAdam}[adam_class]
 
     def conv():
         torch.manual_seed(0)
