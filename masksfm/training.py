@@ -86,7 +86,7 @@ def build_optimizer(model: nn.Module, config: Config, device: torch.device) -> t
         groups = [{"params": [p for p in model.parameters() if id(p) not in pose]},
                   {"params": list(model.pose_net.parameters()), "lr_scale": config.optim.pose_lr_scale}]
     # fused: one kernel over all parameters instead of a dozen passes per step (docs/results.md: the
-    # update of DispNet's and the pose net's 33 M parameters about 4x faster on the CPU).
+    # update of DispNet's and SfMLearner's pose net's 33 M parameters about 4x faster on the CPU).
     return MemoryOrderAdam(groups, lr=config.optim.lr, betas=(config.optim.beta1, config.optim.beta2),
                            weight_decay=config.optim.weight_decay, fused=device.type in FUSED_ADAM_DEVICES)
 
