@@ -186,7 +186,7 @@ def test_resume_is_bitwise_exact(recipe, synth_dataset, tmp_path):
         assert any(not torch.equal(used[k], trained[k]) for k in used if used[k].is_floating_point())
 
 
-def test_memory_order_adam_updates_channels_last_weights_as_adam_does_contiguous_ones_without_copies():
+def test_memory_order_adam_updates_channels_last_weights_as_adam_does_without_copies():
     """The trainer's Adam hands torch's fused kernel flat views of channels_last weights, their
     gradients and states: the same update to the bit as torch's Adam on the same channels_last
     tensors, and no copy in the step (torch's own copies each such gradient)."""
@@ -225,7 +225,6 @@ def test_resumed_adam_state_takes_the_channels_last_weights_layout(adam_of):
     kernel would walk the two in different orders (the trainer's depth net is channels_last where
     that pays, so the resume tests above may run NCHW on this machine)."""
     from masksfm.training import match_state_layouts
-
 
     def conv():
         torch.manual_seed(0)
