@@ -83,6 +83,9 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
                                         "convolutions at pose lr x4"),
     "source-yaw1": ("default", ["data.source_yaw=1"],
                     "the default with each source's camera turned by up to 1 degree about its vertical axis"),
+    "virtual": ("default", ["loss.virtual_weight=0.1"],
+                "the pose net also reads the target re-rendered with the depth net's depth from cameras moved u x its "
+                "reading of each source (u in 0.5-1.5) and turned up to 0.5 deg, and must give those motions (from step 200)"),
     "turns": ("default", ["loss.turn_weight=0.1"],
               "the default with the pose net's rotation to sources turned by up to 1 degree held to its "
               "rotation to them unturned, composed with the turn"),

@@ -15,8 +15,9 @@ Default: the levers of the default recipe (channels_last, bf16 autocast of the d
 torch.compile of the photometric error: `train.precision`, `train.compile`), three recipe changes on
 top of it that change what is learned (the sources' depth without gradient, `model.source_depth_grad`;
 each scale's error at its own size, `loss.scales=downsample`; monodepth2's depth net, `model.depth=resnet18`),
-the pose net's relations (`loss.turn_weight`, `loss.stride_weight`, `loss.shift_weight`: the step as the
-trainer takes it, `objective.batch_objective`, on items of 5 frames for the strides and the shifts), the
+the pose net's relations (`loss.turn_weight`, `loss.stride_weight`, `loss.shift_weight`, `loss.virtual_weight`:
+the step as the trainer takes it, `objective.batch_objective`, on items of 5 frames for the strides and the
+shifts), the
 default as the trainer stepped it before 2026-12-06 (torch's fused Adam copying each channels_last
 gradient, the depth net's weights cast to bf16 for each of its two calls: the same values), and
 SfmLearner-Pytorch's own default step timed by the peer driver `sfp_step.py` (in --peers, default
@@ -162,6 +163,8 @@ LEVER_CASES = [
     ("  + the turns (loss.turn_weight=0.1)", "auto", True, ["loss.turn_weight=0.1"]),
     ("  + the turns and the strides (turns-strides)", "auto", True,
      ["loss.turn_weight=0.1", "loss.stride_weight=0.1"]),
+    # The virtual motions (twenty-fourth session): the target re-rendered, a second pose-net call.
+    ("  + the virtual motions (loss.virtual_weight=0.1)", "auto", True, ["loss.virtual_weight=0.1"]),
 ]
 # The default recipe as the trainer took its step before the twenty-third session (`measure_levers`).
 BEFORE_CASE = "  the default as trained before 2026-12-06 (torch's Adam, weights cast per call)"
@@ -189,15 +192,20 @@ def lever_cases(device: torch.device) -> list[tuple[str, tuple[str, bool], bool,
 
 def one_step(model, optimizer, batches, config) -> None:
     """One training step as the trainer's (`objective.batch_objective`), on the batch of the items'
-    length in `batches` ({frames per item: batch}); the turns, if any, drawn as the trainer draws them."""
+    length in `batches` ({frames per item: batch}); the turns and the virtual motions, if any, drawn as the
+    trainer draws them (the virtual motions as from their first step)."""
     loss = config.loss
     batch = batches[objective_module.item_length(config.data.snippet_length, loss)]
     turns = None
     if loss.turn_weight > 0:
         turns = objective_module.random_turns(len(batch["K"]), config.data.snippet_length - 1, loss.turn_degrees,
                                               seed=0).to(batch["K"].device)
+    virtual = None
+    if loss.virtual_weight > 0:
+        virtual = tuple(x.to(batch["K"].device) for x in objective_module.random_virtual_motion(
+            len(batch["K"]), config.data.snippet_length - 1, loss.virtual_spread, loss.virtual_degrees, seed=0))
     result = objective_module.batch_objective(model, batch["images"], batch["images_raw"], batch["K"], loss,
-                                              config.data.snippet_length, turns)
+                                              config.data.snippet_length, turns, virtual=virtual)
     optimizer.zero_grad()
     result.loss.backward()
     optimizer.step()

@@ -82,6 +82,10 @@ class LossConfig:
     shift_weight: float = 0.0  # the pose net's readings of a pair of neighbouring frames from snippets one frame apart against each other's inverse (losses.shift_inconsistency); 0 = off
     shift_from_step: int = 0  # shift_weight: the term counts from this step on
     shift_rotation: bool = False  # shift_weight: also hold the two readings' rotations to each other's inverse (False: the distances only)
+    virtual_weight: float = 0.0  # the pose net's reading of the target re-rendered from a camera moved by a known motion (objective.add_virtual_motion); 0 = off
+    virtual_from_step: int = 200  # virtual_weight: the term counts from this step on (the pose net's distances are tiny before)
+    virtual_spread: float = 0.5  # virtual_weight: the moved camera travels u x the pose net's reading of the real source, u uniform in 1 ± this
+    virtual_degrees: float = 0.5  # virtual_weight: and turns by an angle uniform in ± this many degrees about its vertical axis
     logit_bound: float = 0.0  # hold the depth net's disparity logits within ± this (losses.logit_excess); 0 = off
     logit_bound_weight: float = 3e-3  # logit_bound: the weight of the mean squared excess over every frame, summed over scales
     velocity_weight: float = 0.0  # the constant-velocity prior on the pose net's steps (losses.velocity_change); 0 = off
@@ -238,6 +242,10 @@ def validate(config: Config) -> None:
         raise MasksfmError(f"config key data.source_yaw: degrees from 0 to 10, got {config.data.source_yaw}")
     if not 0 < config.loss.turn_degrees <= 10:
         raise MasksfmError(f"config key loss.turn_degrees: degrees above 0 up to 10, got {config.loss.turn_degrees}")
+    if not 0 <= config.loss.virtual_degrees <= 10:
+        raise MasksfmError(f"config key loss.virtual_degrees: degrees from 0 to 10, got {config.loss.virtual_degrees}")
+    if not 0 <= config.loss.virtual_spread < 1:
+        raise MasksfmError(f"config key loss.virtual_spread: from 0 up to below 1, got {config.loss.virtual_spread}")
     if min(config.data.height, config.data.width) < 32:
         raise MasksfmError(f"config data.height x data.width: at least 32x32, got {config.data.height}x{config.data.width}")
     if not 1 <= config.loss.num_scales <= 4:
@@ -250,7 +258,7 @@ def validate(config: Config) -> None:
         raise MasksfmError("config key model.pose_mirror_mean: the mirror mean has no explainability masks; "
                            "use another loss.mask")
     for key in ("smoothness_weight", "consistency_weight", "velocity_weight", "turn_weight", "stride_weight", "shift_weight",
-                "logit_bound", "logit_bound_weight"):
+                "virtual_weight", "logit_bound", "logit_bound_weight"):
         if getattr(config.loss, key) < 0:
             raise MasksfmError(f"config key loss.{key}: must be >= 0, got {getattr(config.loss, key)}")
     if config.loss.below_mean_factor <= 0:
@@ -258,7 +266,7 @@ def validate(config: Config) -> None:
     if config.loss.combine_sources == "sum" and config.loss.mask == "automask":
         raise MasksfmError("config key loss.combine_sources: sum adds per-source terms; loss.mask=automask has one "
                            "term for all sources (the per-pixel minimum); use mean")
-    for key in ("stride_from_step", "shift_from_step"):
+    for key in ("stride_from_step", "shift_from_step", "virtual_from_step"):
         if getattr(config.loss, key) < 0:
             raise MasksfmError(f"config key loss.{key}: must be >= 0, got {getattr(config.loss, key)}")
     for key in ("optim.batch_size", "optim.steps", "train.checkpoint_every", "train.log_every", "train.val_every"):

@@ -339,6 +339,38 @@ def turn_frames(frames: torch.Tensor, K: torch.Tensor, yaw: torch.Tensor) -> tor
                             align_corners=True)
 
 
+def moved_views(frames: torch.Tensor, depth: torch.Tensor, centre: torch.Tensor, yaw: torch.Tensor,
+                K: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frames as cameras moved to `centre` and turned by `yaw` about their vertical axes would see
+    them, rendered from each frame and its depth (`loss.virtual_weight`: motions the pose net must read).
+
+    The moved camera's pose in the frame's camera is T_{v→f} = [R_y(yaw) | centre]. Each of its pixels
+    samples the frame where the point at the frame's depth there, less centre_z, lands: a point's depth
+    seen from a camera moved by `centre` is its depth less centre_z to first order in the turn, and a
+    pixel sees about the point the frame's pixel there sees to first order in the motion (exact for a
+    plane facing the camera moved along its axis). Pixels the frame does not show repeat its border;
+    points the camera passes are held at a tenth of their depth.
+
+    Args:
+        frames: (N, C, H, W).
+        depth: (N, 1, H, W) their depth, in any unit.
+        centre: (N, 3) the moved camera's centre in the frame's camera, in the depth's unit.
+        yaw: (N,) radians.
+        K: (N, 3, 3) the intrinsics, pixels.
+    Returns:
+        views: (N, C, H, W);
+        T_f2v: (N, 4, 4) the frame's camera to the moved one's, inv(T_{v→f}): the T_t2s a pose net
+            reading (frame, view) should give.
+    """
+    T_v2f = torch.eye(4, dtype=depth.dtype, device=depth.device).repeat(len(depth), 1, 1)
+    T_v2f[:, :3, :3] = yaw_rotation(yaw.to(depth))
+    T_v2f[:, :3, 3] = centre.to(depth)
+    # A point the camera passes (depth below centre_z) is behind it: held at a tenth of its depth in front.
+    depth_v = torch.maximum(depth - centre[:, 2].to(depth).view(-1, 1, 1, 1), 0.1 * depth)
+    views, _ = inverse_warp(frames, depth_v, T_v2f, K.to(depth), padding_mode="border")
+    return views, invert_pose(T_v2f)
+
+
 def relative_pose(cam_to_world_t, cam_to_world_s):
     """T_t2s from two camera-to-world poses (KITTI trajectory style): inv(P_s) @ P_t.
 

@@ -248,6 +248,22 @@ def shift_inconsistency(forward: torch.Tensor, backward: torch.Tensor, eps: floa
     return rotation, distance_log_ratio(forward[:, :3], backward[:, :3], eps)
 
 
+def motion_reading_error(poses: torch.Tensor, T_t2s: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """How far the pose net's reading of views rendered from a known motion is from that motion
+    (`geometry.moved_views`): the rotations' axis-angles by their L1 distance, the distances by their
+    log-ratio (the direction of travel is left to the model's motion and the photometric loss).
+
+    Args:
+        poses: (N, 6) `[t, axis-angle]` the pose net gives for the views.
+        T_t2s: (N, 4, 4) the motions they were rendered from, the frame's camera to the view's.
+        eps: model units, keeps a standing camera's log finite.
+    Returns:
+        (the rotations' L1 distance (N,), radians; the absolute log-ratio of the distances (N,)).
+    """
+    rotation = (poses[:, 3:] - rotation_matrix_to_axis_angle(T_t2s[:, :3, :3].contiguous())).abs().sum(-1)
+    return rotation, distance_log_ratio(poses[:, :3], T_t2s[:, :3, 3], eps)
+
+
 @torch.no_grad()
 def below_mean_mask(
     error: torch.Tensor, mask: torch.Tensor, factor: float = 1.0, compare: torch.Tensor | None = None

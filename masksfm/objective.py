@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from masksfm.config import LossConfig
-from masksfm.geometry import invert_pose, inverse_warp, pose_vec_to_mat, reproject, scale_intrinsics, turn_frames
+from masksfm.geometry import invert_pose, inverse_warp, moved_views, pose_vec_to_mat, reproject, scale_intrinsics, turn_frames
 from masksfm.losses import (
     automasked_reprojection,
     below_mean_mask,
@@ -36,6 +36,7 @@ from masksfm.losses import (
     logit_excess,
     loss_image_range,
     masked_mean,
+    motion_reading_error,
     normalize_disparity,
     photometric_error,
     scale_weight,
@@ -498,6 +499,48 @@ def add_pose_consistency(objective: Objective, out: ModelOutput, cfg: LossConfig
         objective.terms["total"] = objective.loss.detach()
 
 
+def add_virtual_motion(objective: Objective, out: ModelOutput, read_poses: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                       images: torch.Tensor, K: torch.Tensor, virtual: tuple[torch.Tensor, torch.Tensor], weight: float) -> None:
+    """Add the pose net's reading of known motions to the objective (`loss.virtual_weight`, term
+    `virtual`): each snippet's target re-rendered with the depth net's depth (`geometry.moved_views`,
+    without gradient) from a camera moved u × as far as the pose net reads the real source to be, in
+    its direction, and turned about its vertical axis; the pose net reads (target, views) as a snippet
+    of its own and must give those motions (`losses.motion_reading_error`: rotations in the net's
+    output units, ÷ POSE_SCALE, plus the distances' log-ratio). A net that reads its distances from
+    what the frames look like rather than from how far they moved reads every u alike.
+
+    Args:
+        read_poses: the pose net, (targets (B, 3, H, W), sources (B, S, 3, H, W)) -> (B, S, 6).
+        images: (B, L, 3, H, W) the snippets as the nets see them; K: (B, 3, 3).
+        virtual: (scales (B, S), yaws (B, S) radians), `random_virtual_motion`.
+    """
+    scales, yaws = virtual
+    b, length = images.shape[:2]
+    num_src = length - 1
+    target = images[:, length // 2]
+    with torch.no_grad():
+        depth = 1.0 / out.disparities[0].unflatten(0, (b, length))[:, length // 2]
+        T = pose_vec_to_mat(out.poses.reshape(-1, 6))
+        # The real source's camera centre in the target's camera, -Rᵀt, moved u times as far.
+        centre = -(T[:, :3, :3].transpose(-1, -2) @ T[:, :3, 3:])[..., 0] * scales.reshape(-1, 1)
+        views, T_t2v = moved_views(target.repeat_interleave(num_src, 0), depth.repeat_interleave(num_src, 0),
+                                   centre, yaws.flatten(), K.repeat_interleave(num_src, 0))
+    poses = read_poses(target, views.unflatten(0, (b, num_src)))
+    rotation, distance = motion_reading_error(poses.reshape(-1, 6), T_t2v)
+    term = weight * (rotation.mean() / POSE_SCALE + distance.mean())
+    objective.loss = objective.loss + term
+    objective.terms["virtual"] = term.detach()
+    objective.terms["total"] = objective.loss.detach()
+
+
+def random_virtual_motion(batch: int, num_sources: int, spread: float, degrees: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scales, yaws), each (batch, num_sources), of `add_virtual_motion`'s moved cameras: scales
+    uniform in 1 ± `spread`, yaws in ± `degrees` (radians), drawn from `seed` alone (float32, CPU)."""
+    generator = torch.Generator().manual_seed(seed)
+    uniform = 2 * torch.rand(2, batch, num_sources, generator=generator, dtype=torch.float64) - 1
+    return (1 + spread * uniform[0]).float(), (uniform[1] * math.radians(degrees)).float()
+
+
 def item_length(snippet_length: int, cfg: LossConfig) -> int:
     """Frames per training item: the snippet's; with `loss.stride_weight` twice the snippet less one
     (the snippet in the middle, its every-other-frame twin over the whole item); with
@@ -521,7 +564,7 @@ def random_turns(batch: int, num_sources: int, degrees: float, seed: int) -> tor
 def batch_objective(net: Callable[..., ModelOutput], images: torch.Tensor, images_raw: torch.Tensor, K: torch.Tensor,
                     cfg: LossConfig, snippet_length: int, turns: torch.Tensor | None = None,
                     stride_factor: float = 1.0, shift_factor: float = 1.0, use_masks: bool = True,
-                    with_visuals: bool = False) -> Objective:
+                    with_visuals: bool = False, virtual: tuple[torch.Tensor, torch.Tensor] | None = None) -> Objective:
     """The objective of a training batch: the model on its items, `compute_objective`, and the pose
     net's relations (`add_pose_consistency`): what the trainer's step and `bench/train_step.py` compute.
 
@@ -537,6 +580,7 @@ def batch_objective(net: Callable[..., ModelOutput], images: torch.Tensor, image
         stride_factor, shift_factor: multiply `loss.stride_weight`, `loss.shift_weight` (0 before their
             `from_step`).
         use_masks, with_visuals: as for `compute_objective`.
+        virtual: (scales, yaws) (B, L − 1) for `loss.virtual_weight` (`random_virtual_motion`), else None.
     """
     other_snippets = []
     center = snippet_length // 2
@@ -554,4 +598,7 @@ def batch_objective(net: Callable[..., ModelOutput], images: torch.Tensor, image
     out = net(images, tuple(other_snippets)) if other_snippets else net(images)
     objective = compute_objective(out, images_raw, K, cfg, use_masks=use_masks, with_visuals=with_visuals)
     add_pose_consistency(objective, out, cfg, turns, stride_factor, shift_factor)
+    if virtual is not None:
+        model = getattr(net, "module", net)  # the pose net itself, not a DDP wrapper's forward
+        add_virtual_motion(objective, out, lambda t, s: model._poses(t, s)[0], images, K, virtual, cfg.virtual_weight)
     return objective

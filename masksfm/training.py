@@ -50,6 +50,7 @@ from masksfm.objective import (
     batch_objective,
     item_length,
     random_turns,
+    random_virtual_motion,
     use_compiled_photometric_error,
 )
 from masksfm.progress import progress_bar
@@ -325,7 +326,8 @@ class Trainer:
         objective = batch_objective(self.net, images, images_raw, K, cfg.loss, cfg.data.snippet_length, turns,
                                     stride_factor=float(self.step >= cfg.loss.stride_from_step),
                                     shift_factor=float(self.step >= cfg.loss.shift_from_step),
-                                    use_masks=masks_active(cfg, self.step), with_visuals=with_visuals)
+                                    use_masks=masks_active(cfg, self.step), with_visuals=with_visuals,
+                                    virtual=self._virtual_motion(images.shape[0], cfg.data.snippet_length - 1))
         self.optimizer.zero_grad(set_to_none=True)
         finite, stop = faults.agree(objective.loss, interrupted, self.world)
         if finite:
@@ -351,6 +353,16 @@ class Trainer:
         the same."""
         seed = (self.config.train.seed * 1_000_003 + self.step) * 1024 + self.rank
         return random_turns(batch, num_sources, self.config.loss.turn_degrees, seed).to(self.device)
+
+    def _virtual_motion(self, batch: int, num_sources: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The moved cameras of `loss.virtual_weight` (`random_virtual_motion`) from its first step on,
+        drawn from the seed, the step and the process as the turns are; None when off."""
+        loss = self.config.loss
+        if loss.virtual_weight <= 0 or self.step < loss.virtual_from_step:
+            return None
+        seed = ((self.config.train.seed * 1_000_003 + self.step) * 1024 + self.rank) * 2 + 1
+        scales, yaws = random_virtual_motion(batch, num_sources, loss.virtual_spread, loss.virtual_degrees, seed)
+        return scales.to(self.device), yaws.to(self.device)
 
     def _report(self, terms: dict[str, torch.Tensor] | None, visuals: dict[str, torch.Tensor] | None) -> bool:
         """Rank 0 after a step: log it (if it was taken), validate and checkpoint when due; whether

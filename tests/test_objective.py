@@ -12,6 +12,7 @@ from masksfm.losses import depth_inconsistency
 from masksfm.objective import (
     MASK_STRATEGIES,
     ModelOutput,
+    Objective,
     batch_objective,
     compute_objective,
     floor_weights,
@@ -396,3 +397,47 @@ def test_the_logit_bound_gives_a_saturated_depth_net_its_gradient_back(synth_dat
     out = model(batch["images"])
     assert all((x > 6).all() for x in out.disparity_logits)
     assert (bias_gradient(bounded_cfg) > 1e-3).all()  # gradient descent lowers every scale's logits
+
+
+def test_the_virtual_motions_are_read_against_the_cameras_they_were_rendered_from(synth_dataset):
+    """`loss.virtual_weight`: a reader that gives exactly the moved cameras' motions (computed here from
+    the net's poses: the source's centre -Rᵀt moved u times as far, turned by the yaw) costs nothing; one
+    that reads every view as the real source (a net blind to how far the camera moved) pays the mean
+    |log u| and the rotations' difference; the real pose net's reading trains the pose net and not the depth net."""
+    import numpy as np
+
+    from masksfm.geometry import pose_vec_to_mat, yaw_rotation
+    from masksfm.model import build_model
+    from masksfm.objective import add_virtual_motion, random_virtual_motion
+
+    batch = fixed_batch(synth_dataset, H, W)
+    config = load_config(None, [f"data.height={H}", f"data.width={W}", "loss.virtual_weight=0.1"])
+    torch.manual_seed(0)
+    model = build_model(config).train()
+    out = model(batch["images"])
+    scales, yaws = random_virtual_motion(2, 2, 0.5, 0.5, seed=3)
+    assert torch.equal(scales, random_virtual_motion(2, 2, 0.5, 0.5, seed=3)[0])
+    assert ((scales - 1).abs() <= 0.5).all() and (yaws.abs() <= np.radians(0.5)).all() and yaws.abs().min() > 0
+    T = pose_vec_to_mat(out.poses.detach().reshape(-1, 6).double())
+    T_v2f = torch.eye(4, dtype=torch.float64).repeat(4, 1, 1)
+    T_v2f[:, :3, :3] = yaw_rotation(yaws.flatten().double())
+    T_v2f[:, :3, 3] = -(T[:, :3, :3].transpose(1, 2) @ T[:, :3, 3:])[..., 0] * scales.flatten().double()[:, None]
+    moved = torch.linalg.inv(T_v2f)
+    exact = torch.cat([moved[:, :3, 3], torch.stack([torch.zeros(4), -yaws.flatten(), torch.zeros(4)], 1)], 1)
+
+    def term(reader) -> torch.Tensor:
+        objective = compute_objective(out, batch["images_raw"], batch["K"], config.loss)
+        before = objective.loss.detach()
+        add_virtual_motion(objective, out, reader, batch["images"], batch["K"], (scales, yaws), 0.1)
+        assert objective.loss.detach() == pytest.approx((before + objective.terms["virtual"]).item(), rel=1e-6)
+        return objective.terms["virtual"]
+
+    assert term(lambda target, views: exact.float().view(2, 2, 6)) < 1e-5
+    turned = (out.poses.detach().reshape(-1, 6)[:, 3:] - exact[:, 3:].float()).abs().sum(-1)
+    blind = 0.1 * (scales.log().abs().mean() + turned.mean() / 0.01)
+    assert term(lambda target, views: out.poses.detach()).item() == pytest.approx(blind.item(), rel=1e-3)
+    alone = Objective(torch.zeros(()), {})  # the term by itself, for its gradient
+    add_virtual_motion(alone, out, lambda t, s: model._poses(t, s)[0], batch["images"], batch["K"], (scales, yaws), 1.0)
+    alone.loss.backward()
+    assert all(p.grad is None or not p.grad.any() for p in model.depth_net.parameters())
+    assert any(p.grad is not None and p.grad.any() for p in model.pose_net.parameters())

@@ -99,6 +99,10 @@ def test_yaml_and_overrides(tmp_path):
                          ("loss.stride_from_step=-1", "loss.stride_from_step: must be >= 0"),
                          ("loss.shift_weight=-0.3", "loss.shift_weight: must be >= 0"),
                          ("loss.shift_from_step=-2", "loss.shift_from_step: must be >= 0"),
+                         ("loss.virtual_weight=-0.1", "loss.virtual_weight: must be >= 0"),
+                         ("loss.virtual_from_step=-1", "loss.virtual_from_step: must be >= 0"),
+                         ("loss.virtual_spread=1", "loss.virtual_spread: from 0 up to below 1"),
+                         ("loss.virtual_degrees=12", "loss.virtual_degrees: degrees from 0 to 10"),
                          ("data.colour_jitter=3", "data.colour_jitter"),
                          ("data.strides=[1, 0]", "data.strides: a list of positive frame spacings"),
                          ("data.strides=[]", "data.strides")]:
@@ -162,7 +166,8 @@ def _model_tensors(run: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", [[], ["--set", "loss.turn_weight=0.1", "--set", "loss.stride_weight=0.1",
-                                          "--set", "loss.shift_weight=0.1", "--set", "loss.shift_from_step=1"],
+                                          "--set", "loss.shift_weight=0.1", "--set", "loss.shift_from_step=1",
+                                          "--set", "loss.virtual_weight=0.1", "--set", "loss.virtual_from_step=1"],
                                     ["--set", "optim.ema_decay=0.9"]],
                          ids=["default", "relations", "weight-average"])
 def test_resume_is_bitwise_exact(recipe, synth_dataset, tmp_path):
