@@ -17,9 +17,8 @@ top of it that change what is learned (the sources' depth without gradient, `mod
 each scale's error at its own size, `loss.scales=downsample`; monodepth2's depth net, `model.depth=resnet18`),
 the pose net's relations (`loss.turn_weight`, `loss.stride_weight`, `loss.shift_weight`, `loss.virtual_weight`:
 the step as the trainer takes it, `objective.batch_objective`, on items of 5 frames for the strides and the
-shifts), the
-default as the trainer stepped it before 2026-12-06 (torch's fused Adam copying each channels_last
-gradient, the depth net's weights cast to bf16 for each of its two calls: the same values), and
+shifts), the default as the trainer stepped it before 2026-12-06 (torch's fused Adam copying each
+channels_last gradient, the depth net's weights cast to bf16 for each of its two calls: the same values), and
 SfmLearner-Pytorch's own default step timed by the peer driver `sfp_step.py` (in --peers, default
 ../shared/peers beside the repository) on its code (--sfp: the extracted SfmLearner-Pytorch folder, or
 $SFP), in a subprocess, --repeat times before masksfm's cases are built (with their models and Adam

@@ -346,10 +346,10 @@ def moved_views(frames: torch.Tensor, depth: torch.Tensor, centre: torch.Tensor,
 
     The moved camera's pose in the frame's camera is T_{v→f} = [R_y(yaw) | centre]. Each of its pixels
     samples the frame where the point at the frame's depth there, less centre_z, lands: a point's depth
-    seen from a camera moved by `centre` is its depth less centre_z to first order in the turn, and a
-    pixel sees about the point the frame's pixel there sees to first order in the motion (exact for a
-    plane facing the camera moved along its axis). Pixels the frame does not show repeat its border;
-    points the camera passes are held at a tenth of their depth.
+    seen from a camera moved by `centre` is its depth less centre_z (the turn ignored), and a pixel sees
+    about the point the frame's pixel there sees to first order in the motion (exact for a plane facing
+    the camera, without the turn). Pixels the frame does not show repeat its border; depths are held at
+    a tenth of the frame's at least (the points the camera passes or nearly reaches).
 
     Args:
         frames: (N, C, H, W).
@@ -365,7 +365,7 @@ def moved_views(frames: torch.Tensor, depth: torch.Tensor, centre: torch.Tensor,
     T_v2f = torch.eye(4, dtype=depth.dtype, device=depth.device).repeat(len(depth), 1, 1)
     T_v2f[:, :3, :3] = yaw_rotation(yaw.to(depth))
     T_v2f[:, :3, 3] = centre.to(depth)
-    # A point the camera passes (depth below centre_z) is behind it: held at a tenth of its depth in front.
+    # A point the camera passes (depth below centre_z) would be behind it: held at a tenth of its depth in front.
     depth_v = torch.maximum(depth - centre[:, 2].to(depth).view(-1, 1, 1, 1), 0.1 * depth)
     views, _ = inverse_warp(frames, depth_v, T_v2f, K.to(depth), padding_mode="border")
     return views, invert_pose(T_v2f)

@@ -510,9 +510,12 @@ def add_virtual_motion(objective: Objective, out: ModelOutput, read_poses: Calla
     what the frames look like rather than from how far they moved reads every u alike.
 
     Args:
+        objective: the batch's objective, its loss and terms added to in place.
+        out: the model's output on `images` (its finest disparities and its poses, read without gradient).
         read_poses: the pose net, (targets (B, 3, H, W), sources (B, S, 3, H, W)) -> (B, S, 6).
         images: (B, L, 3, H, W) the snippets as the nets see them; K: (B, 3, 3).
         virtual: (scales (B, S), yaws (B, S) radians), `random_virtual_motion`.
+        weight: `loss.virtual_weight`.
     """
     scales, yaws = virtual
     b, length = images.shape[:2]

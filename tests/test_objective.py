@@ -438,6 +438,8 @@ def test_the_virtual_motions_are_read_against_the_cameras_they_were_rendered_fro
     assert term(lambda target, views: out.poses.detach()).item() == pytest.approx(blind.item(), rel=1e-3)
     alone = Objective(torch.zeros(()), {})  # the term by itself, for its gradient
     add_virtual_motion(alone, out, lambda t, s: model._poses(t, s)[0], batch["images"], batch["K"], (scales, yaws), 1.0)
+    # The moved cameras come from the net's poses without gradient: the real reading is the photometric loss's.
+    assert torch.autograd.grad(alone.loss, out.poses, retain_graph=True, allow_unused=True)[0] is None
     alone.loss.backward()
     assert all(p.grad is None or not p.grad.any() for p in model.depth_net.parameters())
     assert any(p.grad is not None and p.grad.any() for p in model.pose_net.parameters())
