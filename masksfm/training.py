@@ -347,20 +347,23 @@ class Trainer:
             self.writer.add_scalar("train/skipped_steps", self.skipped.total, self.step)
         return objective, finite, stop
 
+    def _step_seed(self) -> int:
+        """The seed of this step's random draws in this process (`train.seed`, the step, the rank), so
+        that a resumed run draws what the straight one drew."""
+        return (self.config.train.seed * 1_000_003 + self.step) * 1024 + self.rank
+
     def _turns(self, batch: int, num_sources: int) -> torch.Tensor:
         """(batch, num_sources) turns of the sources (`loss.turn_weight`), radians, uniform in
-        ± `loss.turn_degrees`: drawn from the seed, the step and the process, so a resumed run draws
-        the same."""
-        seed = (self.config.train.seed * 1_000_003 + self.step) * 1024 + self.rank
-        return random_turns(batch, num_sources, self.config.loss.turn_degrees, seed).to(self.device)
+        ± `loss.turn_degrees`, drawn from `_step_seed`."""
+        return random_turns(batch, num_sources, self.config.loss.turn_degrees, self._step_seed()).to(self.device)
 
     def _virtual_motion(self, batch: int, num_sources: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The moved cameras of `loss.virtual_weight` (`random_virtual_motion`) from its first step on,
-        drawn from the seed, the step and the process as the turns are; None when off."""
+        drawn from `_step_seed` (odd: never the turns' seed of the same step); None when off."""
         loss = self.config.loss
         if loss.virtual_weight <= 0 or self.step < loss.virtual_from_step:
             return None
-        seed = ((self.config.train.seed * 1_000_003 + self.step) * 1024 + self.rank) * 2 + 1
+        seed = self._step_seed() * 2 + 1
         scales, yaws = random_virtual_motion(batch, num_sources, loss.virtual_spread, loss.virtual_degrees, seed)
         return scales.to(self.device), yaws.to(self.device)
 
