@@ -76,11 +76,23 @@ def test_a_variants_overrides_win_over_the_benchs_budget():
 def test_motion_ceiling_on_the_rendered_drives(synth_dataset):
     """bench/motion_ceiling.py in a subprocess on the suite's rendered set (the camera pitched on a
     car on level ground): any rigid motion keeps the truth (ATE 0), the chord's vertical plane keeps
-    the climb the chord alone drops."""
+    the climb the chord alone drops; the chord's truth read with a speed error is worse the larger the
+    error, and read at one speed loses the speed changes (the truth's speed varies on these drives)."""
     out = subprocess.run([sys.executable, str(ROOT / "bench" / "motion_ceiling.py"), str(synth_dataset),
-                          "--split", "train"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                          "--split", "train", "--speed-noise", "0,0.01,0.05"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     rows = {line.split("|")[2].strip(): float(line.split("|")[3]) for line in out.stdout.splitlines()[2:]}
-    assert set(rows) == {"guess", "free", "vehicle", "vehicle_vertical"}
+    assert set(rows) == {"guess", "free", "vehicle", "vehicle_vertical", "vehicle, constant speed",
+                         "vehicle, speed ±0", "vehicle, speed ±0.01", "vehicle, speed ±0.05"}
     assert rows["free"] < 1e-9
     assert rows["vehicle_vertical"] < rows["vehicle"] < rows["guess"], rows
+    assert rows["vehicle, speed ±0"] == rows["vehicle"]
+    assert rows["vehicle"] < rows["vehicle, speed ±0.01"] < rows["vehicle, speed ±0.05"], rows
+    assert rows["vehicle"] < rows["vehicle, constant speed"], rows
+
+
+def test_motion_ceiling_refuses_a_bad_speed_noise(synth_dataset):
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "motion_ceiling.py"), str(synth_dataset),
+                          "--speed-noise", "0.01,-1"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "speed noise must be finite and >= 0" in out.stderr, out.stderr
