@@ -86,6 +86,12 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "virtual": ("default", ["loss.virtual_weight=0.1"],
                 "the pose net also reads the target re-rendered with the depth net's depth from cameras moved u x its "
                 "reading of each source (u in 0.5-1.5) and turned up to 0.5 deg, and must give those motions (from step 200)"),
+    "snippet5-now": ("default", ["data.snippet_length=5"],
+                     "the default on 5-frame snippets: the pose net reads a snippet's 4 poses in one call, in one "
+                     "depth unit (SfMLearner's odometry setting; scored on its own 5-frame snippets too)"),
+    "virtual-consistency": ("default", ["loss.virtual_weight=0.1", "loss.consistency_weight=0.5"],
+                            "virtual with SC-SfMLearner's depth scale consistency across frames (weight 0.5): the "
+                            "measuring pose net reads the motion in each frame's depth units"),
     "turns": ("default", ["loss.turn_weight=0.1"],
               "the default with the pose net's rotation to sources turned by up to 1 degree held to its "
               "rotation to them unturned, composed with the turn"),

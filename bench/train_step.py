@@ -164,6 +164,8 @@ LEVER_CASES = [
      ["loss.turn_weight=0.1", "loss.stride_weight=0.1"]),
     # The virtual motions (twenty-fourth session): the target re-rendered, a second pose-net call.
     ("  + the virtual motions (loss.virtual_weight=0.1)", "auto", True, ["loss.virtual_weight=0.1"]),
+    # Five-frame snippets (twenty-fifth session): 4 sources per target, the pose net's 4 poses in one call.
+    ("  + 5-frame snippets (data.snippet_length=5)", "auto", True, ["data.snippet_length=5"]),
 ]
 # The default recipe as the trainer took its step before the twenty-third session (`measure_levers`).
 BEFORE_CASE = "  the default as trained before 2026-12-06 (torch's Adam, weights cast per call)"
