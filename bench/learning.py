@@ -17,8 +17,10 @@ scenes:
   frames (one scale per snippet) and the full trajectory's Sim(3)-aligned ATE RMSE and RPE;
 - where the pose error comes from, per pair of consecutive frames: the direction of travel's angular
   error, the spread of the speed (up to one scale per scene) and the rotation's angular error
-  (`masksfm.evaluation.relative_pose_errors`; a run scored before these existed gets them from its kept
-  checkpoints on the next call);
+  (`masksfm.evaluation.relative_pose_errors`), and the depth's scale per frame over a drive: its spread
+  and its change from one frame to the next, which enters the speed of a pose net that reads the flow
+  (`depth_scale_parts`); a run scored before these existed gets them from its kept checkpoints on the
+  next call;
 - beside them, the trivial baselines on the same scenes: a constant depth, and straight ahead at a
   constant speed (one scale per snippet / per trajectory, so it only has to guess the direction);
   every figure's ratio to its baseline is printed (< 1 = better than the guess).
@@ -54,7 +56,15 @@ from ablation import _plain, bench_config, list_variants, parse_bench_args, run_
 
 from masksfm.config import Config  # noqa: E402
 from masksfm.data.layout import load_split  # noqa: E402
-from masksfm.evaluation import own_snippet_ates, relative_pose_errors, snippet_ates, trajectory_metrics  # noqa: E402
+from masksfm.evaluation import (  # noqa: E402
+    MAX_DEPTH,
+    MIN_DEPTH,
+    own_snippet_ates,
+    prediction_to_depth_at,
+    relative_pose_errors,
+    snippet_ates,
+    trajectory_metrics,
+)
 from masksfm.inference import (  # noqa: E402
     evaluate_depth_items,
     folder_predictor,
@@ -89,6 +99,9 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "snippet5-now": ("default", ["data.snippet_length=5"],
                      "the default on 5-frame snippets: the pose net reads a snippet's 4 poses in one call, in one "
                      "depth unit (SfMLearner's odometry setting; scored on its own 5-frame snippets too)"),
+    "consistency-now": ("default", ["loss.consistency_weight=0.5"],
+                        "the default with SC-SfMLearner's depth scale consistency (weight 0.5): each frame's depth "
+                        "scale held to its neighbours' (the speed error's depth part; twenty-fifth session)"),
     "virtual-consistency": ("default", ["loss.virtual_weight=0.1", "loss.consistency_weight=0.5"],
                             "virtual with SC-SfMLearner's depth scale consistency across frames (weight 0.5): the "
                             "measuring pose net reads the motion in each frame's depth units"),
@@ -211,6 +224,9 @@ POSE = ("ate5", "ate3", "ate_own", "ate_rmse", "rpe_trans", "rpe_rot")
 METRICS = DEPTH + POSE
 # Where the pose error comes from, per consecutive pair (`masksfm.evaluation.relative_pose_errors`).
 PARTS = ("direction_err", "speed_spread", "rotation_err")
+# Where the depth's scale wanders over a drive (`depth_scale_parts`): a pose net that reads the flow gives its
+# distances in its target's depth units, so the scale's change from frame to frame enters its speed.
+DEPTH_PARTS = ("depth_scale_spread", "depth_scale_step")
 LOWER_IS_BETTER = {"abs_rel", "rmse", "ate5", "ate3", "ate_own", "ate_rmse", "rpe_trans", "rpe_rot"}
 PEERS = {"sfp_600": "SfmLearner-Pytorch, 600 steps (its code, its defaults)",
          "md2_600": "monodepth2, 600 steps (its code, ResNet-18 from scratch)",
@@ -264,19 +280,47 @@ def score(run_dir: Path, data: Path, flip: bool = False) -> dict[str, float]:
     scenes = load_split(data, "test")
     frames = [sequence_frames(scene, config.data.height, config.data.width) for scene in scenes]
     flat = [d[0].numpy() for f in frames for d in predict_disparity(model.depth_net, f, device, flip=flip)]
-    depth = evaluate_depth_items(scene_items(scenes), lambda indices, batch: [flat[k] for k in indices])
+
+    def stored(indices, batch):
+        return [flat[k] for k in indices]
+
+    depth = evaluate_depth_items(scene_items(scenes), stored)
     snippets = {scene.name: predict_snippet_poses(model.pose_net, f, config.data.snippet_length, device, flip=flip)
                 for scene, f in zip(scenes, frames)}
     rel = {name: chain_snippet_poses(poses) for name, poses in snippets.items()}
-    return {**{key: depth[key] for key in DEPTH}, **pose_figures(rel, scenes, snippets)}
+    return {**{key: depth[key] for key in DEPTH}, **depth_scale_parts(scenes, stored),
+            **pose_figures(rel, scenes, snippets)}
+
+
+def depth_scale_parts(scenes, predict) -> dict[str, float]:
+    """The depth's scale per test frame, s = ln median(depth / true depth) over the pixels the depth
+    metrics count (`predict(indices, items)` -> disparities, as `evaluate_depth_items`'s, indices over the
+    scenes' frames in split order): `depth_scale_spread`, its std over a drive, and `depth_scale_step`, the
+    root mean square of its change from one frame to the next; each the mean over the scenes."""
+    spread, step, start = [], [], 0
+    for scene in scenes:
+        items = scene_items([scene])
+        logs = []
+        for item, pred in zip(items, predict(list(range(start, start + len(items))), items)):
+            gt = item.read_gt()
+            valid = (gt > MIN_DEPTH) & (gt < MAX_DEPTH)
+            if valid.any():
+                depth = prediction_to_depth_at(pred, *gt.shape, kind="disp")
+                logs.append(math.log(float(np.median(depth[valid] / gt[valid]))))
+        start += len(items)
+        spread.append(np.std(logs))
+        step.append(math.sqrt(np.mean(np.diff(logs) ** 2)) if len(logs) > 1 else math.nan)
+    return {"depth_scale_spread": float(np.mean(spread)), "depth_scale_step": float(np.mean(step))}
 
 
 def baselines(data: Path) -> dict[str, float]:
     """The trivial guesses on a set's test scenes: constant depth, straight ahead at constant speed."""
     scenes = load_split(data, "test")
-    depth = evaluate_depth_items(scene_items(scenes), lambda indices, batch: [np.ones((8, 8), np.float32)
-                                                                              for _ in batch])
-    return {**{key: depth[key] for key in DEPTH},
+    def constant(indices, batch):
+        return [np.ones((8, 8), np.float32) for _ in batch]
+
+    depth = evaluate_depth_items(scene_items(scenes), constant)
+    return {**{key: depth[key] for key in DEPTH}, **depth_scale_parts(scenes, constant),
             **pose_figures({scene.name: constant_speed(scene) for scene in scenes}, scenes)}
 
 
@@ -290,7 +334,7 @@ def peer_figures(run: Path, data: Path) -> dict[str, float] | None:
     depth = evaluate_depth_items(scene_items(scenes), folder_predictor(run / "pred"))
     pose = json.loads(pose_file.read_text())
     sequences = [pose["sequences"][scene.name] for scene in scenes]
-    out = {key: depth[key] for key in DEPTH}
+    out = {**{key: depth[key] for key in DEPTH}, **depth_scale_parts(scenes, folder_predictor(run / "pred"))}
     out["ate5"] = pose["ate_mean"]
     # Every test scene has the same length, so the mean of the scenes' means is the mean over snippets.
     for key, source in (("ate3", "ate3_mean"), ("ate_rmse", "ate_rmse"), ("rpe_trans", "rpe_trans"),
@@ -335,7 +379,7 @@ def dataset(args, seed: int) -> Path:
 def summarize(rows: list[dict]) -> dict[str, tuple[float, float]]:
     """Mean and sample std over seeds of every metric (and the seeds' ratio to their baseline)."""
     out = {}
-    for key in METRICS + PARTS + tuple(f"{m}/base" for m in METRICS):
+    for key in METRICS + PARTS + DEPTH_PARTS + tuple(f"{m}/base" for m in METRICS):
         values = [r[key] for r in rows if not math.isnan(r.get(key, math.nan))]
         out[key] = (statistics.fmean(values) if values else math.nan,
                     statistics.stdev(values) if len(values) > 1 else 0.0 if values else math.nan)
@@ -385,12 +429,15 @@ def markdown(table: dict[str, dict], what: dict[str, str], args, command: str) -
     lines += ["", "Where the pose error comes from, per pair of consecutive frames (the peers' pose.json has no "
               "relative poses): the angle between the predicted and the true direction of travel, the spread "
               "(std / mean) of the predicted speed over the true one (0 = the true speeds up to one scale per "
-              "scene), the angle of the rotation error:", "",
-              "| method | n | direction err. (°) ↓ | speed spread ↓ | rotation err. (°) ↓ |", "|---|---|---|---|---|"]
+              "scene), the angle of the rotation error; and the depth's scale per frame (ln of the median of its "
+              "depth over the true depth): its std over a drive and the rms of its change from one frame to the next, "
+              "which enters the speed of a pose net that reads the flow:", "",
+              "| method | n | direction err. (°) ↓ | speed spread ↓ | rotation err. (°) ↓ | depth scale spread ↓ "
+              "| depth scale step ↓ |", "|---|---|---|---|---|---|---|"]
     for name, row in table.items():
         # n: the runs measured (a run scored before the parts existed, without its checkpoints, has none).
         lines.append(f"| {name} | {row['parts_n']} | "
-                     + " | ".join(_cell(*row[k], d) for k, d in zip(PARTS, (3, 3, 3))) + " |")
+                     + " | ".join(_cell(*row[k], d) for k, d in zip(PARTS + DEPTH_PARTS, (3, 3, 3, 3, 4))) + " |")
     lines += ["", *(f"- {name}: {text}" for name, text in what.items())]
     return "\n".join(lines) + "\n"
 
@@ -438,7 +485,7 @@ def main(argv: list[str] | None = None) -> dict:
             done = run_dir / "result.json"
             stored = json.loads(done.read_text()) if done.is_file() else None
             if stored is not None and same_config(stored.get("config"), run_config(variant, k, args)):
-                if any(key not in stored for key in (*PARTS, "ate_own")) and (run_dir / "checkpoints").is_dir():
+                if any(key not in stored for key in (*PARTS, *DEPTH_PARTS, "ate_own")) and (run_dir / "checkpoints").is_dir():
                     stored.update(score(run_dir, sets[seed]))  # a run scored before these figures were measured
                     done.write_text(json.dumps(stored, indent=1))
                 if args.flip and "flip" not in stored and (run_dir / "checkpoints").is_dir():

@@ -35,6 +35,9 @@ def test_quick_learning_bench_runs_scores_and_resumes(tmp_path):
     for key in ("direction_err", "speed_spread", "rotation_err"):
         assert baseline[key][0] > 0 and default[key][0] > 0
     assert baseline["parts_n"] == default["parts_n"] == 1
+    # The depth's scale over a drive: a constant depth's follows the true depth's median, which moves.
+    for key in ("depth_scale_spread", "depth_scale_step"):
+        assert baseline[key][0] > 0 and default[key][0] > 0
     # The net's own 3-frame snippets, against the guess's 3-frame snippets; the guess has no snippets of its own.
     run = json.loads(next((tmp_path / "work").glob("*steps/default/seed*/result.json")).read_text())
     assert run["own_length"] == 3 and run["ate_own"] > 0
@@ -43,12 +46,14 @@ def test_quick_learning_bench_runs_scores_and_resumes(tmp_path):
     # A run scored before the parts existed gets them on the next call, from its checkpoints, not retrained.
     result_file = next((tmp_path / "work").glob("*steps/default/seed*/result.json"))
     stored = json.loads(result_file.read_text())
-    result_file.write_text(json.dumps({k: v for k, v in stored.items() if k not in ("direction_err", "ate_own")}))
+    result_file.write_text(json.dumps({k: v for k, v in stored.items()
+                                       if k not in ("direction_err", "ate_own", "depth_scale_step")}))
     again = run_bench(tmp_path)
     assert again.returncode == 0 and "1 runs done before, 0 to run" in again.stdout
     rescored = json.loads(result_file.read_text())
     assert rescored["direction_err"] == pytest.approx(stored["direction_err"])
     assert rescored["ate_own"] == pytest.approx(stored["ate_own"])
+    assert rescored["depth_scale_step"] == pytest.approx(stored["depth_scale_step"])
     # --flip scores the kept nets read as they are and mirrored, in a row of their own.
     flipped = run_bench(tmp_path, "--flip")
     assert flipped.returncode == 0 and "1 runs done before, 0 to run" in flipped.stdout, flipped.stderr
@@ -71,6 +76,37 @@ def test_a_variants_overrides_win_over_the_benchs_budget():
     assert decayed.optim.lr_decay_steps == [450] and decayed.optim.steps == 600 and decayed.train.seed == 1
     plain = learning.run_config("default", 1, args)
     assert plain.optim.lr_decay_steps == [] and plain.data.height == 64 and plain.data.width == 224
+
+
+def test_depth_scale_parts_read_a_known_scale_per_frame(synth_dataset):
+    """The true depth times a known factor per frame, given as disparities: the spread and the step are
+    those of the factors' logarithms, exactly (the pixels without a true depth are left out)."""
+    import numpy as np
+
+    from masksfm.data.layout import load_split
+    from masksfm.inference import scene_items
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import learning
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    scenes = load_split(synth_dataset, "train")
+    items = scene_items(scenes)
+    logs = np.random.default_rng(0).normal(0, 0.05, len(items))
+
+    def scaled_truth(indices, batch):
+        out = []
+        for k, item in zip(indices, batch):
+            gt = item.read_gt().astype(np.float64)
+            out.append(np.where(gt > 0, 1.0 / np.maximum(gt * np.exp(logs[k]), 1e-12), 1.0))
+        return out
+
+    parts = learning.depth_scale_parts(scenes, scaled_truth)
+    per_scene = np.split(logs, np.cumsum([len(scene) for scene in scenes])[:-1])
+    assert parts["depth_scale_spread"] == pytest.approx(np.mean([x.std() for x in per_scene]), rel=1e-6)
+    assert parts["depth_scale_step"] == pytest.approx(np.mean([np.sqrt(np.mean(np.diff(x) ** 2)) for x in per_scene]),
+                                                      rel=1e-6)
 
 
 def test_motion_ceiling_on_the_rendered_drives(synth_dataset):
