@@ -102,6 +102,9 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "consistency-now": ("default", ["loss.consistency_weight=0.5"],
                         "the default with SC-SfMLearner's depth scale consistency (weight 0.5): each frame's depth "
                         "scale held to its neighbours' (the speed error's depth part; twenty-fifth session)"),
+    "consistency-grad": ("default", ["loss.consistency_weight=0.5", "model.source_depth_grad=true"],
+                         "consistency-now with the sources' depth trained too (SC-SfMLearner's setting: both depth "
+                         "maps of a pair held to each other)"),
     "virtual-consistency": ("default", ["loss.virtual_weight=0.1", "loss.consistency_weight=0.5"],
                             "virtual with SC-SfMLearner's depth scale consistency across frames (weight 0.5): the "
                             "measuring pose net reads the motion in each frame's depth units"),
