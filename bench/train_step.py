@@ -166,6 +166,9 @@ LEVER_CASES = [
     ("  + the virtual motions (loss.virtual_weight=0.1)", "auto", True, ["loss.virtual_weight=0.1"]),
     # Five-frame snippets (twenty-fifth session): 4 sources per target, the pose net's 4 poses in one call.
     ("  + 5-frame snippets (data.snippet_length=5)", "auto", True, ["data.snippet_length=5"]),
+    # SC-SfMLearner's depth scale consistency with the sources' depth trained (twenty-fifth session).
+    ("  + depth scale consistency, the sources' depth trained (consistency-grad)", "auto", True,
+     ["loss.consistency_weight=0.5", "model.source_depth_grad=true"]),
 ]
 # The default recipe as the trainer took its step before the twenty-third session (`measure_levers`).
 BEFORE_CASE = "  the default as trained before 2026-12-06 (torch's Adam, weights cast per call)"
