@@ -105,6 +105,10 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "consistency-grad": ("default", ["loss.consistency_weight=0.5", "model.source_depth_grad=true"],
                          "consistency-now with the sources' depth trained too (SC-SfMLearner's setting: both depth "
                          "maps of a pair held to each other)"),
+    "virtual-consistency-grad": ("default", ["loss.virtual_weight=0.1", "loss.consistency_weight=0.5",
+                                             "model.source_depth_grad=true"],
+                                 "virtual with consistency-grad's steady depth scale: a pose net made to measure, "
+                                 "in units that hold from frame to frame"),
     "virtual-consistency": ("default", ["loss.virtual_weight=0.1", "loss.consistency_weight=0.5"],
                             "virtual with SC-SfMLearner's depth scale consistency across frames (weight 0.5): the "
                             "measuring pose net reads the motion in each frame's depth units"),
