@@ -323,6 +323,7 @@ def depth_scale_parts(scenes, predict) -> dict[str, float]:
 def baselines(data: Path) -> dict[str, float]:
     """The trivial guesses on a set's test scenes: constant depth, straight ahead at constant speed."""
     scenes = load_split(data, "test")
+
     def constant(indices, batch):
         return [np.ones((8, 8), np.float32) for _ in batch]
 
@@ -338,10 +339,11 @@ def peer_figures(run: Path, data: Path) -> dict[str, float] | None:
     if not (run / "pred").is_dir() or not pose_file.is_file():
         return None
     scenes = load_split(data, "test")
-    depth = evaluate_depth_items(scene_items(scenes), folder_predictor(run / "pred"))
+    predictions = folder_predictor(run / "pred")
+    depth = evaluate_depth_items(scene_items(scenes), predictions)
     pose = json.loads(pose_file.read_text())
     sequences = [pose["sequences"][scene.name] for scene in scenes]
-    out = {**{key: depth[key] for key in DEPTH}, **depth_scale_parts(scenes, folder_predictor(run / "pred"))}
+    out = {**{key: depth[key] for key in DEPTH}, **depth_scale_parts(scenes, predictions)}
     out["ate5"] = pose["ate_mean"]
     # Every test scene has the same length, so the mean of the scenes' means is the mean over snippets.
     for key, source in (("ate3", "ate3_mean"), ("ate_rmse", "ate_rmse"), ("rpe_trans", "rpe_trans"),
