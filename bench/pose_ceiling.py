@@ -1,7 +1,7 @@
 """What can the default's pose net learn from a set's training drives, given the exact answers?
 
     .venv/bin/python bench/pose_ceiling.py DATA [DATA ...] [--modes supervised,true-depth] [--steps 600]
-        [--train-seeds 0,1,2] [--threads 2] [--json FILE]
+        [--train-seeds 0,1,2] [--set model.pose_encoder=conv ...] [--threads 2] [--json FILE]
 
 The default recipe's pose net (configs/default.yaml at the set's image size: its architecture, motion
 model, snippets, augmentation, batch, learning rate and steps) trained on a rendered set's training
@@ -17,6 +17,7 @@ Both use `UNITS` model units per metre, about where the default's nets settle on
 the net's outputs are of the size they are in a real run. The figures are what a pose net of this
 kind reaches when its training signal is exact: if they are not below the constant-speed guess on
 the test drive, the frames' photometric signal is not what keeps the default's pose net above it.
+`--set KEY=VALUE` changes the recipe as `masksfm train --set` does (another pose net, say).
 Each set's i-th training seed comes from --train-seeds (default: the i-th set gets seed i, as in
 `bench/learning.py`). About 2 minutes per 600 steps supervised, 4 with the true depth, at 64x224
 on 2 threads.
@@ -58,11 +59,11 @@ UNITS = 0.02
 SKY_DEPTH = 200.0
 
 
-def pose_config(data: Path, steps: int, seed: int) -> Config:
-    """configs/default.yaml at the set's image size, `steps` steps, training seed `seed`."""
+def pose_config(data: Path, steps: int, seed: int, overrides: list[str] = ()) -> Config:
+    """configs/default.yaml at the set's image size, `steps` steps, training seed `seed`, then `overrides`."""
     size = json.loads((data / "dataset.json").read_text())
     return load_config("default", [f"data.height={size['height']}", f"data.width={size['width']}",
-                                   "data.workers=0", f"optim.steps={steps}", f"train.seed={seed}"])
+                                   "data.workers=0", f"optim.steps={steps}", f"train.seed={seed}", *overrides])
 
 
 def training_items(data: Path, config: Config) -> SnippetDataset:
@@ -150,8 +151,8 @@ def train_pose_net(data: Path, config: Config, mode: str) -> torch.nn.Module:
 def pose_score(pose_net: torch.nn.Module, data: Path, config: Config) -> dict[str, float]:
     """`bench/learning.py`'s pose figures of `pose_net` on the set's test drives."""
     scenes = load_split(data, "test")
-    snippets = {scene.name: predict_snippet_poses(pose_net, sequence_frames(scene, config.data.height, config.data.width),
-                                                  config.data.snippet_length, torch.device("cpu"))
+    size, length = (config.data.height, config.data.width), config.data.snippet_length
+    snippets = {scene.name: predict_snippet_poses(pose_net, sequence_frames(scene, *size), length, torch.device("cpu"))
                 for scene in scenes}
     return pose_figures({name: chain_snippet_poses(s) for name, s in snippets.items()}, scenes, snippets)
 
@@ -179,7 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("data", type=Path, nargs="+", help="rendered masksfm sets (`masksfm synth`)")
     parser.add_argument("--modes", type=modes, default=list(MODES), help="supervised, true-depth or both (default)")
-    parser.add_argument("--steps", type=int, default=600, help="training steps (default 600, the learning issue's budget)")
+    parser.add_argument("--steps", type=int, default=600,
+                        help="training steps (default 600, the learning issue's budget)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="change the default recipe (as `masksfm train --set`), e.g. model.pose_encoder=conv")
     parser.add_argument("--train-seeds", type=train_seeds, default=None,
                         help="the training seed of each set in turn (default: the i-th set gets i)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -200,14 +204,16 @@ def main(argv: list[str] | None = None) -> int:
         for data, seed in zip(args.data, seeds):
             guess = baselines(data)
             for mode in args.modes:
-                config = pose_config(data, args.steps, seed)
+                config = pose_config(data, args.steps, seed, args.overrides)
                 start = time.perf_counter()
                 pose_net = train_pose_net(data, config, mode)
                 train_s = time.perf_counter() - start
                 figures = pose_score(pose_net, data, config)
-                rows.append({"set": str(data), "mode": mode, "seed": seed, "steps": args.steps, **figures,
+                rows.append({"set": str(data), "mode": mode, "seed": seed, "steps": args.steps,
+                             "overrides": args.overrides, **figures,
                              "guess": {k: guess[k] for k in ("ate5", "ate3", "ate_rmse", *PARTS)}, "train_s": train_s})
-                print(f"| {data.name} | {mode} | {seed} | {figures['ate5'] / guess['ate5']:.2f} | "
+                trained = f"{mode} ({', '.join(args.overrides)})" if args.overrides else mode
+                print(f"| {data.name} | {trained} | {seed} | {figures['ate5'] / guess['ate5']:.2f} | "
                       f"{figures['ate3'] / guess['ate3']:.2f} | {figures['ate_rmse'] / guess['ate_rmse']:.2f} | "
                       f"{figures['speed_spread']:.3f} ({guess['speed_spread']:.3f}) | {train_s:.0f} |", flush=True)
     except MasksfmError as error:

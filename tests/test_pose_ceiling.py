@@ -85,11 +85,23 @@ def test_pose_ceiling_bench_trains_both_ways_and_writes_its_figures(synth_datase
         assert f"{f['ate5'] / f['guess']['ate5']:.2f}" in out.stdout
 
 
+def test_pose_ceiling_bench_trains_another_pose_net_with_set(synth_dataset, tmp_path):
+    config = pc.pose_config(synth_dataset, 1, 0, ["model.pose_encoder=conv"])
+    assert config.model.pose_encoder == "conv" and type(pc.build_model(config).pose_net.net).__name__ == "PoseNet"
+    out = run_bench(str(synth_dataset), "--modes", "supervised", "--steps", "1", "--set", "model.pose_encoder=conv",
+                    "--json", str(tmp_path / "conv.json"))
+    assert out.returncode == 0, out.stderr
+    assert "| supervised (model.pose_encoder=conv) |" in out.stdout
+    assert json.loads((tmp_path / "conv.json").read_text())[0]["overrides"] == ["model.pose_encoder=conv"]
+
+
 def test_pose_ceiling_bench_refuses_bad_input(synth_dataset, tmp_path):
     bad_mode = run_bench(str(synth_dataset), "--modes", "supervised,flow")
     assert bad_mode.returncode == 2 and "modes are supervised, true-depth" in bad_mode.stderr
     seeds = run_bench(str(synth_dataset), "--train-seeds", "0,1")
     assert seeds.returncode == 2 and "gives 2 seeds for 1 sets" in seeds.stderr
+    key = run_bench(str(synth_dataset), "--set", "model.pose_net=conv", "--steps", "1")
+    assert key.returncode == 2 and "pose_net" in key.stderr and len(key.stderr.strip().splitlines()) == 1, key.stderr
     # Training drives without the renderer's depth: one line naming the scene, no traceback.
     data = tmp_path / "data"
     shutil.copytree(synth_dataset, data)
