@@ -57,13 +57,21 @@ UNITS = 0.02
 # The renderer stores the sky as depth 0 (invalid); the warp needs a depth there: beyond its farthest
 # surface (about 190 m on the bench's sets).
 SKY_DEPTH = 200.0
+# The pose net's relations (terms on more snippets than the item's): not part of these trainings.
+RELATIONS = ("turn_weight", "stride_weight", "shift_weight", "virtual_weight")
 
 
 def pose_config(data: Path, steps: int, seed: int, overrides: list[str] = ()) -> Config:
     """configs/default.yaml at the set's image size, `steps` steps, training seed `seed`, then `overrides`."""
+    if not (data / "dataset.json").is_file():
+        raise MasksfmError(f"{data}: no dataset.json: a set rendered by `masksfm synth` is needed")
     size = json.loads((data / "dataset.json").read_text())
-    return load_config("default", [f"data.height={size['height']}", f"data.width={size['width']}",
-                                   "data.workers=0", f"optim.steps={steps}", f"train.seed={seed}", *overrides])
+    config = load_config("default", [f"data.height={size['height']}", f"data.width={size['width']}",
+                                     "data.workers=0", f"optim.steps={steps}", f"train.seed={seed}", *overrides])
+    relations = [key for key in RELATIONS if getattr(config.loss, key) > 0]
+    if relations:
+        raise MasksfmError(f"the pose net trains here without its relations; got loss.{', loss.'.join(relations)}")
+    return config
 
 
 def training_items(data: Path, config: Config) -> SnippetDataset:
@@ -119,7 +127,9 @@ def disparity_scales(disparity: torch.Tensor, scales: int = 4) -> list[torch.Ten
 
 def train_pose_net(data: Path, config: Config, mode: str) -> torch.nn.Module:
     """The default's pose net trained `config.optim.steps` steps in `mode` (see the module's docstring),
-    with Adam at the pose net's learning rate, on the trainer's batches; returned in eval mode."""
+    with Adam at the pose net's learning rate, on the trainer's batches, from the trainer's initial weights
+    for `train.seed`; returned in eval mode."""
+    torch.manual_seed(config.train.seed)  # as the trainer does before it builds the model
     pose_net = build_model(config).pose_net
     items = training_items(data, config)
     optimizer = torch.optim.Adam(pose_net.parameters(), lr=config.optim.lr * config.optim.pose_lr_scale,

@@ -102,6 +102,10 @@ def test_pose_ceiling_bench_refuses_bad_input(synth_dataset, tmp_path):
     assert seeds.returncode == 2 and "gives 2 seeds for 1 sets" in seeds.stderr
     key = run_bench(str(synth_dataset), "--set", "model.pose_net=conv", "--steps", "1")
     assert key.returncode == 2 and "pose_net" in key.stderr and len(key.stderr.strip().splitlines()) == 1, key.stderr
+    relation = run_bench(str(synth_dataset), "--set", "loss.virtual_weight=0.1", "--steps", "1")
+    assert relation.returncode == 2 and "without its relations; got loss.virtual_weight" in relation.stderr
+    absent = run_bench(str(tmp_path / "nowhere"), "--steps", "1")
+    assert absent.returncode == 2 and "nowhere" in absent.stderr and "Traceback" not in absent.stderr, absent.stderr
     # Training drives without the renderer's depth: one line naming the scene, no traceback.
     data = tmp_path / "data"
     shutil.copytree(synth_dataset, data)
@@ -110,3 +114,15 @@ def test_pose_ceiling_bench_refuses_bad_input(synth_dataset, tmp_path):
     missing = run_bench(str(data), "--modes", "true-depth", "--steps", "1")
     assert missing.returncode == 2 and "has no true depth" in missing.stderr
     assert "Traceback" not in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
+
+
+def test_the_pose_net_training_depends_on_its_seed_only(synth_dataset):
+    """Whatever ran before, a training seed gives the same net (it starts from the trainer's weights for
+    that seed, `torch.manual_seed` then `build_model`), and another seed another."""
+    config = pc.pose_config(synth_dataset, steps=1, seed=3)
+    first = pc.train_pose_net(synth_dataset, config, "supervised").state_dict()
+    torch.rand(5)  # the global generator moved on
+    again = pc.train_pose_net(synth_dataset, config, "supervised").state_dict()
+    other = pc.train_pose_net(synth_dataset, pc.pose_config(synth_dataset, steps=1, seed=4), "supervised").state_dict()
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first)
