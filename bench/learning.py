@@ -292,11 +292,17 @@ def score(run_dir: Path, data: Path, flip: bool = False) -> dict[str, float]:
         return [flat[k] for k in indices]
 
     depth = evaluate_depth_items(scene_items(scenes), stored)
-    snippets = {scene.name: predict_snippet_poses(model.pose_net, f, config.data.snippet_length, device, flip=flip)
-                for scene, f in zip(scenes, frames)}
-    rel = {name: chain_snippet_poses(poses) for name, poses in snippets.items()}
     return {**{key: depth[key] for key in DEPTH}, **depth_scale_parts(scenes, stored),
-            **pose_figures(rel, scenes, snippets)}
+            **pose_net_figures(model.pose_net, scenes, frames, config.data.snippet_length, flip)}
+
+
+def pose_net_figures(pose_net, scenes, frames: list[torch.Tensor], snippet_length: int,
+                     flip: bool = False) -> dict[str, float]:
+    """`pose_figures` of a pose net on scenes, given each scene's frames (`sequence_frames`): its
+    snippets' consecutive pairs chained, and its own snippets (with `flip`, read both ways too)."""
+    snippets = {scene.name: predict_snippet_poses(pose_net, f, snippet_length, torch.device("cpu"), flip=flip)
+                for scene, f in zip(scenes, frames)}
+    return pose_figures({name: chain_snippet_poses(poses) for name, poses in snippets.items()}, scenes, snippets)
 
 
 def depth_scale_parts(scenes, predict) -> dict[str, float]:

@@ -38,17 +38,18 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from learning import PARTS, baselines, pose_figures  # noqa: E402
+from learning import PARTS, baselines, pose_net_figures  # noqa: E402
 
 from masksfm.config import Config, load_config  # noqa: E402
 from masksfm.data.dataset import Augmentation, SnippetDataset, make_loader, resize_and_crop  # noqa: E402
-from masksfm.data.layout import load_split  # noqa: E402
+from masksfm.data.layout import load_split, split_path  # noqa: E402
 from masksfm.errors import MasksfmError  # noqa: E402
 from masksfm.geometry import mat_to_pose_vec, mirror_pose_vec  # noqa: E402
-from masksfm.inference import chain_snippet_poses, predict_snippet_poses, sequence_frames  # noqa: E402
+from masksfm.inference import sequence_frames  # noqa: E402
 from masksfm.model import build_model  # noqa: E402
 from masksfm.networks.pose import POSE_SCALE  # noqa: E402
 from masksfm.objective import ModelOutput, batch_objective, snippet_sources  # noqa: E402
+from masksfm.training import training_snippets  # noqa: E402
 
 MODES = ("supervised", "true-depth")
 # Model units per metre: the default's 600-step nets put the median of their depth at 0.019 of the
@@ -75,14 +76,11 @@ def pose_config(data: Path, steps: int, seed: int, overrides: list[str] = ()) ->
 
 
 def training_items(data: Path, config: Config) -> SnippetDataset:
-    """The training split's snippets as the trainer draws them (`config.data`)."""
+    """The training split's snippets as the trainer draws them (`training.training_snippets`)."""
     if config.data.source_yaw:
         raise MasksfmError("the turned sources (data.source_yaw) have no true depth or pose here")
-    return SnippetDataset(load_split(data, config.data.train_split), config.data.height, config.data.width,
-                          config.data.snippet_length, augment=config.data.augment, seed=config.train.seed,
-                          colour_jitter=config.data.colour_jitter,
-                          independent_crop_scale=config.data.independent_crop_scale, strides=config.data.strides,
-                          uneven_strides=config.data.uneven_strides)
+    return training_snippets(load_split(data, config.data.train_split), config,
+                             str(split_path(data, config.data.train_split)))
 
 
 def true_motion(items: SnippetDataset, epoch: int, index: int) -> torch.Tensor:
@@ -161,10 +159,8 @@ def train_pose_net(data: Path, config: Config, mode: str) -> torch.nn.Module:
 def pose_score(pose_net: torch.nn.Module, data: Path, config: Config) -> dict[str, float]:
     """`bench/learning.py`'s pose figures of `pose_net` on the set's test drives."""
     scenes = load_split(data, "test")
-    size, length = (config.data.height, config.data.width), config.data.snippet_length
-    snippets = {scene.name: predict_snippet_poses(pose_net, sequence_frames(scene, *size), length, torch.device("cpu"))
-                for scene in scenes}
-    return pose_figures({name: chain_snippet_poses(s) for name, s in snippets.items()}, scenes, snippets)
+    frames = [sequence_frames(scene, config.data.height, config.data.width) for scene in scenes]
+    return pose_net_figures(pose_net, scenes, frames, config.data.snippet_length)
 
 
 def train_seeds(text: str) -> list[int]:

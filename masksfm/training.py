@@ -78,6 +78,19 @@ def learning_rate(config: Config, step: int) -> float:
     return config.optim.lr * LR_DECAY ** sum(step >= s for s in config.optim.lr_decay_steps)
 
 
+def training_snippets(scenes: list, config: Config, source: str | None = None) -> SnippetDataset:
+    """The items the trainer draws from the training split's `scenes`: snippets of
+    `item_length(data.snippet_length, loss)` frames, augmented and spaced as `config.data` says
+    (`source`: what error messages name, the split file)."""
+    return SnippetDataset(scenes, config.data.height, config.data.width,
+                          item_length(config.data.snippet_length, config.loss),
+                          augment=config.data.augment, seed=config.train.seed, source=source,
+                          colour_jitter=config.data.colour_jitter,
+                          independent_crop_scale=config.data.independent_crop_scale,
+                          strides=config.data.strides, source_yaw=config.data.source_yaw,
+                          uneven_strides=config.data.uneven_strides)
+
+
 def build_optimizer(model: nn.Module, config: Config, device: torch.device) -> torch.optim.Adam:
     """Adam over both nets; the pose net in a group of its own when `optim.pose_lr_scale` != 1
     (one group otherwise, so that checkpoints of either kind resume as they were written)."""
@@ -226,14 +239,7 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DistributedDataParallel(self.model, device_ids=ids)
 
-        self.dataset = SnippetDataset(scenes, config.data.height, config.data.width,
-                                      item_length(config.data.snippet_length, config.loss),
-                                      augment=config.data.augment, seed=config.train.seed,
-                                      source=str(split_path(self.data_root, config.data.train_split)),
-                                      colour_jitter=config.data.colour_jitter,
-                                      independent_crop_scale=config.data.independent_crop_scale,
-                                      strides=config.data.strides, source_yaw=config.data.source_yaw,
-                                      uneven_strides=config.data.uneven_strides)
+        self.dataset = training_snippets(scenes, config, str(split_path(self.data_root, config.data.train_split)))
         self.val_scenes = []
         if split_path(self.data_root, config.data.val_split).exists():
             self.val_scenes = [s for s in load_split(self.data_root, config.data.val_split, allow_empty=True) if s.has_depth]
