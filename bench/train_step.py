@@ -67,7 +67,8 @@ MASK_CASES = [
     ("multimask r3", ["loss.mask=multimask", "loss.repeats=3"]),
     ("none one-way", ["loss.mask=none", "loss.bidirectional=false"]),
     ("multimask r0 one-way", ["loss.mask=multimask", "loss.bidirectional=false"]),
-    ("explainability", ["loss.mask=explainability"]),
+    # SfMLearner's mask comes from its pose net's decoder: that pose net (its convolutions on the snippet).
+    ("explainability", ["loss.mask=explainability", "model.pose=snippet", "model.pose_encoder=conv"]),
     ("automask", ["loss.mask=automask"]),
     ("multimask+automask", ["loss.mask=multimask+automask"]),
 ]
@@ -166,6 +167,8 @@ LEVER_CASES = [
     ("  + the virtual motions (loss.virtual_weight=0.1)", "auto", True, ["loss.virtual_weight=0.1"]),
     # Five-frame snippets (twenty-fifth session): 4 sources per target, the pose net's 4 poses in one call.
     ("  + 5-frame snippets (data.snippet_length=5)", "auto", True, ["data.snippet_length=5"]),
+    # monodepth2's pose input (twenty-seventh session): the pose net on each ordered frame pair, one call per pair.
+    ("  + the pose net on frame pairs (model.pose=pairs)", "auto", True, ["model.pose=pairs"]),
     # SC-SfMLearner's depth scale consistency with the sources' depth trained (twenty-fifth session).
     ("  + depth scale consistency, the sources' depth trained (consistency-grad)", "auto", True,
      ["loss.consistency_weight=0.5", "model.source_depth_grad=true"]),

@@ -216,3 +216,18 @@ def test_one_matrix_warp_and_matrix_upsampling_give_the_same_step(batch, monkeyp
     # float32 rounding moves a sampling point by ~1e-5 px, which moves a few of bilinear sampling's
     # gradients more than the element-wise tolerance above; the gradient as a whole agrees to 1e-4 (asserted: 1e-3).
     assert (grad - grad_before).norm() <= 1e-3 * grad_before.norm()
+
+
+def test_every_case_of_the_step_bench_is_a_valid_recipe():
+    """`bench/train_step.py`'s cases (the levers, `--masks`) load as configurations: SfMLearner's mask
+    needs its pose net's decoder (`make bench` ran `--masks` into that refusal after the default pose net
+    changed)."""
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import train_step
+
+    for name, overrides in train_step.MASK_CASES:
+        assert load_config(None, overrides).loss.mask == name.split()[0], name
+    for name, _, _, overrides in train_step.LEVER_CASES:
+        load_config(None, overrides)
