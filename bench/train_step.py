@@ -12,9 +12,10 @@ stay meaningful; each figure is the median of --repeat steps after one warm-up s
 torch.compile, whose first call compiles).
 
 Default: the levers of the default recipe (channels_last, bf16 autocast of the depth net,
-torch.compile of the photometric error: `train.precision`, `train.compile`), three recipe changes on
+torch.compile of the photometric error: `train.precision`, `train.compile`), recipe changes on
 top of it that change what is learned (the sources' depth without gradient, `model.source_depth_grad`;
-each scale's error at its own size, `loss.scales=downsample`; monodepth2's depth net, `model.depth=resnet18`),
+each scale's error at its own size, `loss.scales=downsample`; monodepth2's depth net, `model.depth=resnet18`;
+the pose net on each ordered frame pair, `model.pose=pairs`),
 the pose net's relations (`loss.turn_weight`, `loss.stride_weight`, `loss.shift_weight`, `loss.virtual_weight`:
 the step as the trainer takes it, `objective.batch_objective`, on items of 5 frames for the strides and the
 shifts), the default as the trainer stepped it before 2026-12-06 (torch's fused Adam copying each
