@@ -88,7 +88,8 @@ PREVIOUS = [*FREE, "optim.pose_lr_scale=1", "train.precision=fp32", "train.compi
 # name -> (shipped config, overrides, what it is).
 VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "default": ("default", [], "configs/default.yaml as shipped (a car's camera, the sources' depth without gradient, "
-                               "monodepth2's ResNet-18 pose net at the depth net's lr, bf16 where native, compiled error)"),
+                               "monodepth2's ResNet-18 pose net at the depth net's lr, bf16 where native, compiled error, "
+                               "the batch norms' statistics over the un-augmented training snippets)"),
     "conv-pose": ("default", CONV_POSE, "the default before 2026-12-04's tenth session: SfMLearner's pose "
                                         "convolutions at pose lr x4"),
     "source-yaw1": ("default", ["data.source_yaw=1"],
@@ -170,6 +171,9 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
                   "the default with 3x monodepth2's smoothness weight (3e-3 on the mean-normalised disparity)"),
     "smooth-x0.3": ("default", ["loss.smoothness_weight=3e-4"],
                     "the default with 0.3x monodepth2's smoothness weight (3e-4 on the mean-normalised disparity)"),
+    "bn-as-trained": ("default", ["train.batch_norm_batches=0"],
+                      "the default with its pose net's batch-norm statistics as training left them (the default "
+                      "before the twenty-eighth session)"),
     "pairs-lr1": ("default", ["model.pose=pairs"],
                   "the default on ordered frame pairs (monodepth2's pose input, at its one learning rate)"),
     "free-grad": ("default", FREE,

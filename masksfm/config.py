@@ -120,6 +120,7 @@ class TrainConfig:
     image_every: int = 250  # images to TensorBoard
     val_every: int = 500  # validation abs_rel (data with depth) -> checkpoints/best
     val_images: int = 64  # validation frames, at most
+    batch_norm_batches: int = 100  # after the last step, the batch norms' statistics recomputed over this many batches of training snippets without augmentation (0: kept as training left them)
 
 
 @dataclass
@@ -210,10 +211,12 @@ def from_dict(values: dict) -> Config:
 
 # Keys whose default changed, with the value a configuration stored before the key existed ran with:
 # a run folder or checkpoint of then is read back as it was trained (the pose net unwrapped, the
-# sources' depth with gradient, SfMLearner's pose convolutions, one learning rate), not as today's
+# sources' depth with gradient, SfMLearner's pose convolutions, one learning rate, the batch norms'
+# statistics as training left them), not as today's
 # default would train it.
 STORED_BEFORE_THE_KEY = {("model", "motion"): "free", ("model", "source_depth_grad"): True,
-                         ("model", "pose_encoder"): "conv", ("optim", "pose_lr_scale"): 1.0}
+                         ("model", "pose_encoder"): "conv", ("optim", "pose_lr_scale"): 1.0,
+                         ("train", "batch_norm_batches"): 0}
 
 
 def stored_config(values: dict) -> Config:
@@ -269,6 +272,8 @@ def validate(config: Config) -> None:
     for key in ("stride_from_step", "shift_from_step", "virtual_from_step"):
         if getattr(config.loss, key) < 0:
             raise MasksfmError(f"config key loss.{key}: must be >= 0, got {getattr(config.loss, key)}")
+    if config.train.batch_norm_batches < 0:
+        raise MasksfmError(f"config key train.batch_norm_batches: must be >= 0 (0: off), got {config.train.batch_norm_batches}")
     for key in ("optim.batch_size", "optim.steps", "train.checkpoint_every", "train.log_every", "train.val_every"):
         section, name = key.split(".")
         if getattr(getattr(config, section), name) <= 0:

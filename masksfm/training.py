@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.swa_utils import AveragedModel
+from torch.optim.swa_utils import AveragedModel, update_bn
 
 from masksfm import faults
 from masksfm.checkpoints import (
@@ -184,6 +184,7 @@ class Trainer:
         self.last_path = self.run_dir / CHECKPOINT_DIR / LAST
         # The data first: a bad dataset is the likeliest mistake, and it answers before anything is written.
         scenes = load_split(self.data_root, config.data.train_split)
+        self.train_scenes = scenes
         self.rank, self.world, local_rank = distributed_context()
         self.progress = progress and self.rank == 0
         if self.world > 1 and not dist.is_initialized():
@@ -382,6 +383,8 @@ class Trainer:
             self.log_scalars(terms)
         if terms is not None and visuals is not None:  # visuals come on the steps that log images
             self.log_images(visuals)
+        if final:
+            self.recalibrate_batch_norm()
         if self.val_scenes and (self.step % cfg.train.val_every == 0 or final):
             self.validate()
         if self.step % cfg.train.checkpoint_every == 0 or final:
@@ -443,6 +446,25 @@ class Trainer:
                 self.writer.add_image(f"masks/{key.removeprefix('mask_')}", value.float().cpu().clamp(0, 1), self.step)
             else:
                 self.writer.add_image(f"images/{key}", value.float().cpu().clamp(0, 1), self.step)
+
+    def recalibrate_batch_norm(self) -> None:
+        """The used model's batch-norm statistics recomputed ("precise BN", torch's `update_bn`: their
+        plain mean over the batches) over `train.batch_norm_batches` batches of training snippets
+        without augmentation, spread evenly over the split, of the batch size each process trains on.
+        Training leaves them an exponential average over its last few augmented batches; they are
+        what the nets use at inference (the default's pose net has 20 batch norms, DispNet none).
+        Rank 0 only, after the last step: only the statistics change, not a weight."""
+        cfg = self.config
+        size = cfg.optim.batch_size // self.world
+        snippets = SnippetDataset(self.train_scenes, cfg.data.height, cfg.data.width, cfg.data.snippet_length,
+                                  augment=False)
+        count = min(len(snippets) // size, cfg.train.batch_norm_batches) * size
+        if count == 0:  # off (or fewer snippets than a batch): the statistics stay as training left them
+            return
+        picks = torch.linspace(0, len(snippets) - 1, count).round().long().tolist()
+        batches = (torch.stack([snippets[i]["images"] for i in picks[start:start + size]])
+                   for start in range(0, count, size))
+        update_bn(batches, self.used_model, self.device)
 
     def validate(self) -> None:
         """abs_rel on the val split (data with depth); a better one becomes checkpoints/best."""

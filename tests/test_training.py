@@ -191,6 +191,39 @@ def test_resume_is_bitwise_exact(recipe, synth_dataset, tmp_path):
         assert any(not torch.equal(used[k], trained[k]) for k in used if used[k].is_floating_point())
 
 
+@pytest.mark.slow
+def test_the_last_step_recomputes_the_batch_norm_statistics(synth_dataset, tmp_path):
+    """After the last step the pose net's batch norms hold the plain mean over the training snippets
+    without augmentation (`train.batch_norm_batches`), not training's exponential average over its
+    last augmented batches; nothing else differs from a run that keeps the latter."""
+    from masksfm.data.dataset import SnippetDataset
+    from masksfm.data.layout import load_split
+    from masksfm.objective import snippet_sources
+
+    runs = {n: tmp_path / str(n) for n in (100, 0)}
+    for n, run in runs.items():
+        main(["train", str(synth_dataset), "--out", str(run), "--steps", "2", *SMALL, "--set", f"train.batch_norm_batches={n}"])
+    on, off = (unprefixed(load_checkpoint(run / "checkpoints" / "last.safetensors")[0], "model") for run in runs.values())
+    stats = [key for key in on if key.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert stats and all(key.startswith("pose_net.") for key in stats)  # DispNet has no batch norm
+    assert all(torch.equal(on[key], off[key]) for key in on if key not in stats)
+    # The first batch norm's input (the first convolution's output) does not depend on any batch norm:
+    # its mean over every un-augmented training snippet is the statistic, in any grouping.
+    model, config, _ = load_model(runs[0] / "checkpoints" / "last.safetensors")
+    first = next(m for m in model.pose_net.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    name = next(key for key, m in model.named_modules() if m is first)
+    inputs = []
+    first.register_forward_hook(lambda module, args, out: inputs.append(args[0]))
+    snippets = SnippetDataset(load_split(synth_dataset, "train"), config.data.height, config.data.width, augment=False)
+    images = torch.stack([snippets[i]["images"] for i in range(len(snippets))])
+    with torch.no_grad():
+        model.eval().pose_net(images[:, 1], snippet_sources(images))
+    mean = torch.cat(inputs).mean(dim=(0, 2, 3))
+    assert torch.allclose(on[f"{name}.running_mean"], mean, atol=1e-6)
+    assert not torch.allclose(off[f"{name}.running_mean"], mean, atol=1e-3)
+    assert int(on[f"{name}.num_batches_tracked"]) == len(snippets) // 2  # batches of 2, every snippet
+
+
 def test_memory_order_adam_updates_channels_last_weights_as_adam_does_without_copies():
     """The trainer's Adam hands torch's fused kernel flat views of channels_last weights, their
     gradients and states: the same update to the bit as torch's Adam on the same channels_last
