@@ -120,7 +120,7 @@ class TrainConfig:
     image_every: int = 250  # images to TensorBoard
     val_every: int = 500  # validation abs_rel (data with depth) -> checkpoints/best
     val_images: int = 64  # validation frames, at most
-    batch_norm_batches: int = 100  # after the last step, the batch norms' statistics recomputed over this many batches of training snippets without augmentation (0: kept as training left them)
+    batch_norm_batches: int = 100  # after the last step and for each save of best, the pose net's batch-norm statistics recomputed over this many batches of training snippets without augmentation (0: kept as training left them)
 
 
 @dataclass

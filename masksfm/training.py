@@ -51,6 +51,7 @@ from masksfm.objective import (
     item_length,
     random_turns,
     random_virtual_motion,
+    snippet_sources,
     use_compiled_photometric_error,
 )
 from masksfm.progress import progress_bar
@@ -89,6 +90,18 @@ def training_snippets(scenes: list, config: Config, source: str | None = None) -
                           independent_crop_scale=config.data.independent_crop_scale,
                           strides=config.data.strides, source_yaw=config.data.source_yaw,
                           uneven_strides=config.data.uneven_strides)
+
+
+class SnippetPoses(nn.Module):
+    """A pose net called on snippets (B, L, 3, H, W), target in the middle: the one-argument call
+    torch's `update_bn` makes."""
+
+    def __init__(self, pose_net: nn.Module):
+        super().__init__()
+        self.pose_net = pose_net
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.pose_net(images[:, images.shape[1] // 2], snippet_sources(images))
 
 
 def build_optimizer(model: nn.Module, config: Config, device: torch.device) -> torch.optim.Adam:
@@ -385,8 +398,10 @@ class Trainer:
             self.log_images(visuals)
         if final:
             self.recalibrate_batch_norm()
-        if self.val_scenes and (self.step % cfg.train.val_every == 0 or final):
-            self.validate()
+        if self.val_scenes and (self.step % cfg.train.val_every == 0 or final) and self.validate():
+            if not final:  # the weights `best` keeps are used with their own statistics too
+                self.recalibrate_batch_norm()
+            self.save(BEST)
         if self.step % cfg.train.checkpoint_every == 0 or final:
             self.save(LAST)
             return True
@@ -448,34 +463,37 @@ class Trainer:
                 self.writer.add_image(f"images/{key}", value.float().cpu().clamp(0, 1), self.step)
 
     def recalibrate_batch_norm(self) -> None:
-        """The used model's batch-norm statistics recomputed ("precise BN", torch's `update_bn`: their
-        plain mean over the batches) over `train.batch_norm_batches` batches of training snippets
-        without augmentation, spread evenly over the split, of the batch size each process trains on.
-        Training leaves them an exponential average over its last few augmented batches; they are
-        what the nets use at inference (the default's pose net has 20 batch norms, DispNet none).
-        Rank 0 only, after the last step: only the statistics change, not a weight."""
+        """The used model's pose net's batch-norm statistics recomputed ("precise BN", torch's
+        `update_bn`: their plain mean over the batches) over `train.batch_norm_batches` batches of
+        training snippets without augmentation (at the training strides), spread evenly over the
+        split, of the batch size each process trains on. Training leaves them an exponential average
+        over its last few augmented batches; inference reads them (the default's pose net has 20
+        batch norms). Rank 0, after the last step and before each save of `best`: only the
+        statistics change, not a weight. The depth net's are left as they are (DispNet has none)."""
         cfg = self.config
         size = cfg.optim.batch_size // self.world
         snippets = SnippetDataset(self.train_scenes, cfg.data.height, cfg.data.width, cfg.data.snippet_length,
-                                  augment=False)
+                                  augment=False, strides=cfg.data.strides, uneven_strides=cfg.data.uneven_strides)
         count = min(len(snippets) // size, cfg.train.batch_norm_batches) * size
         if count == 0:  # off (or fewer snippets than a batch): the statistics stay as training left them
             return
         picks = torch.linspace(0, len(snippets) - 1, count).round().long().tolist()
         batches = (torch.stack([snippets[i]["images"] for i in picks[start:start + size]])
                    for start in range(0, count, size))
-        update_bn(batches, self.used_model, self.device)
+        update_bn(batches, SnippetPoses(self.used_model.pose_net), self.device)
 
-    def validate(self) -> None:
-        """abs_rel on the val split (data with depth); a better one becomes checkpoints/best."""
+    def validate(self) -> bool:
+        """abs_rel on the val split (data with depth), logged; whether it is the best so far (the
+        caller then saves checkpoints/best)."""
         metrics = evaluate_depth(self.used_model.depth_net, self.val_scenes, self.config.data.height, self.config.data.width,
                                  device=self.device, max_images=self.config.train.val_images)
         for key, value in metrics.items():
             self.writer.add_scalar(f"val/{key}", value, self.step)
+        self.model.train()
         if metrics["abs_rel"] < self.best_abs_rel:
             self.best_abs_rel = metrics["abs_rel"]
-            self.save(BEST)
-        self.model.train()
+            return True
+        return False
 
 
 def run_training(data: Path, out: Path, config: Config, resume: bool = False, device: str | None = None,

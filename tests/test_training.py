@@ -192,36 +192,47 @@ def test_resume_is_bitwise_exact(recipe, synth_dataset, tmp_path):
 
 
 @pytest.mark.slow
-def test_the_last_step_recomputes_the_batch_norm_statistics(synth_dataset, tmp_path):
-    """After the last step the pose net's batch norms hold the plain mean over the training snippets
-    without augmentation (`train.batch_norm_batches`), not training's exponential average over its
-    last augmented batches; nothing else differs from a run that keeps the latter."""
+def test_the_pose_nets_batch_norm_statistics_are_recomputed_for_last_and_best(synth_dataset, tmp_path):
+    """After the last step, and for each save of `best`, the pose net's batch norms hold the plain mean
+    over the training snippets without augmentation (`train.batch_norm_batches`), not training's
+    exponential average over its last augmented batches; nothing else differs from a run that keeps
+    the latter."""
     from masksfm.data.dataset import SnippetDataset
     from masksfm.data.layout import load_split
     from masksfm.objective import snippet_sources
 
     runs = {n: tmp_path / str(n) for n in (100, 0)}
     for n, run in runs.items():
-        main(["train", str(synth_dataset), "--out", str(run), "--steps", "2", *SMALL, "--set", f"train.batch_norm_batches={n}"])
-    on, off = (unprefixed(load_checkpoint(run / "checkpoints" / "last.safetensors")[0], "model") for run in runs.values())
+        main(["train", str(synth_dataset), "--out", str(run), "--steps", "2", *SMALL, "--set", "train.val_every=1",
+              "--set", f"train.batch_norm_batches={n}"])
+
+    def weights(run, name):
+        return unprefixed(load_checkpoint(run / "checkpoints" / f"{name}.safetensors")[0], "model")
+
+    on, off = weights(runs[100], "last"), weights(runs[0], "last")
     stats = [key for key in on if key.endswith(("running_mean", "running_var", "num_batches_tracked"))]
     assert stats and all(key.startswith("pose_net.") for key in stats)  # DispNet has no batch norm
     assert all(torch.equal(on[key], off[key]) for key in on if key not in stats)
-    # The first batch norm's input (the first convolution's output) does not depend on any batch norm:
-    # its mean over every un-augmented training snippet is the statistic, in any grouping.
-    model, config, _ = load_model(runs[0] / "checkpoints" / "last.safetensors")
-    first = next(m for m in model.pose_net.modules() if isinstance(m, torch.nn.BatchNorm2d))
-    name = next(key for key, m in model.named_modules() if m is first)
-    inputs = []
-    first.register_forward_hook(lambda module, args, out: inputs.append(args[0]))
-    snippets = SnippetDataset(load_split(synth_dataset, "train"), config.data.height, config.data.width, augment=False)
+    assert not torch.equal(on[stats[0]], off[stats[0]])
+    # The first batch norm's input (the first convolution's output) depends on no batch norm: its mean
+    # and variance per batch of 2 over every un-augmented training snippet, averaged over the batches.
+    snippets = SnippetDataset(load_split(synth_dataset, "train"), 64, 208, augment=False)
     images = torch.stack([snippets[i]["images"] for i in range(len(snippets))])
-    with torch.no_grad():
-        model.eval().pose_net(images[:, 1], snippet_sources(images))
-    mean = torch.cat(inputs).mean(dim=(0, 2, 3))
-    assert torch.allclose(on[f"{name}.running_mean"], mean, atol=1e-6)
-    assert not torch.allclose(off[f"{name}.running_mean"], mean, atol=1e-3)
-    assert int(on[f"{name}.num_batches_tracked"]) == len(snippets) // 2  # batches of 2, every snippet
+    for name in ("last", "best"):
+        model, _, _ = load_model(runs[100] / "checkpoints" / f"{name}.safetensors")
+        first = next(m for m in model.pose_net.modules() if isinstance(m, torch.nn.BatchNorm2d))
+        key = next(k for k, m in model.named_modules() if m is first)
+        inputs = []
+        first.register_forward_hook(lambda module, args, out: inputs.append(args[0]))
+        with torch.no_grad():
+            for batch in images.split(2):
+                model.eval().pose_net(batch[:, 1], snippet_sources(batch))
+        stored = weights(runs[100], name)
+        assert torch.allclose(stored[f"{key}.running_mean"], torch.stack([x.mean(dim=(0, 2, 3)) for x in inputs]).mean(0),
+                              atol=1e-6), name
+        assert torch.allclose(stored[f"{key}.running_var"], torch.stack([x.var(dim=(0, 2, 3)) for x in inputs]).mean(0),
+                              rtol=1e-4, atol=1e-7), name
+        assert int(stored[f"{key}.num_batches_tracked"]) == len(inputs)
 
 
 def test_memory_order_adam_updates_channels_last_weights_as_adam_does_without_copies():
