@@ -89,7 +89,7 @@ PREVIOUS = [*FREE, "optim.pose_lr_scale=1", "train.precision=fp32", "train.compi
 VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "default": ("default", [], "configs/default.yaml as shipped (a car's camera, the sources' depth without gradient, "
                                "monodepth2's ResNet-18 pose net at the depth net's lr, bf16 where native, compiled error, "
-                               "the batch norms' statistics over the un-augmented training snippets)"),
+                               "the pose net's batch-norm statistics over the un-augmented training snippets)"),
     "conv-pose": ("default", CONV_POSE, "the default before 2026-12-04's tenth session: SfMLearner's pose "
                                         "convolutions at pose lr x4"),
     "source-yaw1": ("default", ["data.source_yaw=1"],

@@ -197,7 +197,6 @@ class Trainer:
         self.last_path = self.run_dir / CHECKPOINT_DIR / LAST
         # The data first: a bad dataset is the likeliest mistake, and it answers before anything is written.
         scenes = load_split(self.data_root, config.data.train_split)
-        self.train_scenes = scenes
         self.rank, self.world, local_rank = distributed_context()
         self.progress = progress and self.rank == 0
         if self.world > 1 and not dist.is_initialized():
@@ -472,7 +471,7 @@ class Trainer:
         statistics change, not a weight. The depth net's are left as they are (DispNet has none)."""
         cfg = self.config
         size = cfg.optim.batch_size // self.world
-        snippets = SnippetDataset(self.train_scenes, cfg.data.height, cfg.data.width, cfg.data.snippet_length,
+        snippets = SnippetDataset(self.dataset.scenes, cfg.data.height, cfg.data.width, cfg.data.snippet_length,
                                   augment=False, strides=cfg.data.strides, uneven_strides=cfg.data.uneven_strides)
         count = min(len(snippets) // size, cfg.train.batch_norm_batches) * size
         if count == 0:  # off (or fewer snippets than a batch): the statistics stay as training left them
