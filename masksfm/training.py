@@ -39,7 +39,7 @@ from masksfm.checkpoints import (
     save_checkpoint,
     unprefixed,
 )
-from masksfm.config import Config, apply_overrides, dump_yaml, load_config, stored_config
+from masksfm.config import Config, apply_overrides, dump_yaml, load_config, stored_config, validate
 from masksfm.data.dataset import SnippetDataset, make_loader
 from masksfm.data.layout import load_split, split_path
 from masksfm.errors import MasksfmError
@@ -544,6 +544,7 @@ def training_config(run: Path, config: str | Path | None = None, overrides: list
         if value is not None:
             section, key = TRAIN_FLAGS[flag]
             setattr(getattr(resolved, section), key, value)
+    validate(resolved)  # the flags together with the rest (e.g. --height with model.pose_downsample)
     return resolved
 
 
