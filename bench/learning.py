@@ -174,6 +174,11 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "bn-as-trained": ("default", ["train.batch_norm_batches=0"],
                       "the default with its pose net's batch-norm statistics as training left them (the default "
                       "before the twenty-eighth session)"),
+    "pose-half": ("default", ["model.pose_downsample=2"],
+                  "the default with the pose net reading the frames at half their size (2x2 pixel blocks averaged)"),
+    "pose-half-mirror": ("default", ["model.pose_downsample=2", "model.pose_mirror_mean=true"],
+                         "pose-half, its poses the mean of its reading of the snippet and of its mirror image "
+                         "(two pose-net calls at a quarter of the cost each)"),
     "pairs-lr1": ("default", ["model.pose=pairs"],
                   "the default on ordered frame pairs (monodepth2's pose input, at its one learning rate)"),
     "free-grad": ("default", FREE,

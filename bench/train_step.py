@@ -15,7 +15,8 @@ Default: the levers of the default recipe (channels_last, bf16 autocast of the d
 torch.compile of the photometric error: `train.precision`, `train.compile`), recipe changes on
 top of it that change what is learned (the sources' depth without gradient, `model.source_depth_grad`;
 each scale's error at its own size, `loss.scales=downsample`; monodepth2's depth net, `model.depth=resnet18`;
-the pose net on each ordered frame pair, `model.pose=pairs`),
+the pose net on each ordered frame pair, `model.pose=pairs`; the pose net reading the frames at half their size,
+`model.pose_downsample=2`),
 the pose net's relations (`loss.turn_weight`, `loss.stride_weight`, `loss.shift_weight`, `loss.virtual_weight`:
 the step as the trainer takes it, `objective.batch_objective`, on items of 5 frames for the strides and the
 shifts), the default as the trainer stepped it before 2026-12-06 (torch's fused Adam copying each
@@ -170,6 +171,8 @@ LEVER_CASES = [
     ("  + 5-frame snippets (data.snippet_length=5)", "auto", True, ["data.snippet_length=5"]),
     # monodepth2's pose input (twenty-seventh session): the pose net on each ordered frame pair, one call per pair.
     ("  + the pose net on frame pairs (model.pose=pairs)", "auto", True, ["model.pose=pairs"]),
+    # The pose net reading the frames at half their size (twenty-ninth session).
+    ("  + the pose net at half the size (model.pose_downsample=2)", "auto", True, ["model.pose_downsample=2"]),
     # SC-SfMLearner's depth scale consistency with the sources' depth trained (twenty-fifth session).
     ("  + depth scale consistency, the sources' depth trained (consistency-grad)", "auto", True,
      ["loss.consistency_weight=0.5", "model.source_depth_grad=true"]),

@@ -51,6 +51,7 @@ class ModelConfig:
     pretrained: str | None = None  # safetensors weights for the ResNet-18 encoder (never downloaded)
     source_depth_grad: bool = False  # True: the loss trains the depth net through the sources' depth too (False: targets' only)
     pose_mirror_mean: bool = False  # the pose net's poses the mean of its reading of the snippet and of its mirror image, in training too (networks.pose.MirrorMean)
+    pose_downsample: int = 1  # the pose net reads the frames averaged over f x f pixel blocks (networks.pose.Downsampled); 1 = at the training size
     joint_pose_batch: bool = True  # the pose net reads the relations' snippets in one batch with the training snippets (False: a call of their own)
 
 
@@ -257,6 +258,14 @@ def validate(config: Config) -> None:
         raise MasksfmError("config key model.pose: pairs has no explainability decoder; use snippet with loss.mask=explainability")
     if config.model.pose_encoder == "resnet18" and config.loss.mask == "explainability":
         raise MasksfmError("config key model.pose_encoder: resnet18 has no explainability decoder; use conv with loss.mask=explainability")
+    if not 1 <= config.model.pose_downsample <= 4:
+        raise MasksfmError(f"config key model.pose_downsample: 1 to 4, got {config.model.pose_downsample}")
+    if min(config.data.height, config.data.width) // config.model.pose_downsample < 32:
+        raise MasksfmError(f"config key model.pose_downsample: the pose net reads at least 32x32, and "
+                           f"{config.data.height}x{config.data.width} / {config.model.pose_downsample} is smaller")
+    if config.model.pose_downsample > 1 and config.loss.mask == "explainability":
+        raise MasksfmError("config key model.pose_downsample: a downsampled pose net has no explainability masks; "
+                           "use another loss.mask")
     if config.model.pose_mirror_mean and config.loss.mask == "explainability":
         raise MasksfmError("config key model.pose_mirror_mean: the mirror mean has no explainability masks; "
                            "use another loss.mask")

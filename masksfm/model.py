@@ -17,7 +17,7 @@ from torch import nn
 from masksfm.checkpoints import load_checkpoint, load_weights, resolve_checkpoint, unprefixed
 from masksfm.config import Config, stored_config
 from masksfm.errors import MasksfmError
-from masksfm.networks import MirrorMean, PairPoseNet, VehicleMotion, build_depth_net, make_pose_net
+from masksfm.networks import Downsampled, MirrorMean, PairPoseNet, VehicleMotion, build_depth_net, make_pose_net
 from masksfm.objective import ModelOutput, snippet_sources
 
 
@@ -108,6 +108,8 @@ def build_model(config: Config) -> SfMModel:
     else:
         pose_net = make_pose_net(num_sources, config.model.pose_encoder,
                                  explainability=config.loss.mask == "explainability")
+    if config.model.pose_downsample > 1:
+        pose_net = Downsampled(pose_net, config.model.pose_downsample)
     if config.model.pose_mirror_mean:
         pose_net = MirrorMean(pose_net)
     if config.model.motion != "free":

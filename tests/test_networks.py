@@ -16,7 +16,7 @@ from skimage import data as skdata
 
 from masksfm.errors import MasksfmError
 from masksfm.geometry import invert_pose, mat_to_pose_vec, pose_vec_to_mat, relative_pose
-from masksfm.networks import (DispNet, PairPoseNet, PoseNet, ResNetDepthNet, ResNetPoseNet, VehicleMotion,
+from masksfm.networks import (DispNet, Downsampled, PairPoseNet, PoseNet, ResNetDepthNet, ResNetPoseNet, VehicleMotion,
                               build_depth_net, make_pose_net)
 from masksfm.networks.depth import disparity
 from masksfm.networks.pose import invert_pose_vec, onto_vehicle_path
@@ -336,6 +336,34 @@ class TestResNetPoseNet:
         assert isinstance(make_pose_net(2), PoseNet)
         with pytest.raises(ValueError, match="no explainability decoder"):
             make_pose_net(2, "resnet18", explainability=True)
+
+
+class TestDownsampled:
+    """`model.pose_downsample`: the pose net reads each frame averaged over f x f pixel blocks."""
+
+    @pytest.mark.parametrize("factor", [2, 3])
+    def test_reads_blocks_of_one_colour_as_the_small_frames(self, factor):
+        # Frames whose f x f blocks hold one colour each average back to the small frames exactly.
+        torch.manual_seed(0)
+        net = ResNetPoseNet().eval()
+        target, sources = TestPoseNet.snippet(2, (32, 40))
+        blocks = functools.partial(torch.repeat_interleave, repeats=factor)
+        big_target = blocks(blocks(target, dim=-1), dim=-2)
+        big_sources = blocks(blocks(sources, dim=-1), dim=-2)
+        with torch.no_grad():
+            small = net(target, sources)
+            read = Downsampled(net, factor)(big_target, big_sources)
+            full = net(big_target, big_sources)
+        assert read.shape == (2, 2, 6)
+        assert torch.allclose(read, small, atol=1e-7)
+        assert not torch.allclose(full, small, atol=1e-5)
+
+    def test_gradients_and_no_explainability(self):
+        net = Downsampled(ResNetPoseNet(), 2).train()
+        net(*TestPoseNet.snippet(2, (64, 80))).sum().backward()
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
+        with pytest.raises(ValueError, match="no explainability masks"):
+            Downsampled(make_pose_net(2, "conv", explainability=True), 2)
 
 
 class TestInvertPoseVec:

@@ -19,6 +19,7 @@ from masksfm.errors import MasksfmError
 from masksfm.geometry import pose_vec_to_mat
 from masksfm.masks import compute_masks
 from masksfm.model import build_model, load_model
+from masksfm.networks import Downsampled, MirrorMean
 from masksfm.objective import ModelOutput, compute_objective
 from masksfm.training import MemoryOrderAdam
 
@@ -168,8 +169,9 @@ def _model_tensors(run: Path) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("recipe", [[], ["--set", "loss.turn_weight=0.1", "--set", "loss.stride_weight=0.1",
                                           "--set", "loss.shift_weight=0.1", "--set", "loss.shift_from_step=1",
                                           "--set", "loss.virtual_weight=0.1", "--set", "loss.virtual_from_step=1"],
-                                    ["--set", "optim.ema_decay=0.9"]],
-                         ids=["default", "relations", "weight-average"])
+                                    ["--set", "optim.ema_decay=0.9"],
+                                    ["--set", "model.pose_downsample=2", "--set", "model.pose_mirror_mean=true"]],
+                         ids=["default", "relations", "weight-average", "pose-half-mirror"])
 def test_resume_is_bitwise_exact(recipe, synth_dataset, tmp_path):
     straight, halves = tmp_path / "straight", tmp_path / "halves"
     main(["train", str(synth_dataset), "--out", str(straight), "--steps", "4", *SMALL, *recipe])
@@ -189,6 +191,11 @@ def test_resume_is_bitwise_exact(recipe, synth_dataset, tmp_path):
         used = model.state_dict()
         assert all(torch.equal(used[k], a[f"model.{k}"]) for k in used)
         assert any(not torch.equal(used[k], trained[k]) for k in used if used[k].is_floating_point())
+    if "model.pose_downsample=2" in recipe:
+        # Read back as trained: the mirror mean of the net on frames at half their size.
+        model, _, _ = load_model(halves / "checkpoints" / "last.safetensors")
+        assert isinstance(model.pose_net.net, MirrorMean) and isinstance(model.pose_net.net.net, Downsampled)
+        assert model.pose_net.net.net.factor == 2
 
 
 @pytest.mark.slow
