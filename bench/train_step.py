@@ -173,6 +173,8 @@ LEVER_CASES = [
     ("  + the pose net on frame pairs (model.pose=pairs)", "auto", True, ["model.pose=pairs"]),
     # The pose net reading the frames at half their size (twenty-ninth session).
     ("  + the pose net at half the size (model.pose_downsample=2)", "auto", True, ["model.pose_downsample=2"]),
+    ("  + the same, the mean of it and its mirror reading (pose-half-mirror)", "auto", True,
+     ["model.pose_downsample=2", "model.pose_mirror_mean=true"]),
     # SC-SfMLearner's depth scale consistency with the sources' depth trained (twenty-fifth session).
     ("  + depth scale consistency, the sources' depth trained (consistency-grad)", "auto", True,
      ["loss.consistency_weight=0.5", "model.source_depth_grad=true"]),
