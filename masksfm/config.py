@@ -260,9 +260,11 @@ def validate(config: Config) -> None:
         raise MasksfmError("config key model.pose_encoder: resnet18 has no explainability decoder; use conv with loss.mask=explainability")
     if not 1 <= config.model.pose_downsample <= 4:
         raise MasksfmError(f"config key model.pose_downsample: 1 to 4, got {config.model.pose_downsample}")
-    if min(config.data.height, config.data.width) // config.model.pose_downsample < 32:
-        raise MasksfmError(f"config key model.pose_downsample: the pose net reads at least 32x32, and "
-                           f"{config.data.height}x{config.data.width} / {config.model.pose_downsample} is smaller")
+    factor = config.model.pose_downsample
+    if min(config.data.height, config.data.width) // factor < 32 or config.data.height % factor or config.data.width % factor:
+        raise MasksfmError(f"config key model.pose_downsample: the pose net reads {factor}x{factor} pixel blocks, at "
+                           f"least 32x32 of them: data.height and data.width must be multiples of {factor} from "
+                           f"{32 * factor}, got {config.data.height}x{config.data.width}")
     if config.model.pose_downsample > 1 and config.loss.mask == "explainability":
         raise MasksfmError("config key model.pose_downsample: a downsampled pose net has no explainability masks; "
                            "use another loss.mask")
@@ -324,15 +326,17 @@ def parse_override(text: str) -> tuple[list[str], object]:
     return key.strip().split("."), value
 
 
-def apply_overrides(config: Config, overrides: list[str] = ()) -> Config:
-    """Apply `a.b=value` overrides to a config (in place) and validate it."""
+def apply_overrides(config: Config, overrides: list[str] = (), check: bool = True) -> Config:
+    """Apply `a.b=value` overrides to a config (in place) and validate it (unless `check` is False: the
+    caller changes more and validates after)."""
     for text in overrides:
         keys, value = parse_override(text)
         nested: dict = value  # type: ignore[assignment]
         for key in reversed(keys):
             nested = {key: nested}
         _apply(config, nested)
-    validate(config)
+    if check:
+        validate(config)
     return config
 
 

@@ -6,7 +6,8 @@ exported size (the net normalises internally, so nothing is to be done to the pi
 predict` writes to `.npy` (in the model's scale; `predict --camera-height` multiplies by a metric
 scale). The batch axis is dynamic; H and W are fixed at export. Exporting at a size other than the
 training size runs the net at that size (it accepts any size >= 32x32, but was trained at one: depth
-at another size is extrapolation), and the metadata says both sizes.
+at another size is extrapolation; a pose net that reads f x f pixel blocks, `model.pose_downsample`, needs
+multiples of f from 32·f), and the metadata says both sizes.
 
 With `pose`, the pose net goes beside FILE (`depth.onnx` -> `depth.pose.onnx`): inputs `target`
 (B, 3, H, W) and `sources` (B, S, 3, H, W), RGB in [0, 1]; output `poses` (B, S, 6), `[t, axis-angle]`
@@ -190,6 +191,11 @@ def export_model(run: Path, fmt: str, out: Path, height: int | None = None, widt
     if min(height, width) < MIN_SIZE:
         raise MasksfmError(f"--height/--width: the nets need at least {MIN_SIZE}x{MIN_SIZE} pixels, "
                            f"got {width}x{height}")
+    factor = config.model.pose_downsample
+    if pose and (min(height, width) < MIN_SIZE * factor or height % factor or width % factor):
+        raise MasksfmError(f"--height/--width: the pose net reads {factor}x{factor} pixel blocks "
+                           f"(model.pose_downsample) and at least {MIN_SIZE}x{MIN_SIZE} of them: multiples of {factor} "
+                           f"from {MIN_SIZE * factor}, got {width}x{height}")
     out = Path(out)
     if out.is_dir():
         raise MasksfmError(f"{out}: is a folder; --out names the file to write")

@@ -534,7 +534,7 @@ def training_config(run: Path, config: str | Path | None = None, overrides: list
         except MasksfmError as error:
             raise MasksfmError(error if str(config) in str(error) else f"--config {config}: {error}") from None
     try:
-        resolved = apply_overrides(resolved, overrides)
+        resolved = apply_overrides(resolved, overrides, check=False)
     except MasksfmError as error:
         raise MasksfmError(error if "--set" in str(error) else f"--set: {error}") from None
     unknown = set(flags) - set(TRAIN_FLAGS)
@@ -544,7 +544,7 @@ def training_config(run: Path, config: str | Path | None = None, overrides: list
         if value is not None:
             section, key = TRAIN_FLAGS[flag]
             setattr(getattr(resolved, section), key, value)
-    validate(resolved)  # the flags together with the rest (e.g. --height with model.pose_downsample)
+    validate(resolved)  # once, with the flags (a --set model.pose_downsample may need the --height given)
     return resolved
 
 

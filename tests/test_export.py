@@ -14,6 +14,7 @@ from masksfm.data.layout import read_image
 from masksfm.export import DepthOutput, PoseOutput, pose_path, read_metadata
 from masksfm.model import load_model
 
+from conftest import TINY_TRAIN_SETTINGS
 from helpers import one_line_error
 
 BATCHES = (1, 3)
@@ -134,6 +135,32 @@ class TestPt2:
         with torch.no_grad():
             depth, expected = torch.export.load(str(out)).module()(x), DepthOutput(net.depth_net).eval()(x)
         assert depth.shape == (2, 1, 40, 150) and torch.allclose(depth, expected, rtol=1e-4)
+
+
+def test_a_pose_net_on_half_size_frames_exports_and_refuses_sizes_it_cannot_read(synth_dataset, tmp_path, capsys):
+    """`model.pose_downsample=2` with the mirror mean (two calls, each on 2x2 blocks): the ONNX pose net gives the
+    eager poses at batch 1 and 3, and an export size below 64 or odd is one clear line, nothing written."""
+    from masksfm.config import load_config
+    from masksfm.training import run_training
+
+    run = tmp_path / "run"
+    settings = [*TINY_TRAIN_SETTINGS, "optim.steps=1", "model.pose_downsample=2", "model.pose_mirror_mean=true"]
+    run_training(synth_dataset, run, load_config(None, settings), device="cpu", progress=False)
+    out = tmp_path / "net.onnx"
+    main(["export", str(run), "--format", "onnx", "--out", str(out), "--pose"])
+    net, config, _ = load_model(run)
+    eager, runtime = PoseOutput(net.pose_net).eval(), session(pose_path(out))
+    for batch in BATCHES:
+        target = images(batch, 64, 208, seed=30 + batch)
+        sources = images(2 * batch, 64, 208, seed=40 + batch).view(batch, 2, 3, 64, 208)
+        (poses,) = runtime.run(None, {"target": target.numpy(), "sources": sources.numpy()})
+        with torch.no_grad():
+            assert np.abs(poses - eager(target, sources).numpy()).max() <= 1e-4
+    for height in ("48", "65"):
+        small = tmp_path / f"h{height}.onnx"
+        err = one_line_error(["export", str(run), "--format", "onnx", "--out", str(small), "--pose", "--height", height],
+                             capsys)
+        assert "model.pose_downsample" in err and not small.exists() and not pose_path(small).exists()
 
 
 class TestBadInput:
