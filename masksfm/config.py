@@ -230,6 +230,12 @@ def stored_config(values: dict) -> Config:
     return from_dict(values)
 
 
+def pose_net_reads(height: int, width: int, factor: int) -> bool:
+    """Whether a pose net on factor x factor pixel blocks (`model.pose_downsample`) can read frames of
+    height x width pixels: multiples of factor, at least 32x32 blocks (the nets' smallest input)."""
+    return height % factor == 0 and width % factor == 0 and min(height, width) // factor >= 32
+
+
 def validate(config: Config) -> None:
     """Cross-field checks a user can trip over."""
     if config.data.snippet_length < 3 or config.data.snippet_length % 2 == 0:
@@ -258,19 +264,18 @@ def validate(config: Config) -> None:
         raise MasksfmError("config key model.pose: pairs has no explainability decoder; use snippet with loss.mask=explainability")
     if config.model.pose_encoder == "resnet18" and config.loss.mask == "explainability":
         raise MasksfmError("config key model.pose_encoder: resnet18 has no explainability decoder; use conv with loss.mask=explainability")
-    if not 1 <= config.model.pose_downsample <= 4:
-        raise MasksfmError(f"config key model.pose_downsample: 1 to 4, got {config.model.pose_downsample}")
     factor = config.model.pose_downsample
-    if min(config.data.height, config.data.width) // factor < 32 or config.data.height % factor or config.data.width % factor:
+    if not 1 <= factor <= 4:
+        raise MasksfmError(f"config key model.pose_downsample: 1 to 4, got {factor}")
+    if not pose_net_reads(config.data.height, config.data.width, factor):
         raise MasksfmError(f"config key model.pose_downsample: the pose net reads {factor}x{factor} pixel blocks, at "
                            f"least 32x32 of them: data.height and data.width must be multiples of {factor} from "
                            f"{32 * factor}, got {config.data.height}x{config.data.width}")
-    if config.model.pose_downsample > 1 and config.loss.mask == "explainability":
-        raise MasksfmError("config key model.pose_downsample: a downsampled pose net has no explainability masks; "
-                           "use another loss.mask")
-    if config.model.pose_mirror_mean and config.loss.mask == "explainability":
-        raise MasksfmError("config key model.pose_mirror_mean: the mirror mean has no explainability masks; "
-                           "use another loss.mask")
+    wrappers = {"model.pose_downsample": (factor > 1, "a downsampled pose net"),
+                "model.pose_mirror_mean": (config.model.pose_mirror_mean, "the mirror mean")}
+    for key, (on, what) in wrappers.items():
+        if on and config.loss.mask == "explainability":
+            raise MasksfmError(f"config key {key}: {what} has no explainability masks; use another loss.mask")
     for key in ("smoothness_weight", "consistency_weight", "velocity_weight", "turn_weight", "stride_weight", "shift_weight",
                 "virtual_weight", "logit_bound", "logit_bound_weight"):
         if getattr(config.loss, key) < 0:

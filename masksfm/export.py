@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from masksfm.config import pose_net_reads
 from masksfm.errors import MasksfmError
 
 FORMATS = ("onnx", "pt2")
@@ -192,7 +193,7 @@ def export_model(run: Path, fmt: str, out: Path, height: int | None = None, widt
         raise MasksfmError(f"--height/--width: the nets need at least {MIN_SIZE}x{MIN_SIZE} pixels, "
                            f"got {width}x{height}")
     factor = config.model.pose_downsample
-    if pose and (min(height, width) < MIN_SIZE * factor or height % factor or width % factor):
+    if pose and not pose_net_reads(height, width, factor):
         raise MasksfmError(f"--height/--width: the pose net reads {factor}x{factor} pixel blocks "
                            f"(model.pose_downsample) and at least {MIN_SIZE}x{MIN_SIZE} of them: multiples of {factor} "
                            f"from {MIN_SIZE * factor}, got {width}x{height}")

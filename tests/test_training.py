@@ -74,6 +74,16 @@ def test_config_round_trips_into_the_checkpoint(tiny_run):
     assert (tiny_run / "config.yaml").read_text().startswith("data:")
 
 
+@pytest.mark.parametrize("wrapper", ["model.pose_downsample=2", "model.pose_mirror_mean=true"])
+def test_pose_net_wrappers_refuse_the_explainability_mask(wrapper):
+    """SfMLearner's pose net gives its masks at its input's size from one call: neither on half-size
+    frames nor as a mean of two readings; the config says which key, not a shape error in the loss."""
+    explainability = ["loss.mask=explainability", "model.pose_encoder=conv"]
+    load_config(None, explainability)
+    with pytest.raises(MasksfmError, match=f"config key {wrapper.split('=')[0]}: .* no explainability masks"):
+        load_config(None, [*explainability, wrapper])
+
+
 def test_yaml_and_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("loss:\n  repeats: 3\n  mask: automask\noptim:\n  lr: 1.0e-4\n")
